@@ -1,0 +1,56 @@
+"""The inverted index: for every (batch, KV head, KV block), which (query token, slot) selected it.
+
+Shared by the forward and backward inverted-loop kernels. The layout is CSR per (batch, head):
+
+- ``offsets [B, H, NB + 1]`` int32: entries of block ``j`` are ``entries[b, h, offsets[b,h,j] :
+  offsets[b,h,j+1]]``;
+- ``entries [B, H, T * n]`` int32: ``t * n + slot`` of each selection, grouped by block, in
+  increasing ``t`` inside a block (the sort is stable); the tail past ``offsets[b,h,NB]`` holds
+  the padding entries (negative indices) and must not be read;
+- ``tile_offsets [B, H, NB + 1]`` int32: prefix sum of ``ceil(count_j / tile)`` so that a grid of
+  :func:`max_tiles` programs per (b, h) can find its (block, tile) by a search, with no host sync.
+
+Built from torch ops on the device; the grid sizes it implies are upper bounds known from the
+static shapes alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class BlockIndex:
+    offsets: torch.Tensor
+    entries: torch.Tensor
+    tile_offsets: torch.Tensor
+    tile: int
+    num_blocks: int
+
+    @property
+    def max_tiles(self) -> int:
+        return max_tiles(self.entries.shape[-1], self.num_blocks, self.tile)
+
+
+def max_tiles(num_entries: int, num_blocks: int, tile: int) -> int:
+    """An upper bound on ``sum_j ceil(count_j / tile)`` given ``sum_j count_j <= num_entries``."""
+    return num_entries // tile + min(num_blocks, num_entries)
+
+
+def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int) -> BlockIndex:
+    """``idx``: canonical ``[B, T, H, n]`` int32 indices (negative = nothing, all < num_blocks)."""
+    B, T, H, n = idx.shape
+    key = idx.permute(0, 2, 1, 3).reshape(B, H, T * n).long()
+    # Padding sorts last: it is given the key num_blocks, past every real block.
+    key = torch.where(key < 0, torch.full_like(key, num_blocks), key)
+    _, order = torch.sort(key, dim=-1, stable=True)
+    entries = order.to(torch.int32)
+    counts = torch.zeros(B, H, num_blocks + 1, dtype=torch.int32, device=idx.device)
+    counts.scatter_add_(-1, key, torch.ones_like(key, dtype=torch.int32))
+    counts = counts[..., :num_blocks]
+    zero = torch.zeros(B, H, 1, dtype=torch.int32, device=idx.device)
+    offsets = torch.cat([zero, torch.cumsum(counts, -1, dtype=torch.int32)], -1)
+    tiles = (counts + (tile - 1)) // tile
+    tile_offsets = torch.cat([zero, torch.cumsum(tiles, -1, dtype=torch.int32)], -1)
+    return BlockIndex(offsets.contiguous(), entries.contiguous(), tile_offsets.contiguous(), tile, num_blocks)
