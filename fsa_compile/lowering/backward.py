@@ -1,6 +1,222 @@
-"""Backward launches (placeholder: the reference until the kernels land)."""
+"""Backward launches: delta preprocessing, the inverted-loop dK/dV(+dQ partial) kernel, and the
+two deterministic reductions. ``plan.strategy == "reference"`` (or a shape the templates do not
+cover) runs :func:`fsa_compile.reference.reference_backward`.
+
+Memory: the only large scratch is the dQ partial buffer (one ``[D]`` row per (token, selected
+slot, key sub-block, query head), in the inputs' dtype, float32 for float32 inputs) and the
+float32 dK/dV partials (one ``[BLOCK_N, D]`` tile per program). The queries are processed in
+chunks of ``Tc`` tokens so that the dQ partials stay under :data:`DQ_PART_BUDGET`; with more than
+one chunk, dK/dV are accumulated in float32 running totals between chunks (sequential launches,
+so still deterministic).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
 from ..reference import reference_backward
 
+# Scratch budgets (bytes). Chosen so that T = 64K, H = 4, G <= 16, D = 128, bs = 64, n = 16 stays
+# under 2 GiB of backward extra memory in total.
+DQ_PART_BUDGET = 768 * 2**20
+DKV_PART_BUDGET = 512 * 2**20
 
-def backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan):
-    return reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal)
+# Test hook: when True, every output and scratch buffer is filled with NaN before the kernels
+# run, so an element that no kernel writes (or a partial read before it is written) shows up.
+POISON_FOR_TESTS = False
+
+
+def _interpret() -> bool:
+    return os.environ.get("FSA_COMPILE_INTERPRET", "") == "1"
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class BwdConfig:
+    block_n: int      # keys per program (a sub-block of the KV block when the block is large)
+    nsub: int         # key sub-blocks per KV block
+    tile_t: int       # query tokens per inner tile (rows = tile_t * G)
+    ch: int           # index entries (query tokens) per program at most
+    chunk_t: int      # query tokens per chunk (bounds the dQ partial buffer)
+    num_warps: int
+    num_stages: int
+
+    def describe(self) -> str:
+        return (f"bwd(block_n={self.block_n}, nsub={self.nsub}, tile_t={self.tile_t}, ch={self.ch}, "
+                f"chunk_t={self.chunk_t}, warps={self.num_warps}, stages={self.num_stages})")
+
+
+def supported(q, k, v, idx, block_size) -> str | None:
+    """None when the templates cover this call, else the reason they don't."""
+    D, Dv = q.shape[-1], v.shape[-1]
+    if k.shape[-1] != D or Dv != D:
+        return "value head dim differs from the query/key head dim"
+    if D > 256:
+        return "head dim > 256"
+    if _next_pow2(block_size) > 128 and block_size & (block_size - 1):
+        return "block size > 128 that is not a power of two"
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return f"dtype {q.dtype}"
+    if not (q.dtype == k.dtype == v.dtype):
+        return "mixed dtypes"
+    dev = q.device
+    if dev.type == "cpu" and not _interpret():
+        return "CPU tensors without FSA_COMPILE_INTERPRET=1"
+    if dev.type not in ("cpu", "cuda"):
+        return f"device {dev.type}"
+    return None
+
+
+def backward_config(B, T, H, G, D, n, block_size, dtype) -> BwdConfig:
+    """Tile choices for the backward, from the static shapes."""
+    d_pad = max(16, _next_pow2(D))
+    if block_size & (block_size - 1) == 0:
+        bn_max = 64 if d_pad <= 128 else 32
+        block_n = max(16, min(block_size, bn_max))
+        nsub = max(1, block_size // block_n)
+    else:
+        block_n, nsub = max(16, _next_pow2(block_size)), 1
+    rows = 64 if d_pad <= 128 else 32
+    tile_t = max(1, rows // G) if G < rows else 1
+    # Rows per program (tokens x heads): long enough to amortise loading K/V, short enough that
+    # the block every query selects (block 0) is spread over many programs.
+    rows_per_prog = 2048
+    ch = max(tile_t, (rows_per_prog // (G * tile_t)) * tile_t)
+    elt = 4 if dtype == torch.float32 else 2
+    per_token = B * n * nsub * H * G * D * elt
+    chunk_t = max(1, min(T, DQ_PART_BUDGET // max(per_token, 1)))
+    # dK/dV partial tiles for one chunk must also fit their budget; shrink ch if they don't.
+    nb = -(-T // block_size)
+    while ch > tile_t:
+        tiles = (chunk_t * n) // ch + min(nb, chunk_t * n)
+        if B * H * nsub * tiles * block_n * D * 4 * 2 <= DKV_PART_BUDGET:
+            break
+        ch = max(tile_t, ch // 2)
+    num_warps = 4 if d_pad <= 64 else 8
+    return BwdConfig(block_n, nsub, tile_t, ch, chunk_t, num_warps, 2)
+
+
+def _alloc(shape, dtype, device, zero=False):
+    if POISON_FOR_TESTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    if zero:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan, config=None, dlse=None):
+    if getattr(plan, "strategy", "reference") == "reference" or supported(q, k, v, idx, block_size):
+        if dlse is None:
+            return reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal)
+        return reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, dlse=dlse)
+    return kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config, dlse=dlse)
+
+
+def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=None, dlse=None):
+    from ..templates.bwd_preprocess import bwd_preprocess_kernel
+    from ..templates.bwd_dkdv import bwd_inverted_kernel, bwd_dkdv_reduce_kernel
+    from ..templates.bwd_dq import bwd_dq_reduce_kernel
+    from ..templates.index import build_block_index
+
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    n = idx.shape[-1]
+    dev = q.device
+    cfg = config or backward_config(B, T, H, G, D, n, block_size, q.dtype)
+    d_pad = max(16, _next_pow2(D))
+    nb = -(-T // block_size)
+    BH = B * H
+
+    # 1. delta and base-2 lse in [B, H, T, G].
+    delta = _alloc((B, H, T, G), torch.float32, dev)
+    lse2 = _alloc((B, H, T, G), torch.float32, dev)
+    R = B * T * HQ
+    block_r = max(16, min(128, 8192 // d_pad))
+    bwd_preprocess_kernel[(triton_cdiv(R, block_r),)](
+        do, o, lse, lse if dlse is None else dlse, delta, lse2,
+        *do.stride(), *o.stride(), *lse.stride(), *(lse if dlse is None else dlse).stride(),
+        R, T, H=H, G=G, D=D, D_PAD=d_pad, BLOCK_R=block_r, HAS_DLSE=dlse is not None, num_warps=4,
+    )
+
+    dq = _alloc((B, T, HQ, D), q.dtype, dev)
+    dk = _alloc((B, T, H, D), k.dtype, dev)
+    dv = _alloc((B, T, H, D), v.dtype, dev)
+
+    Tc = cfg.chunk_t
+    nchunks = -(-T // Tc)
+    use_acc = nchunks > 1
+    bn, nsub = cfg.block_n, cfg.nsub
+    max_tiles = _max_tiles(Tc * n, nb, cfg.ch)
+    dk_part = _alloc((BH * nsub, max_tiles, bn, D), torch.float32, dev)
+    dv_part = _alloc((BH * nsub, max_tiles, bn, D), torch.float32, dev)
+    pdt = torch.float32 if q.dtype == torch.float32 else q.dtype
+    dq_part = _alloc((B, Tc, n * nsub, HQ, D), pdt, dev)
+    if use_acc:
+        dk_acc = torch.zeros((BH * nsub, nb, bn, D), dtype=torch.float32, device=dev)
+        dv_acc = torch.zeros((BH * nsub, nb, bn, D), dtype=torch.float32, device=dev)
+    else:
+        dk_acc = dv_acc = dk_part  # unused
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    log_nb = max(1, math.ceil(math.log2(nb + 1)) + 1)
+    block_hq = min(_next_pow2(HQ), max(1, 8192 // d_pad))
+    for c in range(nchunks):
+        t0 = c * Tc
+        t1 = min(T, t0 + Tc)
+        index = build_block_index(idx[:, t0:t1], nb, cfg.ch)
+        E = index.entries.shape[-1]
+        grid = (_max_tiles(E, nb, cfg.ch), BH * nsub)
+        bwd_inverted_kernel[grid](
+            q, k, v, do, lse2, delta,
+            index.offsets, index.entries, index.tile_offsets,
+            dk_part, dv_part, dq_part,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+            T, t0, Tc, nb, E, max_tiles, n, float(scale),
+            H=H, G=G, BS=block_size, BLOCK_N=bn, NSUB=nsub, D=D, D_PAD=d_pad,
+            TILE_T=cfg.tile_t, CH=cfg.ch, LOG_NB=log_nb, CAUSAL=bool(causal), WRITE_DQ=True,
+            PREC=prec, DOT_F32=(dev.type == "cpu"), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        bwd_dkdv_reduce_kernel[(nb, BH * nsub)](
+            dk_part, dv_part, index.tile_offsets, dk_acc, dv_acc, dk, dv,
+            *dk.stride(), *dv.stride(),
+            T, nb, max_tiles,
+            H=H, BS=block_size, BLOCK_N=bn, NSUB=nsub, D=D, D_PAD=d_pad,
+            USE_ACC=use_acc, LAST=(c == nchunks - 1), num_warps=4,
+        )
+        bwd_dq_reduce_kernel[(t1 - t0, B, triton_cdiv(HQ, block_hq))](
+            dq_part, idx, dq,
+            *idx.stride(), *dq.stride(),
+            t0, Tc, n,
+            H=H, G=G, NSUB=nsub, D=D, D_PAD=d_pad, BLOCK_HQ=block_hq, num_warps=4,
+        )
+    return dq, dk, dv
+
+
+def _max_tiles(num_entries, num_blocks, tile):
+    return num_entries // tile + min(num_blocks, num_entries)
+
+
+def triton_cdiv(a, b):
+    return -(-a // b)
+
+
+def extra_memory_bytes(B, T, H, G, D, n, block_size, dtype, config=None) -> int:
+    """Scratch the kernel backward allocates beyond its three outputs (for the notes/tests)."""
+    cfg = config or backward_config(B, T, H, G, D, n, block_size, dtype)
+    nb = -(-T // block_size)
+    elt = 4 if dtype == torch.float32 else 2
+    Tc = cfg.chunk_t
+    tot = 2 * B * T * H * G * 4  # delta, lse2
+    tot += 2 * B * H * cfg.nsub * _max_tiles(Tc * n, nb, cfg.ch) * cfg.block_n * D * 4
+    tot += B * Tc * n * cfg.nsub * H * G * D * elt
+    if -(-T // Tc) > 1:
+        tot += 2 * B * H * cfg.nsub * nb * cfg.block_n * D * 4
+    Tc_ = min(T, Tc)
+    tot += B * H * Tc_ * n * 8 * 3  # index build (sort keys/order, entries) peak, roughly
+    return tot

@@ -1,0 +1,178 @@
+"""Inverted-loop backward: one program owns a (KV block, key sub-block, tile of the queries that
+selected the block), and the dK/dV reduction over the tiles of one block.
+
+``bwd_inverted_kernel``
+    Grid ``(max_tiles, B * H * NSUB)``, an upper bound known from the static shapes: program
+    ``pid`` finds its KV block ``j`` by a binary search of ``tile_offsets`` (no host sync) and
+    exits when ``pid`` is past the real tile count. It loads the block's ``BLOCK_N`` keys and
+    values once, then walks its (at most ``CH``) index entries ``TILE_T`` tokens at a time; the
+    rows of a tile are (token, query head of the group), ``TILE_T * G`` of them, so the tile is
+    full whatever ``G`` is. Per tile it recomputes ``p = exp2(s - lse2)`` (causal and padding
+    masked), and accumulates ``dV += p^T dO`` and ``dK += dS^T Q`` in float32 registers, with
+    ``dS = p * (dO V^T - delta)``. The dQ contribution of the block, ``dS K``, is written to a
+    partial buffer indexed by (token, slot, key sub-block, head) that ``bwd_dq`` sums.
+    The block's dK/dV partial goes to slot ``pid`` of a float32 partial buffer.
+
+``bwd_dkdv_reduce_kernel``
+    Grid ``(num_blocks, B * H * NSUB)``: sums the partials of block ``j`` in tile order (so the
+    result is deterministic, no atomics), plus a float32 running total when the backward is
+    processed in query chunks, and writes dK/dV (zero for a block nobody selected).
+"""
+from __future__ import annotations
+
+from .bwd_common import tl, triton
+
+
+@triton.jit
+def bwd_inverted_kernel(
+    Q, K, V, DO, LSE2, DELTA,
+    OFFSETS, ENTRIES, TILE_OFFSETS,
+    DK_PART, DV_PART, DQ_PART,
+    s_q_b, s_q_t, s_q_h, s_q_d,
+    s_k_b, s_k_t, s_k_h, s_k_d,
+    s_v_b, s_v_t, s_v_h, s_v_d,
+    s_do_b, s_do_t, s_do_h, s_do_d,
+    T, t0, Tc, NB, E, MAX_TILES, n_sel, sm_scale,
+    H: tl.constexpr, G: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
+    NSUB: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, TILE_T: tl.constexpr,
+    CH: tl.constexpr, LOG_NB: tl.constexpr, CAUSAL: tl.constexpr, WRITE_DQ: tl.constexpr,
+    PREC: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    # DOT_F32: the Triton interpreter (3.9) multiplies bfloat16 tiles wrongly, so there the
+    # operands are widened to float32 after being rounded exactly as on the GPU.
+    LOG2E: tl.constexpr = 1.4426950408889634
+    M: tl.constexpr = TILE_T * G
+    HQ: tl.constexpr = H * G
+    pid = tl.program_id(0)
+    bhs = tl.program_id(1)
+    bh = bhs // NSUB
+    sub = bhs % NSUB
+    b = bh // H
+    h = bh % H
+
+    to_base = TILE_OFFSETS + bh * (NB + 1)
+    total = tl.load(to_base + NB)
+    if pid < total:
+        # Largest j with tile_offsets[j] <= pid (tile_offsets[0] = 0 <= pid < tile_offsets[NB]).
+        lo = pid * 0
+        hi = lo + NB
+        for _ in range(LOG_NB):
+            mid = (lo + hi) // 2
+            go = tl.load(to_base + mid) <= pid
+            lo = tl.where(go, mid, lo)
+            hi = tl.where(go, hi, mid)
+        j = lo
+        tile = pid - tl.load(to_base + j)
+        off_base = OFFSETS + bh * (NB + 1)
+        e_start = tl.load(off_base + j) + tile * CH
+        e_end = tl.minimum(e_start + CH, tl.load(off_base + j + 1))
+
+        koff = sub * BLOCK_N + tl.arange(0, BLOCK_N)
+        kpos = j * BS + koff
+        kvalid = (koff < BS) & (kpos < T)
+        d = tl.arange(0, D_PAD)
+        dmask = d < D
+        kvm = kvalid[:, None] & dmask[None, :]
+        k = tl.load(K + b * s_k_b + kpos[:, None] * s_k_t + h * s_k_h + d[None, :] * s_k_d,
+                    mask=kvm, other=0.0)
+        v = tl.load(V + b * s_v_b + kpos[:, None] * s_v_t + h * s_v_h + d[None, :] * s_v_d,
+                    mask=kvm, other=0.0)
+        ELT = k.dtype
+        if DOT_F32:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        qk_scale = sm_scale * LOG2E
+        dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+        r = tl.arange(0, M)
+        g = r % G
+        hq = h * G + g
+        ent_base = ENTRIES + bh * E
+        for e0 in range(e_start, e_end, TILE_T):
+            ei = e0 + r // G
+            rvalid = ei < e_end
+            ent = tl.load(ent_base + ei, mask=rvalid, other=0)
+            t_loc = ent // n_sel
+            slot = ent % n_sel
+            t = t0 + t_loc
+            rm = rvalid[:, None] & dmask[None, :]
+            q = tl.load(Q + b * s_q_b + t[:, None] * s_q_t + hq[:, None] * s_q_h
+                        + d[None, :] * s_q_d, mask=rm, other=0.0)
+            do = tl.load(DO + b * s_do_b + t[:, None] * s_do_t + hq[:, None] * s_do_h
+                         + d[None, :] * s_do_d, mask=rm, other=0.0)
+            if DOT_F32:
+                q = q.to(tl.float32)
+                do = do.to(tl.float32)
+            stat = (bh * T + t) * G + g
+            lse2 = tl.load(LSE2 + stat, mask=rvalid, other=float("inf"))
+            delta = tl.load(DELTA + stat, mask=rvalid, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC)
+            p = tl.exp2(s * qk_scale - lse2[:, None])
+            vis = rvalid[:, None] & kvalid[None, :]
+            if CAUSAL:
+                vis = vis & (kpos[None, :] <= t[:, None])
+            p = tl.where(vis, p, 0.0)
+            p_lo = p.to(ELT).to(do.dtype)
+            dv += tl.dot(tl.trans(p_lo), do, input_precision=PREC)
+            dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+            ds = p * (dp - delta[:, None])
+            ds_lo = ds.to(ELT).to(q.dtype)
+            dk += tl.dot(tl.trans(ds_lo), q, input_precision=PREC)
+            if WRITE_DQ:
+                dq = tl.dot(ds_lo, k, input_precision=PREC) * sm_scale
+                dst = ((b * Tc + t_loc) * (n_sel * NSUB) + slot * NSUB + sub) * HQ + hq
+                tl.store(DQ_PART + dst[:, None] * D + d[None, :],
+                         dq.to(DQ_PART.dtype.element_ty), mask=rm)
+        dk = dk * sm_scale
+        pbase = (bhs * MAX_TILES + pid) * (BLOCK_N * D)
+        rows = tl.arange(0, BLOCK_N)
+        pm = (rows[:, None] < BLOCK_N) & dmask[None, :]
+        poff = pbase + rows[:, None] * D + d[None, :]
+        tl.store(DK_PART + poff, dk, mask=pm)
+        tl.store(DV_PART + poff, dv, mask=pm)
+
+
+@triton.jit
+def bwd_dkdv_reduce_kernel(
+    DK_PART, DV_PART, TILE_OFFSETS, DK_ACC, DV_ACC, DK, DV,
+    s_dk_b, s_dk_t, s_dk_h, s_dk_d,
+    s_dv_b, s_dv_t, s_dv_h, s_dv_d,
+    T, NB, MAX_TILES,
+    H: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr, NSUB: tl.constexpr,
+    D: tl.constexpr, D_PAD: tl.constexpr, USE_ACC: tl.constexpr, LAST: tl.constexpr,
+):
+    j = tl.program_id(0)
+    bhs = tl.program_id(1)
+    bh = bhs // NSUB
+    sub = bhs % NSUB
+    b = bh // H
+    h = bh % H
+    i0 = tl.load(TILE_OFFSETS + bh * (NB + 1) + j)
+    i1 = tl.load(TILE_OFFSETS + bh * (NB + 1) + j + 1)
+    if LAST or (i1 > i0):
+        rows = tl.arange(0, BLOCK_N)
+        d = tl.arange(0, D_PAD)
+        pm = (rows[:, None] < BLOCK_N) & (d[None, :] < D)
+        tile_off = rows[:, None] * D + d[None, :]
+        aoff = (bhs * NB + j) * (BLOCK_N * D) + tile_off
+        if USE_ACC:
+            dk = tl.load(DK_ACC + aoff, mask=pm, other=0.0)
+            dv = tl.load(DV_ACC + aoff, mask=pm, other=0.0)
+        else:
+            dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+            dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
+        for i in range(i0, i1):
+            poff = (bhs * MAX_TILES + i) * (BLOCK_N * D) + tile_off
+            dk += tl.load(DK_PART + poff, mask=pm, other=0.0)
+            dv += tl.load(DV_PART + poff, mask=pm, other=0.0)
+        if LAST:
+            koff = sub * BLOCK_N + rows
+            kpos = j * BS + koff
+            om = ((koff < BS) & (kpos < T))[:, None] & (d[None, :] < D)
+            tl.store(DK + b * s_dk_b + kpos[:, None] * s_dk_t + h * s_dk_h + d[None, :] * s_dk_d,
+                     dk.to(DK.dtype.element_ty), mask=om)
+            tl.store(DV + b * s_dv_b + kpos[:, None] * s_dv_t + h * s_dv_h + d[None, :] * s_dv_d,
+                     dv.to(DV.dtype.element_ty), mask=om)
+        else:
+            tl.store(DK_ACC + aoff, dk, mask=pm)
+            tl.store(DV_ACC + aoff, dv, mask=pm)
