@@ -162,14 +162,21 @@ def reference_backward(
     block_size: int,
     scale: float,
     causal: bool = True,
+    dlse: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients ``dq, dk, dv`` (in the inputs' dtypes) from the saved ``o`` and ``lse``."""
+    """Gradients ``dq, dk, dv`` (in the inputs' dtypes) from the saved ``o`` and ``lse``.
+
+    ``dlse`` is the gradient on the returned log-sum-exp, if any: ``d lse / d s = p``, so it
+    enters as ``ds = p * (dp - delta + dlse)``.
+    """
     B, T, HQ, D = q.shape
     H, Dv = k.shape[2], v.shape[-1]
     G = HQ // H
     n = block_indices.shape[-1]
     acc = _acc_dtype(q.dtype)
     delta = (do.to(acc) * o.to(acc)).sum(-1)  # [B,T,HQ]
+    if dlse is not None:
+        delta = delta - torch.where(torch.isinf(lse), torch.zeros_like(dlse), dlse).to(acc)
     dq = torch.empty(B, T, HQ, D, dtype=q.dtype, device=q.device)
     dk = torch.zeros(B * H * T, D, dtype=acc, device=q.device)
     dv = torch.zeros(B * H * T, Dv, dtype=acc, device=q.device)

@@ -1,0 +1,71 @@
+"""The ``fsa`` torch.compile backend: Dynamo graph -> pattern pass -> Inductor.
+
+Registered through the ``torch_dynamo_backends`` entry point, so ``torch.compile(model,
+backend="fsa")`` works without importing fsa_compile first. Options (``torch.compile(...,
+options={...})``): ``"inner"`` picks what compiles the rewritten graph (``"inductor"``, the
+default; ``"aot_eager"``; ``"eager"``), ``"strategy"`` forces the kernel family of every rewrite
+(``"auto"``, ``"fsa"``, ``"nsa"``, ``"reference"``); the rest are Inductor config patches.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import fx
+
+from .patterns import matcher
+from .patterns.ops import device_of, dtype_of
+
+log = logging.getLogger("fsa_compile")
+
+INNER = ("inductor", "aot_eager", "eager")
+
+# explain() registers a list here for the duration of one compile; every graph's result lands in it.
+_collectors: list[list] = []
+
+
+def _plan_name(strategy: str):
+    from .lowering import choose_plan, kernels_available
+
+    def plan_of(m) -> str:
+        device = device_of(m.q) or torch.device("cpu")
+        if strategy == "reference" or not kernels_available(device):
+            return "reference (plain PyTorch; Triton kernels need CUDA or FSA_COMPILE_INTERPRET=1)"
+        plan = choose_plan(m.B, m.T, m.H, m.G, m.D, m.D, m.n, m.block_size, dtype_of(m.q), m.causal, strategy, device)
+        return plan.describe()
+
+    return plan_of
+
+
+def rewrite_graph(gm: fx.GraphModule, strategy: str = "auto") -> matcher.PassResult:
+    """Run the pattern pass on a Dynamo graph in place (also usable on its own, for tests)."""
+    result = matcher.run(gm, strategy, plan_of=_plan_name(strategy))
+    for c in _collectors:
+        c.append(result)
+    return result
+
+
+def fsa_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None, mode: str | None = None):
+    opts = dict(options or {})
+    inner = opts.pop("inner", "inductor")
+    strategy = opts.pop("strategy", "auto")
+    if inner not in INNER:
+        raise ValueError(f"fsa backend: options['inner'] must be one of {INNER}, got {inner!r}")
+    from .lowering.plan import STRATEGIES
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"fsa backend: options['strategy'] must be one of {STRATEGIES}, got {strategy!r}")
+    rewrite_graph(gm, strategy)
+    if inner == "eager":
+        return gm.forward
+    if inner == "aot_eager":
+        from torch._dynamo.backends.registry import lookup_backend
+
+        return lookup_backend("aot_eager")(gm, example_inputs)
+    from torch._inductor.compile_fx import compile_fx
+
+    if mode is not None:
+        from torch._inductor import list_mode_options
+
+        opts = {**list_mode_options(mode), **opts}
+    return compile_fx(gm, example_inputs, config_patches=opts or None)

@@ -1,0 +1,61 @@
+"""The tensor layouts a pattern may meet, as the role of each dim.
+
+Roles: ``b`` batch, ``t`` token, ``h`` key/value head, ``g`` head inside a GQA group, ``hq`` query
+head (``h * G + g``), ``d`` head dim, ``i`` slot of the selection. A pattern reads an element's
+coordinates through a layout to learn its roles, and the rewrite turns the matched tensors into
+the op's ``[B, T, H, D]`` form with the inverse view.
+"""
+from __future__ import annotations
+
+from torch import fx
+
+QUERY = {  # also the layouts of the attention output
+    "bthd": ("b", "t", "hq", "d"),
+    "bhtd": ("b", "hq", "t", "d"),
+    "bthgd": ("b", "t", "h", "g", "d"),
+    "bhgtd": ("b", "h", "g", "t", "d"),
+}
+KEY = {"bthd": ("b", "t", "h", "d"), "bhtd": ("b", "h", "t", "d")}
+SELECTION = {"bthn": ("b", "t", "h", "i"), "bhtn": ("b", "h", "t", "i")}
+
+
+def decode(layout: tuple, coords: tuple, G: int = 1) -> dict:
+    """Roles of an element's coordinates; ``hq`` is derived from ``h`` and ``g`` when split."""
+    r = dict(zip(layout, coords))
+    if "g" in r:
+        r["hq"] = r["h"] * G + r["g"]
+    return r
+
+
+def sizes(layout: tuple, shape: tuple) -> dict:
+    return dict(zip(layout, shape))
+
+
+def to_bthd(graph: fx.Graph, node: fx.Node, layout: tuple) -> fx.Node:
+    """Insert the view that turns ``node`` (in ``layout``) into ``[B, T, heads, D]``."""
+    names = "".join(r if r != "hq" else "q" for r in layout)
+    if names in ("bthd", "btqd", "bthi"):
+        return node
+    if names in ("bhtd", "bqtd", "bhti"):
+        return graph.call_method("transpose", (node, 1, 2))
+    if names == "bthgd":
+        return graph.call_method("flatten", (node, 2, 3))
+    if names == "bhgtd":
+        perm = graph.call_method("permute", (node, 0, 3, 1, 2, 4))
+        return graph.call_method("flatten", (perm, 2, 3))
+    raise ValueError(f"no view for layout {layout}")
+
+
+def from_bthd(graph: fx.Graph, node: fx.Node, layout: tuple, H: int, G: int) -> fx.Node:
+    """Insert the view that turns an op output ``[B, T, HQ, D]`` into ``layout``."""
+    names = "".join(r if r != "hq" else "q" for r in layout)
+    if names == "btqd":
+        return node
+    if names == "bqtd":
+        return graph.call_method("transpose", (node, 1, 2))
+    split = graph.call_method("unflatten", (node, 2, (H, G)))
+    if names == "bthgd":
+        return split
+    if names == "bhgtd":
+        return graph.call_method("permute", (split, 0, 2, 3, 1, 4))
+    raise ValueError(f"no view for layout {layout}")

@@ -1,0 +1,80 @@
+"""The pattern pass: find selected attention in a Dynamo graph, rewrite it, explain the misses."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from torch import fx
+
+from . import rewrite, softmax_attention
+
+log = logging.getLogger("fsa_compile")
+
+
+@dataclass
+class Rewrite:
+    pattern: str
+    node: str
+    shapes: dict
+    options: dict
+    plan: str = ""
+
+    def __str__(self) -> str:
+        s = self.shapes
+        shape = ", ".join(f"{k}={v}" for k, v in s.items())
+        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.pattern} at {self.node}: {shape}; {opts}; plan: {self.plan}"
+
+
+@dataclass
+class Miss:
+    pattern: str
+    node: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.pattern} at {self.node}: {self.reason}"
+
+
+@dataclass
+class PassResult:
+    rewrites: list = field(default_factory=list)
+    misses: list = field(default_factory=list)
+
+
+def _describe(m) -> tuple[dict, dict]:
+    shapes = {"B": m.B, "T": m.T, "H": m.H, "G": m.G, "D": m.D, "n": m.n, "block_size": m.block_size}
+    options = {
+        "scale": round(m.scale, 6), "causal": m.causal, "count_duplicates": m.count_duplicates,
+        "on_out_of_range": m.on_out_of_range,
+        "layouts": "/".join(m.layouts[x][0] for x in ("q", "k", "v", "o")),
+    }
+    return shapes, options
+
+
+def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None) -> PassResult:
+    """Rewrite every verified match in ``gm`` in place; ``plan_of(match)`` names the chosen plan."""
+    result = PassResult()
+    for softmax, dim, output in list(softmax_attention.candidates(gm.graph)):
+        if softmax.graph is not gm.graph or output not in gm.graph.nodes:
+            continue
+        name = f"{softmax_attention.FAMILY}/{output.name}"
+        try:
+            m = softmax_attention.analyze(gm, softmax, dim, output)
+        except LookupError:
+            continue
+        except softmax_attention.NearMiss as e:
+            result.misses.append(Miss(softmax_attention.FAMILY, output.name, str(e)))
+            log.info("fsa_compile: not rewritten: %s: %s", name, e)
+            continue
+        shapes, options = _describe(m)
+        pattern = f"{m.family} ({m.form} form)"
+        rw = Rewrite(pattern, output.name, shapes, options, plan_of(m) if plan_of else "")
+        rewrite.apply(gm.graph, m, strategy)
+        result.rewrites.append(rw)
+        log.info("fsa_compile: rewrote %s", rw)
+    if result.rewrites:
+        gm.graph.eliminate_dead_code()
+        gm.graph.lint()
+        gm.recompile()
+    return result

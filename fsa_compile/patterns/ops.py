@@ -1,0 +1,128 @@
+"""Spellings of the same torch operation in a Dynamo graph, reduced to one canonical name.
+
+Dynamo records ``q @ k``, ``torch.matmul(q, k)`` and ``q.matmul(k)`` as different nodes; every
+pattern reads them through :func:`canon` so that it is written once per operation.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+_FUNCTIONS: dict[Any, str] = {
+    torch.matmul: "matmul", operator.matmul: "matmul", torch.bmm: "matmul",
+    torch.einsum: "einsum",
+    torch.softmax: "softmax", F.softmax: "softmax", torch.special.softmax: "softmax",
+    operator.getitem: "getitem",
+    torch.arange: "arange",
+    operator.add: "add", torch.add: "add", operator.iadd: "add",
+    operator.sub: "sub", torch.sub: "sub", torch.subtract: "sub",
+    operator.mul: "mul", torch.mul: "mul", torch.multiply: "mul", operator.imul: "mul",
+    operator.truediv: "div", torch.div: "div", torch.true_divide: "div",
+    operator.floordiv: "floordiv", torch.floor_divide: "floordiv",
+    operator.mod: "mod", torch.remainder: "mod", torch.fmod: "mod",
+    operator.neg: "neg", torch.neg: "neg",
+    operator.gt: "gt", torch.gt: "gt", torch.greater: "gt",
+    operator.lt: "lt", torch.lt: "lt", torch.less: "lt",
+    operator.ge: "ge", torch.ge: "ge", torch.greater_equal: "ge",
+    operator.le: "le", torch.le: "le", torch.less_equal: "le",
+    operator.eq: "eq", torch.eq: "eq",
+    operator.ne: "ne", torch.ne: "ne",
+    operator.and_: "and", torch.logical_and: "and", torch.bitwise_and: "and",
+    operator.or_: "or", torch.logical_or: "or", torch.bitwise_or: "or",
+    operator.invert: "not", torch.logical_not: "not", torch.bitwise_not: "not",
+    torch.where: "where",
+    torch.masked_fill: "masked_fill",
+    torch.clamp: "clamp", torch.clip: "clamp", torch.clamp_min: "clamp_min", torch.clamp_max: "clamp_max",
+    torch.gather: "gather", torch.take_along_dim: "take_along_dim",
+    torch.index_select: "index_select",
+    torch.repeat_interleave: "repeat_interleave",
+    torch.reshape: "reshape", torch.flatten: "flatten",
+    torch.unsqueeze: "unsqueeze", torch.squeeze: "squeeze",
+    torch.transpose: "transpose", torch.swapaxes: "transpose", torch.swapdims: "transpose",
+    torch.permute: "permute",
+    torch.exp: "exp", torch.amax: "amax", torch.max: "max", torch.sum: "sum",
+    torch.full_like: "full_like", torch.zeros_like: "zeros_like", torch.ones_like: "ones_like",
+    F.scaled_dot_product_attention: "sdpa",
+    torch.topk: "topk",
+}
+
+_METHODS: dict[str, str] = {
+    "view": "reshape", "reshape": "reshape", "flatten": "flatten",
+    "unsqueeze": "unsqueeze", "squeeze": "squeeze",
+    "transpose": "transpose", "swapaxes": "transpose", "swapdims": "transpose", "permute": "permute",
+    "expand": "expand", "expand_as": "expand_as",
+    "contiguous": "identity", "clone": "identity", "detach": "identity",
+    "float": "cast", "half": "cast", "bfloat16": "cast", "double": "cast", "to": "cast",
+    "type": "cast", "type_as": "cast", "long": "cast", "int": "cast",
+    "masked_fill": "masked_fill", "masked_fill_": "masked_fill",
+    "repeat_interleave": "repeat_interleave",
+    "gather": "gather", "index_select": "index_select", "take_along_dim": "take_along_dim",
+    "clamp": "clamp", "clip": "clamp", "clamp_min": "clamp_min", "clamp_max": "clamp_max",
+    "softmax": "softmax", "matmul": "matmul", "bmm": "matmul",
+    "exp": "exp", "amax": "amax", "max": "max", "sum": "sum",
+    "add": "add", "sub": "sub", "mul": "mul", "div": "div", "neg": "neg",
+    "floor_divide": "floordiv", "remainder": "mod",
+    "gt": "gt", "lt": "lt", "ge": "ge", "le": "le", "eq": "eq", "ne": "ne",
+    "logical_and": "and", "logical_or": "or", "logical_not": "not",
+    "bitwise_and": "and", "bitwise_or": "or", "bitwise_not": "not",
+    "__and__": "and", "__or__": "or", "__invert__": "not",
+    "size": "size", "topk": "topk", "new_full": "full_like", "new_zeros": "zeros_like",
+}
+
+
+class Call(NamedTuple):
+    name: str
+    args: tuple
+    kwargs: dict
+
+
+def canon(node: Any) -> Call | None:
+    """The canonical name and arguments of a node, or None for nodes no pattern reads."""
+    if not isinstance(node, fx.Node):
+        return None
+    if node.op == "call_function":
+        name = _FUNCTIONS.get(node.target)
+    elif node.op == "call_method":
+        name = _METHODS.get(node.target)
+    else:
+        return None
+    if name is None:
+        return None
+    return Call(name, tuple(node.args), dict(node.kwargs))
+
+
+def example_value(node: Any) -> Any:
+    if isinstance(node, fx.Node):
+        return node.meta.get("example_value", node.meta.get("val"))
+    return node
+
+
+def concrete(x: Any) -> Any:
+    """A SymInt/SymFloat as the value it has for the example inputs (without adding a guard)."""
+    if isinstance(x, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        hint = x.node.hint
+        if hint is None:
+            raise ValueError("symbolic size without a hint")
+        return hint
+    return x
+
+
+def shape_of(node: Any) -> tuple[int, ...] | None:
+    ev = example_value(node)
+    if isinstance(ev, torch.Tensor):
+        return tuple(int(concrete(s)) for s in ev.shape)
+    return None
+
+
+def dtype_of(node: Any) -> torch.dtype | None:
+    ev = example_value(node)
+    return ev.dtype if isinstance(ev, torch.Tensor) else None
+
+
+def device_of(node: Any) -> torch.device | None:
+    ev = example_value(node)
+    return ev.device if isinstance(ev, torch.Tensor) else None

@@ -1,0 +1,509 @@
+"""Evaluate a graph one element at a time, without materialising any tensor.
+
+A pattern must prove that a subgraph computes selected attention, whatever spelling the user
+chose for the token indices, the gathers and the masks. Instead of matching spellings, we evaluate
+the subgraph *at single coordinates*: index arithmetic and masks give concrete numbers and
+booleans (the selection tensor is replaced by a random table of its shape), while the data
+tensors (q, k, v, and anything else we cannot see through) stay symbolic as :class:`Leaf` (which
+element of which tensor is read). A matrix product gives a :class:`Dot` whose two sides are again
+evaluated lazily. Sizes are the example sizes of the graph (hints of symbolic sizes).
+
+The evaluator mimics eager's failures where they matter for the contract: an index outside a
+dimension raises :class:`OutOfBounds` (eager raises there too), so a pattern can tell a gather
+that would fail on an out-of-range block from one that clamps and masks it.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import fx
+
+from .ops import canon, concrete, example_value, shape_of
+
+NEG_INF = float("-inf")
+
+
+class Unsupported(Exception):
+    """The evaluator cannot follow this node; the message says which, for near-miss reports."""
+
+
+class OutOfBounds(Exception):
+    """Eager code would fail with an index error here."""
+
+
+@dataclass(frozen=True)
+class Leaf:
+    node: fx.Node
+    coords: tuple
+
+
+@dataclass(frozen=True)
+class Scaled:
+    coef: float
+    value: Any
+
+
+@dataclass
+class Dot:
+    """``sum_i left(i) * right(i)`` over ``size`` terms, both sides evaluated on demand."""
+
+    left: Callable[[int], Any]
+    right: Callable[[int], Any]
+    size: int
+
+
+def is_symbolic(x: Any) -> bool:
+    return isinstance(x, (Leaf, Scaled, Dot))
+
+
+def _bcast(coords: tuple, shape: tuple) -> tuple:
+    """Coordinates of a broadcast operand of ``shape`` inside an output indexed by ``coords``."""
+    tail = coords[len(coords) - len(shape):] if shape else ()
+    return tuple(0 if s == 1 else c for c, s in zip(tail, shape))
+
+
+def _unravel(lin: int, shape: tuple) -> tuple:
+    out = []
+    for s in reversed(shape):
+        out.append(lin % s if s else 0)
+        lin = lin // s if s else 0
+    return tuple(reversed(out))
+
+
+def _ravel(coords: tuple, shape: tuple) -> int:
+    lin = 0
+    for c, s in zip(coords, shape):
+        lin = lin * s + c
+    return lin
+
+
+def _dim(d: int, rank: int) -> int:
+    return d + rank if d < 0 else d
+
+
+def _scalar_arith(name: str, a: Any, b: Any) -> Any:
+    if name == "add":
+        if is_symbolic(a) or is_symbolic(b):
+            x, c = (a, b) if is_symbolic(a) else (b, a)
+            if is_symbolic(c):
+                raise Unsupported("sum of two data terms")
+            if c == 0:
+                return x
+            if c == NEG_INF:
+                return NEG_INF
+            raise Unsupported("a data term shifted by a constant")
+        return a + b
+    if name == "sub":
+        if is_symbolic(a) or is_symbolic(b):
+            if not is_symbolic(a) or is_symbolic(b):
+                raise Unsupported("difference of data terms")
+            if b == 0:
+                return a
+            if b == math.inf:
+                return NEG_INF
+            raise Unsupported("a data term shifted by a constant")
+        return a - b
+    if name == "mul":
+        if is_symbolic(a) and is_symbolic(b):
+            raise Unsupported("product of two data terms outside a matrix product")
+        if is_symbolic(a) or is_symbolic(b):
+            x, c = (a, b) if is_symbolic(a) else (b, a)
+            if isinstance(c, bool):
+                c = float(c)
+            return Scaled(float(c), x) if c != 1 else x
+        return a * b
+    if name == "div":
+        if is_symbolic(b):
+            raise Unsupported("division by a data term")
+        if is_symbolic(a):
+            return Scaled(1.0 / float(b), a)
+        return a / b
+    if is_symbolic(a) or is_symbolic(b):
+        raise Unsupported(f"{name} of a data term")
+    if name == "floordiv":
+        return a // b
+    if name == "mod":
+        return a % b
+    if name == "gt":
+        return a > b
+    if name == "lt":
+        return a < b
+    if name == "ge":
+        return a >= b
+    if name == "le":
+        return a <= b
+    if name == "eq":
+        return a == b
+    if name == "ne":
+        return a != b
+    if name == "and":
+        return bool(a) and bool(b)
+    if name == "or":
+        return bool(a) or bool(b)
+    raise Unsupported(name)
+
+
+_BINARY = {"add", "sub", "mul", "div", "floordiv", "mod", "gt", "lt", "ge", "le", "eq", "ne", "and", "or"}
+_VIEWS = {"reshape", "flatten", "unsqueeze", "squeeze"}
+
+
+class Evaluator:
+    """Point evaluation of FX nodes.
+
+    ``tables`` maps integer leaf nodes (the block selection) to concrete tensors of their shape;
+    ``leaves`` are nodes to keep symbolic even if the evaluator could see through them (e.g. the
+    softmax of the pattern); ``module`` resolves ``get_attr`` constants.
+    """
+
+    def __init__(self, tables: dict, leaves: set = frozenset(), module: torch.nn.Module | None = None):
+        self.tables = tables
+        self.leaves = set(leaves)
+        self.module = module
+        self.cache: dict = {}
+
+    # -- values of non-tensor arguments ---------------------------------------------------------
+    def scalar(self, x: Any) -> Any:
+        if isinstance(x, fx.Node):
+            ev = example_value(x)
+            if isinstance(ev, torch.Tensor):
+                if ev.dim() == 0:
+                    return self.at(x, ())
+                raise Unsupported(f"tensor {x.name} used where a number was expected")
+            if ev is None:
+                raise Unsupported(f"no example value for {x.name}")
+            return concrete(ev)
+        if isinstance(x, (list, tuple)):
+            return type(x)(self.scalar(a) for a in x)
+        return concrete(x)
+
+    def shape(self, node: Any) -> tuple:
+        s = shape_of(node)
+        if s is None:
+            raise Unsupported(f"{getattr(node, 'name', node)} is not a tensor")
+        return s
+
+    # -- the evaluation ---------------------------------------------------------------------------
+    def at(self, x: Any, coords: tuple) -> Any:
+        if not isinstance(x, fx.Node):
+            if isinstance(x, torch.Tensor):
+                return x[_bcast(coords, tuple(x.shape))].item() if x.dim() else x.item()
+            return concrete(x)
+        key = (x, coords)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        val = self._at(x, coords)
+        self.cache[key] = val
+        return val
+
+    def _leaf(self, node: fx.Node, coords: tuple) -> Any:
+        table = self.tables.get(node)
+        if table is not None:
+            return int(table[coords])
+        ev = example_value(node)
+        if isinstance(ev, torch.Tensor) and not (ev.dtype.is_floating_point or ev.dtype.is_complex):
+            raise Unsupported(f"integer tensor {node.name} comes from an operation the pattern cannot read")
+        return Leaf(node, coords)
+
+    def _at(self, node: fx.Node, coords: tuple) -> Any:
+        if node in self.leaves or node.op == "placeholder":
+            return self._leaf(node, coords)
+        if node.op == "get_attr" and self.module is not None:
+            t = self.module
+            for part in node.target.split("."):
+                t = getattr(t, part)
+            if isinstance(t, torch.Tensor) and not t.dtype.is_floating_point:
+                return t[_bcast(coords, tuple(t.shape))].item()
+            return Leaf(node, coords)
+        call = canon(node)
+        if call is None:
+            return self._leaf(node, coords)
+        handler = getattr(self, "_op_" + call.name, None)
+        if handler is not None:
+            return handler(node, call, coords)
+        if call.name in _BINARY:
+            return self._binary(node, call, coords)
+        return self._leaf(node, coords)
+
+    def _arg(self, call, i, name, default=None):
+        if len(call.args) > i:
+            return call.args[i]
+        return call.kwargs.get(name, default)
+
+    def _operand(self, x: Any, coords: tuple) -> Any:
+        if isinstance(x, fx.Node) and shape_of(x) is not None:
+            return self.at(x, _bcast(coords, shape_of(x)))
+        return self.scalar(x)
+
+    def _binary(self, node, call, coords):
+        a = self._operand(call.args[0], coords)
+        b = self._operand(self._arg(call, 1, "other"), coords)
+        alpha = call.kwargs.get("alpha")
+        if alpha is not None:
+            b = _scalar_arith("mul", b, self.scalar(alpha))
+        return _scalar_arith(call.name, a, b)
+
+    # elementwise ----------------------------------------------------------------------------------
+    def _op_identity(self, node, call, coords):
+        return self.at(call.args[0], coords)
+
+    def _op_cast(self, node, call, coords):
+        v = self.at(call.args[0], coords)
+        if is_symbolic(v) or isinstance(v, float):
+            return v
+        ev = example_value(node)
+        if isinstance(ev, torch.Tensor) and ev.dtype.is_floating_point and not isinstance(v, bool):
+            return float(v)
+        return v
+
+    def _op_neg(self, node, call, coords):
+        v = self.at(call.args[0], coords)
+        return _scalar_arith("mul", v, -1) if is_symbolic(v) else -v
+
+    def _op_not(self, node, call, coords):
+        v = self.at(call.args[0], coords)
+        return not v
+
+    def _op_where(self, node, call, coords):
+        if len(call.args) < 3:
+            raise Unsupported("torch.where with one argument")
+        cond = self._operand(call.args[0], coords)
+        return self._operand(call.args[1] if cond else call.args[2], coords)
+
+    def _op_masked_fill(self, node, call, coords):
+        inner = self._operand(call.args[0], coords)  # evaluated first, as eager would
+        cond = self._operand(self._arg(call, 1, "mask"), coords)
+        return self.scalar(self._arg(call, 2, "value")) if cond else inner
+
+    def _clamp(self, v, lo, hi):
+        if is_symbolic(v):
+            raise Unsupported("clamp of a data term")
+        if lo is not None:
+            v = max(v, lo)
+        if hi is not None:
+            v = min(v, hi)
+        return v
+
+    def _op_clamp(self, node, call, coords):
+        lo = self._arg(call, 1, "min")
+        hi = self._arg(call, 2, "max")
+        lo = None if lo is None else self._operand(lo, coords)
+        hi = None if hi is None else self._operand(hi, coords)
+        return self._clamp(self.at(call.args[0], coords), lo, hi)
+
+    def _op_clamp_min(self, node, call, coords):
+        return self._clamp(self.at(call.args[0], coords), self._operand(call.args[1], coords), None)
+
+    def _op_clamp_max(self, node, call, coords):
+        return self._clamp(self.at(call.args[0], coords), None, self._operand(call.args[1], coords))
+
+    def _op_full_like(self, node, call, coords):
+        if node.op == "call_method" and node.target == "new_full":
+            return self.scalar(call.args[2] if len(call.args) > 2 else call.kwargs["fill_value"])
+        return self.scalar(self._arg(call, 1, "fill_value"))
+
+    def _op_zeros_like(self, node, call, coords):
+        return 0
+
+    def _op_ones_like(self, node, call, coords):
+        return 1
+
+    def _op_arange(self, node, call, coords):
+        args = [self.scalar(a) for a in call.args]
+        start = call.kwargs.get("start")
+        end = call.kwargs.get("end")
+        step = call.kwargs.get("step")
+        if len(args) == 1:
+            start, end = 0, args[0]
+        elif len(args) >= 2:
+            start, end = args[0], args[1]
+            if len(args) > 2:
+                step = args[2]
+        start = self.scalar(start) if start is not None else 0
+        step = self.scalar(step) if step is not None else 1
+        return start + coords[0] * step
+
+    # views ------------------------------------------------------------------------------------------
+    def _op_reshape(self, node, call, coords):
+        src = call.args[0]
+        return self.at(src, _unravel(_ravel(coords, self.shape(node)), self.shape(src)))
+
+    _op_flatten = _op_unsqueeze = _op_squeeze = _op_reshape
+
+    def _op_transpose(self, node, call, coords):
+        rank = len(coords)
+        d0, d1 = (_dim(self.scalar(d), rank) for d in call.args[1:3])
+        c = list(coords)
+        c[d0], c[d1] = c[d1], c[d0]
+        return self.at(call.args[0], tuple(c))
+
+    def _op_permute(self, node, call, coords):
+        dims = call.args[1:] if len(call.args) > 2 else call.args[1] if len(call.args) == 2 else call.kwargs["dims"]
+        dims = [_dim(self.scalar(d), len(coords)) for d in dims]
+        c = [0] * len(coords)
+        for out_d, in_d in enumerate(dims):
+            c[in_d] = coords[out_d]
+        return self.at(call.args[0], tuple(c))
+
+    def _op_expand(self, node, call, coords):
+        src = call.args[0]
+        return self.at(src, _bcast(coords, self.shape(src)))
+
+    _op_expand_as = _op_expand
+
+    def _op_repeat_interleave(self, node, call, coords):
+        src = call.args[0]
+        reps = self._arg(call, 1, "repeats")
+        dim = self._arg(call, 2, "dim")
+        if dim is None or isinstance(reps, fx.Node) and shape_of(reps) is not None:
+            raise Unsupported("repeat_interleave without a dim or with tensor repeats")
+        reps = self.scalar(reps)
+        dim = _dim(self.scalar(dim), len(coords))
+        c = list(coords)
+        c[dim] //= reps
+        return self.at(src, tuple(c))
+
+    # indexing ---------------------------------------------------------------------------------------
+    def _checked(self, i, size, allow_negative):
+        if is_symbolic(i):
+            raise Unsupported("an index computed from data")
+        i = int(i)
+        if i < 0 and allow_negative:
+            i += size
+        if not 0 <= i < size:
+            raise OutOfBounds(f"index {i} out of range for a dim of size {size}")
+        return i
+
+    def _op_gather(self, node, call, coords):
+        src, dim, index = call.args[0], self._arg(call, 1, "dim"), self._arg(call, 2, "index")
+        src_shape = self.shape(src)
+        dim = _dim(self.scalar(dim), len(src_shape))
+        c = list(coords)
+        c[dim] = self._checked(self.at(index, coords), src_shape[dim], allow_negative=False)
+        return self.at(src, tuple(c))
+
+    def _op_take_along_dim(self, node, call, coords):
+        src, index, dim = call.args[0], self._arg(call, 1, "indices"), self._arg(call, 2, "dim")
+        if dim is None:
+            raise Unsupported("take_along_dim without a dim")
+        src_shape = self.shape(src)
+        dim = _dim(self.scalar(dim), len(src_shape))
+        c = list(_bcast(coords, src_shape))
+        i = self.at(index, _bcast(coords, self.shape(index)))
+        c[dim] = self._checked(i, src_shape[dim], allow_negative=False)
+        return self.at(src, tuple(c))
+
+    def _op_index_select(self, node, call, coords):
+        src, dim, index = call.args[0], self._arg(call, 1, "dim"), self._arg(call, 2, "index")
+        src_shape = self.shape(src)
+        dim = _dim(self.scalar(dim), len(src_shape))
+        c = list(coords)
+        c[dim] = self._checked(self.at(index, (coords[dim],)), src_shape[dim], allow_negative=False)
+        return self.at(src, tuple(c))
+
+    def _op_getitem(self, node, call, coords):
+        src, idx = call.args
+        if shape_of(src) is None:  # a tuple result (topk, max, ...): the element is an opaque leaf
+            return self._leaf(node, coords)
+        if not isinstance(idx, tuple):
+            idx = (idx,)
+        return self.at(src, self._index_coords(src, idx, coords))
+
+    def _index_coords(self, src, idx, coords):
+        """Source coordinates of ``src[idx]`` at output ``coords`` (torch indexing rules)."""
+        src_shape = self.shape(src)
+        n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+        expanded = []
+        for i in idx:
+            if i is Ellipsis:
+                expanded.extend([slice(None)] * (len(src_shape) - n_real))
+            else:
+                expanded.append(i)
+        while sum(1 for i in expanded if i is not None) < len(src_shape):
+            expanded.append(slice(None))
+        adv_pos = [p for p, i in enumerate(expanded) if isinstance(i, fx.Node) and shape_of(i) is not None]
+        for p in adv_pos:
+            ev = example_value(expanded[p])
+            if ev.dtype == torch.bool:
+                raise Unsupported("boolean mask indexing")
+        adv_shape: tuple = ()
+        if adv_pos:
+            shapes = [shape_of(expanded[p]) for p in adv_pos]
+            adv_shape = tuple(torch.broadcast_shapes(*shapes))
+        contiguous = not adv_pos or adv_pos == list(range(adv_pos[0], adv_pos[-1] + 1))
+        out_first = adv_pos[0] if adv_pos and contiguous else 0
+        # Walk the index tuple and assign output dims to source dims.
+        src_c = []
+        out_d = 0
+        if adv_pos and not contiguous:
+            adv_coords = coords[: len(adv_shape)]
+            out_d = len(adv_shape)
+        adv_done = False
+        sdim = 0
+        for p, i in enumerate(expanded):
+            if adv_pos and contiguous and p == out_first and not adv_done:
+                adv_coords = coords[out_d: out_d + len(adv_shape)]
+                out_d += len(adv_shape)
+                adv_done = True
+            if i is None:
+                out_d += 1
+                continue
+            size = src_shape[sdim]
+            if p in adv_pos:
+                ic = _bcast(adv_coords, shape_of(i))
+                src_c.append(self._checked(self.at(i, ic), size, allow_negative=True))
+            elif isinstance(i, slice):
+                start, stop, step = (self.scalar(v) if v is not None else None for v in (i.start, i.stop, i.step))
+                start, _, step = slice(start, stop, step).indices(size)
+                src_c.append(start + coords[out_d] * step)
+                out_d += 1
+            else:
+                src_c.append(self._checked(self.scalar(i), size, allow_negative=True))
+            sdim += 1
+        return tuple(src_c)
+
+    # products -------------------------------------------------------------------------------------
+    def _dot(self, left, right, size):
+        # Eager evaluates both operands everywhere, so an out-of-range gather fails even where the
+        # result is masked later: touch one element of each side now to reproduce that.
+        left(0), right(0)
+        return Dot(left, right, size)
+
+    def _op_matmul(self, node, call, coords):
+        a, b = call.args[0], call.args[1]
+        sa, sb = self.shape(a), self.shape(b)
+        if len(sa) < 2 or len(sb) < 2:
+            raise Unsupported("matrix product of a vector")
+        batch = coords[:-2]
+        m, n = coords[-2], coords[-1]
+        ba, bb = _bcast(batch, sa[:-2]), _bcast(batch, sb[:-2])
+        return self._dot(lambda i: self.at(a, ba + (m, i)), lambda i: self.at(b, bb + (i, n)), sa[-1])
+
+    def _op_einsum(self, node, call, coords):
+        eq = call.args[0]
+        operands = call.args[1:]
+        if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+            operands = tuple(operands[0])
+        if len(operands) != 2 or "..." in eq:
+            raise Unsupported("einsum with other than two operands or with '...'")
+        lhs, out = eq.replace(" ", "").split("->")
+        ins = lhs.split(",")
+        pos = dict(zip(out, coords))
+        summed = [c for c in dict.fromkeys(ins[0] + ins[1]) if c not in out]
+        if len(summed) != 1 or not all(summed[0] in s for s in ins):
+            raise Unsupported("einsum that is not one contraction")
+        (red,) = summed
+        size = self.shape(operands[0])[ins[0].index(red)]
+
+        def side(k):
+            def f(i):
+                env = dict(pos, **{red: i})
+                return self.at(operands[k], tuple(env[c] for c in ins[k]))
+
+            return f
+
+        return self._dot(side(0), side(1), size)

@@ -1,0 +1,472 @@
+"""Selected attention written as ``softmax(mask(scale * q @ k_sel^T)) @ v_sel``.
+
+This one family covers the gather form (keys and values gathered from block indices by
+indexing, ``torch.gather`` or ``index_select``) and the dense-mask form (a ``[.., T, T]`` or
+``[.., T, T/bs]`` boolean mask built from the selection), in any spelling of the masks
+(``masked_fill``, ``torch.where``, an added ``-inf`` bias) and of the products (``@``,
+``matmul``, ``einsum``), because it does not match spellings: it finds a softmax between two
+matrix products and then *checks what the subgraph computes* with the point evaluator
+(:mod:`.points`), against the contract, on random selections:
+
+1. structure: the product after the softmax reads the softmax row and a value tensor; the
+   softmax input is a scaled product of a query tensor and a key tensor, or ``-inf``;
+2. layouts: which dims of q, k, v, the output and the selection are batch, token, head, dim;
+3. semantics: for sampled query rows, the multiset of visible key positions equals the one the
+   contract gives (causal or not, duplicates counted or not), the values are read at the same
+   positions as the keys, and the scale is one constant;
+4. edge cases: padding entries (negative), out-of-range entries (eager fails -> the op asserts;
+   eager drops them -> the op drops them), else the rewrite does not fire.
+
+Every failed check is a near miss with a reason a user can act on.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import product
+
+import torch
+from torch import fx
+
+from . import layouts as L
+from .ops import canon, dtype_of, shape_of
+from .points import NEG_INF, Dot, Evaluator, Leaf, OutOfBounds, Scaled, Unsupported, is_symbolic
+
+FAMILY = "softmax-attention"
+
+
+class NearMiss(Exception):
+    """The subgraph looks like selected attention but a check failed; the message says which."""
+
+
+@dataclass
+class Match:
+    family: str
+    output: fx.Node
+    softmax: fx.Node
+    q: fx.Node
+    k: fx.Node
+    v: fx.Node
+    selection: fx.Node
+    layouts: dict
+    B: int
+    T: int
+    H: int
+    G: int
+    D: int
+    n: int
+    block_size: int
+    scale: float
+    causal: bool
+    count_duplicates: bool
+    on_out_of_range: str
+    form: str
+    notes: list = field(default_factory=list)
+
+
+# -- finding candidates -------------------------------------------------------------------------------
+
+_PASSTHROUGH = {"cast", "identity"}
+
+
+def candidates(graph: fx.Graph):
+    """(softmax node, softmax dim, product node) for every softmax that feeds a matrix product."""
+    for node in graph.nodes:
+        call = canon(node)
+        if call is None or call.name != "softmax":
+            continue
+        dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim")
+        if dim is None:
+            continue
+        frontier, out = [node], None
+        while frontier and out is None:
+            cur = frontier.pop()
+            for user in cur.users:
+                uc = canon(user)
+                if uc is None:
+                    continue
+                if uc.name in _PASSTHROUGH:
+                    frontier.append(user)
+                elif uc.name in ("matmul", "einsum"):
+                    out = user
+                    break
+        if out is not None:
+            yield node, dim, out
+
+
+def integer_leaves(output: fx.Node, softmax: fx.Node) -> list[fx.Node]:
+    """Integer tensors the subgraph depends on that it does not compute itself (the selection)."""
+    seen, leaves, stack = set(), [], [output, softmax.args[0]]
+    while stack:
+        n = stack.pop()
+        if not isinstance(n, fx.Node) or n in seen:
+            continue
+        seen.add(n)
+        call = canon(n)
+        opaque = n.op in ("placeholder", "get_attr") or call is None or (
+            call.name == "getitem" and shape_of(n.args[0]) is None
+        )
+        if n is not softmax and opaque:
+            dt = dtype_of(n)
+            shp = shape_of(n)
+            if dt is not None and shp and not dt.is_floating_point and dt != torch.bool and n.op != "get_attr":
+                leaves.append(n)
+            continue
+        if n is softmax:
+            continue
+        for a in list(n.args) + list(n.kwargs.values()):
+            if isinstance(a, (list, tuple)):
+                stack.extend(x for x in a if isinstance(x, fx.Node))
+            elif isinstance(a, fx.Node):
+                stack.append(a)
+    return leaves
+
+
+def _from_topk(node: fx.Node) -> bool:
+    if canon(node) is None or canon(node).name != "getitem" or node.args[1] != 1:
+        return False
+    src = canon(node.args[0])
+    return src is not None and src.name == "topk"
+
+
+# -- the checks -------------------------------------------------------------------------------------------
+
+
+def _unscale(x):
+    coef = 1.0
+    while isinstance(x, Scaled):
+        coef *= x.coef
+        x = x.value
+    return coef, x
+
+
+class _Probe:
+    """Point evaluation of one candidate under one selection table."""
+
+    def __init__(self, gm, softmax, dim, output, selection, table):
+        self.softmax, self.output = softmax, output
+        self.pre = softmax.args[0]
+        self.dim = dim % len(shape_of(softmax))
+        self.ev = Evaluator({selection: table}, leaves={softmax}, module=gm)
+
+    def product(self, point):
+        val = self.ev.at(self.output, point)
+        if not isinstance(val, Dot):
+            raise NearMiss("the product after the softmax is not a matrix product of its row and a value tensor")
+        return val
+
+    def prob(self, dot, kk):
+        _, p = _unscale(dot.left(kk))
+        if not isinstance(p, Leaf) or p.node is not self.softmax:
+            raise NearMiss("the left side of the output product is not the softmax row")
+        return p.coords
+
+    def value(self, dot, kk):
+        coef, v = _unscale(dot.right(kk))
+        if not isinstance(v, Leaf) or coef != 1.0:
+            raise NearMiss("the right side of the output product is not a (gathered) value tensor")
+        return v
+
+    def score(self, row, j):
+        c = list(row)
+        c[self.dim] = j
+        val = self.ev.at(self.pre, tuple(c))
+        if val == NEG_INF:
+            return None
+        if not is_symbolic(val):
+            raise NearMiss(
+                f"masked scores are filled with {val!r}, not -inf: a row with nothing visible would "
+                "average the masked keys instead of giving NaN; use float('-inf')"
+            )
+        coef, dot = _unscale(val)
+        if not isinstance(dot, Dot):
+            raise NearMiss("the softmax input is not a scaled product of queries and keys")
+        return coef, dot
+
+
+def _leaf_of(x, what):
+    coef, leaf = _unscale(x)
+    if not isinstance(leaf, Leaf):
+        raise NearMiss(f"the {what} side of the score product is not read from one tensor")
+    return coef, leaf
+
+
+class Analysis:
+    def __init__(self, gm: fx.GraphModule, softmax: fx.Node, dim: int, output: fx.Node, seed: int = 0):
+        self.gm, self.softmax, self.dim, self.output = gm, softmax, dim, output
+        self.rng = random.Random(seed)
+        leaves = [n for n in integer_leaves(output, softmax) if len(shape_of(n)) == 4]
+        if not leaves:
+            raise LookupError("no block selection")  # not selected attention: leave it silently
+        if len(leaves) > 1:
+            raise NearMiss("more than one integer tensor feeds the attention: " + ", ".join(n.name for n in leaves))
+        self.selection = leaves[0]
+        self.sel_shape = shape_of(self.selection)
+        self.out_shape = shape_of(output)
+        self.trusted = _from_topk(self.selection)
+
+    # stage 1 + 2: structure and layouts, on an all-zeros selection (block 0 only)
+    def structure(self):
+        zeros = torch.zeros(self.sel_shape, dtype=torch.long)
+        probe = _Probe(self.gm, self.softmax, self.dim, self.output, self.selection, zeros)
+        samples = []
+        for _ in range(6):
+            point = tuple(self.rng.randrange(s) for s in self.out_shape)
+            dot = probe.product(point)
+            S = dot.size
+            row = probe.prob(dot, 0)
+            for j in range(S):
+                if probe.prob(dot, j)[probe.dim] != j or [c for d, c in enumerate(probe.prob(dot, j)) if d != probe.dim] != [c for d, c in enumerate(row) if d != probe.dim]:
+                    raise NearMiss("the output product does not walk along the softmax row")
+                sc = probe.score(row, j)
+                if sc is None:
+                    continue
+                coef, sdot = sc
+                dd = self.rng.randrange(sdot.size)
+                qc, ql = _leaf_of(sdot.left(dd), "query")
+                kc, kl = _leaf_of(sdot.right(dd), "key")
+                vl = probe.value(dot, j)
+                samples.append((point, dd, ql, kl, vl, sdot.size, S, coef * qc * kc))
+                break
+        if not samples:
+            raise NearMiss("no query sees block 0 through this code (is the mask inverted?)")
+        nodes = {(s[2].node, s[3].node, s[4].node) for s in samples}
+        if len(nodes) != 1:
+            raise NearMiss("queries, keys or values come from different tensors at different positions")
+        (self.q, self.k, self.v) = nodes.pop()
+        self.D, self.S = samples[0][5], samples[0][6]
+        self._layouts(samples)
+
+    def _layouts(self, samples):
+        qs, ks, vs = shape_of(self.q), shape_of(self.k), shape_of(self.v)
+        for (kn, kl), (vn, vl), (qn, ql), (on, ol), (sn, sl) in product(
+            L.KEY.items(), L.KEY.items(), L.QUERY.items(), L.QUERY.items(), L.SELECTION.items()
+        ):
+            if len(kl) != len(ks) or len(vl) != len(vs) or len(ql) != len(qs) or len(ol) != len(self.out_shape):
+                continue
+            kz, vz = L.sizes(kl, ks), L.sizes(vl, vs)
+            B, T, H = kz["b"], kz["t"], kz["h"]
+            if kz["d"] != self.D or (vz["b"], vz["t"], vz["h"]) != (B, T, H):
+                continue
+            qz = L.sizes(ql, qs)
+            if "hq" in qz:
+                if qz["hq"] % H:
+                    continue
+                G = qz["hq"] // H
+            else:
+                if qz["h"] != H:
+                    continue
+                G = qz["g"]
+            if (qz["b"], qz["t"], qz["d"]) != (B, T, self.D):
+                continue
+            oz = L.sizes(ol, self.out_shape)
+            if (oz["b"], oz["t"], oz.get("hq", oz.get("h", 0) * oz.get("g", 0))) != (B, T, H * G) or oz["d"] != vz["d"]:
+                continue
+            sz = L.sizes(sl, self.sel_shape)
+            if (sz["b"], sz["t"], sz["h"]) != (B, T, H) or self.S % sz["i"]:
+                continue
+            if all(self._consistent(s, kl, vl, ql, ol, G) for s in samples):
+                self.layouts = {"q": (qn, ql), "k": (kn, kl), "v": (vn, vl), "o": (on, ol), "selection": (sn, sl)}
+                self.B, self.T, self.H, self.G, self.Dv = B, T, H, G, vz["d"]
+                self.n = sz["i"]
+                self.block_size = self.S // self.n
+                return
+        raise NearMiss(
+            "could not read q, k, v and the output as [B, T, H, D] or [B, H, T, D] tensors "
+            f"(q {list(qs)}, k {list(ks)}, v {list(vs)}, output {list(self.out_shape)}, "
+            f"selection {list(self.sel_shape)})"
+        )
+
+    def _consistent(self, s, kl, vl, ql, ol, G):
+        point, dd, qleaf, kleaf, vleaf = s[:5]
+        o = L.decode(ol, point, G)
+        q = L.decode(ql, qleaf.coords, G)
+        k = L.decode(kl, kleaf.coords)
+        v = L.decode(vl, vleaf.coords)
+        return (
+            q["d"] == dd and k["d"] == dd
+            and (q["b"], q["t"], q["hq"]) == (o["b"], o["t"], o["hq"])
+            and k["b"] == o["b"] == v["b"] and k["h"] == o["hq"] // G == v["h"]
+            and v["d"] == o["d"] and v["t"] == k["t"]
+        )
+
+    # stage 3 + 4: what each query attends to, on random selections
+    def _table(self, kind):
+        sl = self.layouts["selection"][1]
+        nb = math.ceil(self.T / self.block_size)
+        shape = self.sel_shape
+        g = torch.Generator().manual_seed(self.rng.randrange(2**31))
+        t_axis = sl.index("t")
+        tpos = torch.arange(self.T).view([-1 if d == t_axis else 1 for d in range(4)]).expand(shape)
+        table = torch.randint(0, nb, shape, generator=g)
+        local = torch.rand(shape, generator=g) < 0.3
+        table = torch.where(local, (tpos // self.block_size - torch.randint(0, 2, shape, generator=g)).clamp(0, nb - 1), table)
+        if self.trusted:  # topk: in range, no duplicates within a row
+            keys = torch.rand(*shape[:-1], nb, generator=g).argsort(-1)[..., : shape[-1]]
+            return keys if shape[-1] <= nb else table
+        dup = torch.rand(shape, generator=g) < 0.2
+        table = torch.where(dup, table.roll(1, -1), table)
+        if kind == "padding":
+            table = torch.where(torch.rand(shape, generator=g) < 0.3, torch.full_like(table, -1), table)
+        elif kind == "out_of_range":
+            table = torch.where(torch.rand(shape, generator=g) < 0.25, nb + torch.randint(0, 3, shape, generator=g), table)
+        return table
+
+    def _rows(self, count):
+        points = []
+        for r in range(count):
+            p = [self.rng.randrange(s) for s in self.out_shape]
+            t_dim = self.layouts["o"][1].index("t")
+            if r % 3 == 1:
+                p[t_dim] = self.T - 1
+            elif r % 3 == 2:
+                p[t_dim] = self.rng.randrange(min(self.T, 2 * self.block_size))
+            points.append(tuple(p))
+        return points
+
+    def _form_keys(self, probe, point):
+        """Visible key positions (with multiplicity) of one output row, and the scale."""
+        ol, kl, vl, ql = (self.layouts[x][1] for x in ("o", "k", "v", "q"))
+        o = L.decode(ol, point, self.G)
+        dot = probe.product(point)
+        if dot.size != self.S:
+            raise NearMiss("the output product's length differs between rows")
+        row = probe.prob(dot, 0)
+        keys, scales = Counter(), set()
+        for j in range(self.S):
+            sc = probe.score(row, j)
+            if sc is None:
+                continue
+            coef, sdot = sc
+            for dd in {0, self.D - 1}:
+                qc, ql_ = _leaf_of(sdot.left(dd), "query")
+                kc, kl_ = _leaf_of(sdot.right(dd), "key")
+                q = L.decode(ql, ql_.coords, self.G)
+                k = L.decode(kl, kl_.coords)
+                if ql_.node is not self.q or kl_.node is not self.k:
+                    raise NearMiss("scores read other tensors than the matched q and k")
+                if (q["b"], q["t"], q["hq"], q["d"]) != (o["b"], o["t"], o["hq"], dd) or (
+                    k["b"], k["h"], k["d"]) != (o["b"], o["hq"] // self.G, dd):
+                    raise NearMiss("the score product does not pair a query with keys of its own head and batch")
+            scales.add(round(coef * qc * kc, 12))
+            v = L.decode(vl, probe.value(dot, j).coords)
+            if (v["b"], v["h"], v["t"], v["d"]) != (o["b"], o["hq"] // self.G, k["t"], o["d"]):
+                raise NearMiss("values are not read at the same positions as the keys")
+            keys[k["t"]] += 1
+        return o, keys, scales
+
+    def _contract_keys(self, table, o, causal, count_duplicates, drop_oob):
+        sl = self.layouts["selection"][1]
+        h = o["hq"] // self.G
+        coords = [0] * 4
+        keys = Counter()
+        nb = math.ceil(self.T / self.block_size)
+        entries = []
+        for i in range(self.n):
+            for role, val in (("b", o["b"]), ("t", o["t"]), ("h", h), ("i", i)):
+                coords[sl.index(role)] = val
+            e = int(table[tuple(coords)])
+            if e < 0 or (e >= nb and drop_oob):
+                continue
+            entries.append(e)
+        if not count_duplicates:
+            entries = list(dict.fromkeys(entries))
+        for e in entries:
+            for s in range(e * self.block_size, (e + 1) * self.block_size):
+                if s < self.T and (not causal or s <= o["t"]):
+                    keys[s] += 1
+        return keys
+
+    def _check(self, kind, options, rows):
+        """Options (causal, count_duplicates) consistent with every sampled row of one table kind.
+
+        Returns the surviving options, or the string "raises" if eager fails on this table.
+        """
+        table = self._table(kind)
+        probe = _Probe(self.gm, self.softmax, self.dim, self.output, self.selection, table)
+        survivors = list(options)
+        example = None
+        for point in self._rows(rows):
+            try:
+                o, keys, scales = self._form_keys(probe, point)
+            except OutOfBounds:
+                return "raises"
+            self.scales |= scales
+            kept = [
+                opt for opt in survivors
+                if self._contract_keys(table, o, opt[0], opt[1], kind == "out_of_range") == keys
+            ]
+            if not kept and example is None:
+                example = (o, keys)
+            survivors = kept
+            if not survivors:
+                break
+        if not survivors and example is not None:
+            o, keys = example
+            exp = self._contract_keys(table, o, True, True, True)
+            self.last_failure = (
+                f"query t={o['t']} (batch {o['b']}, head {o['hq']}) attends to {sum(keys.values())} keys, "
+                f"the contract gives {sum(exp.values())} for its selected blocks"
+            )
+        return survivors
+
+    def semantics(self):
+        self.scales = set()
+        self.last_failure = ""
+        rows = 8 if self.S <= 256 else 4
+        options = list(product((True, False), (True, False)))
+        surv = self._check("valid", options, rows)
+        if surv == "raises":
+            raise NearMiss("the code fails (index out of range) on valid block indices")
+        if not surv:
+            raise NearMiss(
+                "the keys each query attends to are not the causal (or full) keys of its selected blocks: "
+                + self.last_failure
+            )
+        if not self.trusted:
+            pad = self._check("padding", surv, rows)
+            if pad == "raises":
+                raise NearMiss("negative (padding) block indices make this code index out of range")
+            if not pad:
+                raise NearMiss(
+                    "negative (padding) block indices are not masked out: mask them, e.g. "
+                    "masked_fill(~(block_indices >= 0)...), or select with torch.topk"
+                )
+            surv = pad
+            oob = self._check("out_of_range", surv, rows)
+            if oob == "raises":
+                self.on_out_of_range = "assert"
+            elif oob:
+                self.on_out_of_range = "drop"
+                surv = oob
+            else:
+                raise NearMiss("block indices >= ceil(T / block_size) are neither rejected nor dropped by this code")
+        else:
+            self.on_out_of_range = "assert"
+        if len(self.scales) != 1:
+            raise NearMiss(f"the score scale is not one constant (saw {sorted(self.scales)[:3]})")
+        self.scale = self.scales.pop()
+        self.causal = surv[0][0]
+        self.count_duplicates = surv[0][1] if not self.trusted else True
+        if {o[1] for o in surv} == {True, False} and not self.trusted:
+            raise NearMiss("could not tell whether duplicate block indices count once or twice")
+
+    def run(self) -> Match:
+        self.structure()
+        self.semantics()
+        form = "gather" if self.S == self.n * self.block_size and self.S != self.T else "dense-mask"
+        return Match(
+            FAMILY, self.output, self.softmax, self.q, self.k, self.v, self.selection, self.layouts,
+            self.B, self.T, self.H, self.G, self.D, self.n, self.block_size, self.scale, self.causal,
+            self.count_duplicates, self.on_out_of_range, form,
+        )
+
+
+def analyze(gm: fx.GraphModule, softmax: fx.Node, dim, output: fx.Node) -> Match:
+    """A verified match, or raises NearMiss (with the reason) / LookupError (not attention)."""
+    try:
+        return Analysis(gm, softmax, dim, output).run()
+    except Unsupported as e:
+        raise NearMiss(f"cannot follow the subgraph: {e}") from None
