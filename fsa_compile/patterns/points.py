@@ -210,7 +210,7 @@ class Evaluator:
         return Leaf(node, coords)
 
     def _at(self, node: fx.Node, coords: tuple) -> Any:
-        if node in self.leaves or node.op == "placeholder":
+        if node in self.tables or node in self.leaves or node.op == "placeholder":
             return self._leaf(node, coords)
         if node.op == "get_attr" and self.module is not None:
             t = self.module

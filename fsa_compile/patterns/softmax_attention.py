@@ -96,9 +96,49 @@ def candidates(graph: fx.Graph):
             yield node, dim, out
 
 
+def _inputs(n: fx.Node):
+    for a in list(n.args) + list(n.kwargs.values()):
+        if isinstance(a, (list, tuple)):
+            yield from (x for x in a if isinstance(x, fx.Node))
+        elif isinstance(a, fx.Node):
+            yield a
+
+
+def _data_dependent(n: fx.Node, memo: dict) -> bool:
+    """Whether an integer/bool tensor is computed from floating-point data (e.g. a top-k)."""
+    if n in memo:
+        return memo[n]
+    memo[n] = False
+    dt = dtype_of(n)
+    if dt is not None and dt.is_floating_point:
+        memo[n] = True
+    else:
+        memo[n] = any(_data_dependent(a, memo) for a in _inputs(n))
+    return memo[n]
+
+
+def _selected_from_data(n: fx.Node, memo: dict) -> bool:
+    """An integer tensor made directly from data (floats, or booleans computed from data).
+
+    Index arithmetic on such a tensor (``idx * bs + arange``) is not: the pattern follows it.
+    """
+    dt = dtype_of(n)
+    if dt is None or dt.is_floating_point or dt.is_complex or dt == torch.bool:
+        return False
+    for a in _inputs(n):
+        adt = dtype_of(a)
+        if adt is not None and (adt.is_floating_point or (adt == torch.bool and _data_dependent(a, memo))):
+            return True
+    return False
+
+
 def integer_leaves(output: fx.Node, softmax: fx.Node) -> list[fx.Node]:
-    """Integer tensors the subgraph depends on that it does not compute itself (the selection)."""
-    seen, leaves, stack = set(), [], [output, softmax.args[0]]
+    """Integer tensors the subgraph depends on that it does not compute itself (the selection).
+
+    An integer tensor computed from floating-point data (a top-k of scores, say) is a leaf too:
+    the pattern cannot and need not see how the selection was made.
+    """
+    seen, leaves, stack, memo = set(), [], [output, softmax.args[0]], {}
     while stack:
         n = stack.pop()
         if not isinstance(n, fx.Node) or n in seen:
@@ -107,7 +147,7 @@ def integer_leaves(output: fx.Node, softmax: fx.Node) -> list[fx.Node]:
         call = canon(n)
         opaque = n.op in ("placeholder", "get_attr") or call is None or (
             call.name == "getitem" and shape_of(n.args[0]) is None
-        )
+        ) or (n is not softmax and _selected_from_data(n, memo))
         if n is not softmax and opaque:
             dt = dtype_of(n)
             shp = shape_of(n)
