@@ -21,7 +21,7 @@ from ..reference import reference_backward
 
 # Scratch budgets (bytes). Chosen so that T = 64K, H = 4, G <= 16, D = 128, bs = 64, n = 16 stays
 # under 2 GiB of backward extra memory in total.
-DQ_PART_BUDGET = 768 * 2**20
+DQ_PART_BUDGET = 1024 * 2**20
 DKV_PART_BUDGET = 512 * 2**20
 
 # Test hook: when True, every output and scratch buffer is filled with NaN before the kernels
@@ -46,10 +46,11 @@ class BwdConfig:
     chunk_t: int      # query tokens per chunk (bounds the dQ partial buffer)
     num_warps: int
     num_stages: int
+    st: int = 1       # scores computed transposed ([keys, rows])
 
     def describe(self) -> str:
         return (f"bwd(block_n={self.block_n}, nsub={self.nsub}, tile_t={self.tile_t}, ch={self.ch}, "
-                f"chunk_t={self.chunk_t}, warps={self.num_warps}, stages={self.num_stages})")
+                f"chunk_t={self.chunk_t}, warps={self.num_warps}, stages={self.num_stages}, st={self.st})")
 
 
 def supported(q, k, v, idx, block_size) -> str | None:
@@ -175,19 +176,20 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
         bwd_inverted_kernel[grid](
             q, k, v, do, lse2, delta,
             index.offsets, index.entries, index.tile_offsets,
-            dk_part, dv_part, dq_part,
-            *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+            dk_part, dv_part, dq_part, dk, dv,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
             T, t0, Tc, nb, E, max_tiles, n, float(scale),
             H=H, G=G, BS=block_size, BLOCK_N=bn, NSUB=nsub, D=D, D_PAD=d_pad,
             TILE_T=cfg.tile_t, CH=cfg.ch, LOG_NB=log_nb, CAUSAL=bool(causal), WRITE_DQ=True,
-            PREC=prec, DOT_F32=(dev.type == "cpu"), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            PREC=prec, DOT_F32=(dev.type == "cpu"), ST=bool(cfg.st),
+            DIRECT=not use_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         bwd_dkdv_reduce_kernel[(nb, BH * nsub)](
             dk_part, dv_part, index.tile_offsets, dk_acc, dv_acc, dk, dv,
             *dk.stride(), *dv.stride(),
             T, nb, max_tiles,
             H=H, BS=block_size, BLOCK_N=bn, NSUB=nsub, D=D, D_PAD=d_pad,
-            USE_ACC=use_acc, LAST=(c == nchunks - 1), num_warps=4,
+            USE_ACC=use_acc, LAST=(c == nchunks - 1), DIRECT=not use_acc, num_warps=4,
         )
         bwd_dq_reduce_kernel[(t1 - t0, B, triton_cdiv(HQ, block_hq))](
             dq_part, idx, dq,

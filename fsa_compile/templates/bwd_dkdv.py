@@ -11,7 +11,9 @@ selected the block), and the dK/dV reduction over the tiles of one block.
     masked), and accumulates ``dV += p^T dO`` and ``dK += dS^T Q`` in float32 registers, with
     ``dS = p * (dO V^T - delta)``. The dQ contribution of the block, ``dS K``, is written to a
     partial buffer indexed by (token, slot, key sub-block, head) that ``bwd_dq`` sums.
-    The block's dK/dV partial goes to slot ``pid`` of a float32 partial buffer.
+    The block's dK/dV partial goes to slot ``pid`` of a float32 partial buffer, or, with
+    ``DIRECT`` (a single query chunk) and a block that has only this one program, straight to
+    dK/dV. ``ST`` computes the scores transposed (``[BLOCK_N, M]``).
 
 ``bwd_dkdv_reduce_kernel``
     Grid ``(num_blocks, B * H * NSUB)``: sums the partials of block ``j`` in tile order (so the
@@ -27,16 +29,18 @@ from .bwd_common import tl, triton
 def bwd_inverted_kernel(
     Q, K, V, DO, LSE2, DELTA,
     OFFSETS, ENTRIES, TILE_OFFSETS,
-    DK_PART, DV_PART, DQ_PART,
+    DK_PART, DV_PART, DQ_PART, DK, DV,
     s_q_b, s_q_t, s_q_h, s_q_d,
     s_k_b, s_k_t, s_k_h, s_k_d,
     s_v_b, s_v_t, s_v_h, s_v_d,
     s_do_b, s_do_t, s_do_h, s_do_d,
+    s_dk_b, s_dk_t, s_dk_h, s_dk_d,
+    s_dv_b, s_dv_t, s_dv_h, s_dv_d,
     T, t0, Tc, NB, E, MAX_TILES, n_sel, sm_scale,
     H: tl.constexpr, G: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
     NSUB: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, TILE_T: tl.constexpr,
     CH: tl.constexpr, LOG_NB: tl.constexpr, CAUSAL: tl.constexpr, WRITE_DQ: tl.constexpr,
-    PREC: tl.constexpr, DOT_F32: tl.constexpr,
+    PREC: tl.constexpr, DOT_F32: tl.constexpr, ST: tl.constexpr, DIRECT: tl.constexpr,
 ):
     # DOT_F32: the Triton interpreter (3.9) multiplies bfloat16 tiles wrongly, so there the
     # operands are widened to float32 after being rounded exactly as on the GPU.
@@ -106,30 +110,58 @@ def bwd_inverted_kernel(
             stat = (bh * T + t) * G + g
             lse2 = tl.load(LSE2 + stat, mask=rvalid, other=float("inf"))
             delta = tl.load(DELTA + stat, mask=rvalid, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PREC)
-            p = tl.exp2(s * qk_scale - lse2[:, None])
-            vis = rvalid[:, None] & kvalid[None, :]
-            if CAUSAL:
-                vis = vis & (kpos[None, :] <= t[:, None])
-            p = tl.where(vis, p, 0.0)
-            p_lo = p.to(ELT).to(do.dtype)
-            dv += tl.dot(tl.trans(p_lo), do, input_precision=PREC)
-            dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-            ds = p * (dp - delta[:, None])
-            ds_lo = ds.to(ELT).to(q.dtype)
-            dk += tl.dot(tl.trans(ds_lo), q, input_precision=PREC)
+            if ST:
+                # Scores transposed, [BLOCK_N, M]: p^T and dS^T are the register (A) operands
+                # of the two dK/dV products, so only the dQ product needs a transpose.
+                st = tl.dot(k, tl.trans(q), input_precision=PREC)
+                pt = tl.exp2(st * qk_scale - lse2[None, :])
+                vis = kvalid[:, None] & rvalid[None, :]
+                if CAUSAL:
+                    vis = vis & (kpos[:, None] <= t[None, :])
+                pt = tl.where(vis, pt, 0.0)
+                dv += tl.dot(pt.to(ELT).to(do.dtype), do, input_precision=PREC)
+                dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
+                dst_ = (pt * (dpt - delta[None, :])).to(ELT).to(q.dtype)
+                dk += tl.dot(dst_, q, input_precision=PREC)
+                if WRITE_DQ:
+                    dq = tl.dot(tl.trans(dst_), k, input_precision=PREC) * sm_scale
+            else:
+                s = tl.dot(q, tl.trans(k), input_precision=PREC)
+                p = tl.exp2(s * qk_scale - lse2[:, None])
+                vis = rvalid[:, None] & kvalid[None, :]
+                if CAUSAL:
+                    vis = vis & (kpos[None, :] <= t[:, None])
+                p = tl.where(vis, p, 0.0)
+                p_lo = p.to(ELT).to(do.dtype)
+                dv += tl.dot(tl.trans(p_lo), do, input_precision=PREC)
+                dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+                ds = p * (dp - delta[:, None])
+                ds_lo = ds.to(ELT).to(q.dtype)
+                dk += tl.dot(tl.trans(ds_lo), q, input_precision=PREC)
+                if WRITE_DQ:
+                    dq = tl.dot(ds_lo, k, input_precision=PREC) * sm_scale
             if WRITE_DQ:
-                dq = tl.dot(ds_lo, k, input_precision=PREC) * sm_scale
                 dst = ((b * Tc + t_loc) * (n_sel * NSUB) + slot * NSUB + sub) * HQ + hq
                 tl.store(DQ_PART + dst[:, None] * D + d[None, :],
                          dq.to(DQ_PART.dtype.element_ty), mask=rm)
         dk = dk * sm_scale
-        pbase = (bhs * MAX_TILES + pid) * (BLOCK_N * D)
         rows = tl.arange(0, BLOCK_N)
-        pm = (rows[:, None] < BLOCK_N) & dmask[None, :]
-        poff = pbase + rows[:, None] * D + d[None, :]
-        tl.store(DK_PART + poff, dk, mask=pm)
-        tl.store(DV_PART + poff, dv, mask=pm)
+        single = False
+        if DIRECT:
+            single = (tl.load(to_base + j + 1) - tl.load(to_base + j)) == 1
+        if single:
+            # The block's only program: its sums are final, no partial and no reduction.
+            om = kvalid[:, None] & dmask[None, :]
+            tl.store(DK + b * s_dk_b + kpos[:, None] * s_dk_t + h * s_dk_h + d[None, :] * s_dk_d,
+                     dk.to(DK.dtype.element_ty), mask=om)
+            tl.store(DV + b * s_dv_b + kpos[:, None] * s_dv_t + h * s_dv_h + d[None, :] * s_dv_d,
+                     dv.to(DV.dtype.element_ty), mask=om)
+        else:
+            pbase = (bhs * MAX_TILES + pid) * (BLOCK_N * D)
+            pm = (rows[:, None] < BLOCK_N) & dmask[None, :]
+            poff = pbase + rows[:, None] * D + d[None, :]
+            tl.store(DK_PART + poff, dk, mask=pm)
+            tl.store(DV_PART + poff, dv, mask=pm)
 
 
 @triton.jit
@@ -140,6 +172,7 @@ def bwd_dkdv_reduce_kernel(
     T, NB, MAX_TILES,
     H: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr, NSUB: tl.constexpr,
     D: tl.constexpr, D_PAD: tl.constexpr, USE_ACC: tl.constexpr, LAST: tl.constexpr,
+    DIRECT: tl.constexpr,
 ):
     j = tl.program_id(0)
     bhs = tl.program_id(1)
@@ -149,7 +182,10 @@ def bwd_dkdv_reduce_kernel(
     h = bh % H
     i0 = tl.load(TILE_OFFSETS + bh * (NB + 1) + j)
     i1 = tl.load(TILE_OFFSETS + bh * (NB + 1) + j + 1)
-    if LAST or (i1 > i0):
+    work = LAST or (i1 > i0)
+    if DIRECT:
+        work = i1 - i0 != 1  # a single-tile block was written by its own program
+    if work:
         rows = tl.arange(0, BLOCK_N)
         d = tl.arange(0, D_PAD)
         pm = (rows[:, None] < BLOCK_N) & (d[None, :] < D)
