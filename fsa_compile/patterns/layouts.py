@@ -14,26 +14,40 @@ QUERY = {  # also the layouts of the attention output
     "bhtd": ("b", "hq", "t", "d"),
     "bthgd": ("b", "t", "h", "g", "d"),
     "bhgtd": ("b", "h", "g", "t", "d"),
+    "bt(hd)": ("b", "t", "hq*d"),  # a projection's output before its view into heads
 }
-KEY = {"bthd": ("b", "t", "h", "d"), "bhtd": ("b", "h", "t", "d")}
+KEY = {"bthd": ("b", "t", "h", "d"), "bhtd": ("b", "h", "t", "d"), "bt(hd)": ("b", "t", "h*d")}
+MERGED = {"hq*d": ("hq", "d"), "h*d": ("h", "d")}
 SELECTION = {"bthn": ("b", "t", "h", "i"), "bhtn": ("b", "h", "t", "i")}
 
 
-def decode(layout: tuple, coords: tuple, G: int = 1) -> dict:
-    """Roles of an element's coordinates; ``hq`` is derived from ``h`` and ``g`` when split."""
+def decode(layout: tuple, coords: tuple, G: int = 1, D: int = 1) -> dict:
+    """Roles of an element's coordinates; ``hq`` is derived from ``h`` and ``g`` when split, and
+    a merged ``heads * D`` dim is split with the head dim ``D``."""
     r = dict(zip(layout, coords))
+    for merged, (outer, inner) in MERGED.items():
+        if merged in r:
+            r[outer], r[inner] = divmod(r.pop(merged), D)
     if "g" in r:
         r["hq"] = r["h"] * G + r["g"]
     return r
 
 
-def sizes(layout: tuple, shape: tuple) -> dict:
-    return dict(zip(layout, shape))
+def sizes(layout: tuple, shape: tuple, D: int = 1) -> dict:
+    """Sizes of the roles; a merged dim must be a multiple of the head dim ``D``."""
+    z = dict(zip(layout, shape))
+    for merged, (outer, inner) in MERGED.items():
+        if merged in z:
+            total = z.pop(merged)
+            z[outer], z[inner] = (total // D, D) if total % D == 0 else (-1, -1)
+    return z
 
 
-def to_bthd(graph: fx.Graph, node: fx.Node, layout: tuple) -> fx.Node:
+def to_bthd(graph: fx.Graph, node: fx.Node, layout: tuple, D: int = 1) -> fx.Node:
     """Insert the view that turns ``node`` (in ``layout``) into ``[B, T, heads, D]``."""
-    names = "".join(r if r != "hq" else "q" for r in layout)
+    names = "".join(r.replace("hq", "q") for r in layout)
+    if names in ("btq*d", "bth*d"):
+        return graph.call_method("unflatten", (node, 2, (-1, D)))
     if names in ("bthd", "btqd", "bthi"):
         return node
     if names in ("bhtd", "bqtd", "bhti"):
@@ -48,7 +62,9 @@ def to_bthd(graph: fx.Graph, node: fx.Node, layout: tuple) -> fx.Node:
 
 def from_bthd(graph: fx.Graph, node: fx.Node, layout: tuple, H: int, G: int) -> fx.Node:
     """Insert the view that turns an op output ``[B, T, HQ, D]`` into ``layout``."""
-    names = "".join(r if r != "hq" else "q" for r in layout)
+    names = "".join(r.replace("hq", "q") for r in layout)
+    if names == "btq*d":
+        return graph.call_method("flatten", (node, 2, 3))
     if names == "btqd":
         return node
     if names == "bqtd":

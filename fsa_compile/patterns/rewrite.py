@@ -21,9 +21,9 @@ def apply(graph: fx.Graph, m, strategy: str = "auto") -> fx.Node:
     """
     out = m.output
     with graph.inserting_before(out):
-        q = L.to_bthd(graph, m.q, m.layouts["q"][1])
-        k = L.to_bthd(graph, m.k, m.layouts["k"][1])
-        v = L.to_bthd(graph, m.v, m.layouts["v"][1])
+        q = L.to_bthd(graph, m.q, m.layouts["q"][1], m.D)
+        k = L.to_bthd(graph, m.k, m.layouts["k"][1], m.D)
+        v = L.to_bthd(graph, m.v, m.layouts["v"][1], m.D)
         sel = L.to_bthd(graph, m.selection, m.layouts["selection"][1])
         res = graph.call_function(
             torch.ops.fsa.selected_attention.default,

@@ -286,11 +286,11 @@ class Analysis:
         ):
             if len(kl) != len(ks) or len(vl) != len(vs) or len(ql) != len(qs) or len(ol) != len(self.out_shape):
                 continue
-            kz, vz = L.sizes(kl, ks), L.sizes(vl, vs)
+            kz, vz = L.sizes(kl, ks, self.D), L.sizes(vl, vs, self.D)
             B, T, H = kz["b"], kz["t"], kz["h"]
             if kz["d"] != self.D or (vz["b"], vz["t"], vz["h"]) != (B, T, H):
                 continue
-            qz = L.sizes(ql, qs)
+            qz = L.sizes(ql, qs, self.D)
             if "hq" in qz:
                 if qz["hq"] % H:
                     continue
@@ -301,7 +301,7 @@ class Analysis:
                 G = qz["g"]
             if (qz["b"], qz["t"], qz["d"]) != (B, T, self.D):
                 continue
-            oz = L.sizes(ol, self.out_shape)
+            oz = L.sizes(ol, self.out_shape, vz["d"])
             if (oz["b"], oz["t"], oz.get("hq", oz.get("h", 0) * oz.get("g", 0))) != (B, T, H * G) or oz["d"] != vz["d"]:
                 continue
             sz = L.sizes(sl, self.sel_shape)
@@ -321,10 +321,11 @@ class Analysis:
 
     def _consistent(self, s, kl, vl, ql, ol, G):
         point, dd, qleaf, kleaf, vleaf = s[:5]
-        o = L.decode(ol, point, G)
-        q = L.decode(ql, qleaf.coords, G)
-        k = L.decode(kl, kleaf.coords)
-        v = L.decode(vl, vleaf.coords)
+        D, Dv = self.D, L.sizes(vl, shape_of(self.v), self.D)["d"]
+        o = L.decode(ol, point, G, Dv)
+        q = L.decode(ql, qleaf.coords, G, D)
+        k = L.decode(kl, kleaf.coords, 1, D)
+        v = L.decode(vl, vleaf.coords, 1, Dv)
         return (
             q["d"] == dd and k["d"] == dd
             and (q["b"], q["t"], q["hq"]) == (o["b"], o["t"], o["hq"])
@@ -369,7 +370,7 @@ class Analysis:
     def _form_keys(self, probe, point):
         """Visible key positions (with multiplicity) of one output row, and the scale."""
         ol, kl, vl, ql = (self.layouts[x][1] for x in ("o", "k", "v", "q"))
-        o = L.decode(ol, point, self.G)
+        o = L.decode(ol, point, self.G, self.Dv)
         dot = probe.product(point)
         if dot.size != self.S:
             raise NearMiss("the output product's length differs between rows")
@@ -383,15 +384,15 @@ class Analysis:
             for dd in {0, self.D - 1}:
                 qc, ql_ = _leaf_of(sdot.left(dd), "query")
                 kc, kl_ = _leaf_of(sdot.right(dd), "key")
-                q = L.decode(ql, ql_.coords, self.G)
-                k = L.decode(kl, kl_.coords)
+                q = L.decode(ql, ql_.coords, self.G, self.D)
+                k = L.decode(kl, kl_.coords, 1, self.D)
                 if ql_.node is not self.q or kl_.node is not self.k:
                     raise NearMiss("scores read other tensors than the matched q and k")
                 if (q["b"], q["t"], q["hq"], q["d"]) != (o["b"], o["t"], o["hq"], dd) or (
                     k["b"], k["h"], k["d"]) != (o["b"], o["hq"] // self.G, dd):
                     raise NearMiss("the score product does not pair a query with keys of its own head and batch")
             scales.add(round(coef * qc * kc, 12))
-            v = L.decode(vl, probe.value(dot, j).coords)
+            v = L.decode(vl, probe.value(dot, j).coords, 1, self.Dv)
             if (v["b"], v["h"], v["t"], v["d"]) != (o["b"], o["hq"] // self.G, k["t"], o["d"]):
                 raise NearMiss("values are not read at the same positions as the keys")
             keys[k["t"]] += 1

@@ -1,0 +1,119 @@
+"""The operation on its CPU path (the reference) against an independent implementation."""
+import math
+
+import pytest
+import torch
+
+import fsa_compile
+from fsa_compile.reference import canonical_indices
+from naive import naive_selected_attention, random_selection
+
+TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+
+
+def _inputs(B, T, H, G, D, dtype=torch.float32, seed=0, grad=False):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H * G, D, generator=g).to(dtype)
+    k = torch.randn(B, T, H, D, generator=g).to(dtype)
+    v = torch.randn(B, T, H, D, generator=g).to(dtype)
+    for t in (q, k, v):
+        t.requires_grad_(grad)
+    return q, k, v, g
+
+
+@pytest.mark.parametrize("G", [1, 2, 4, 8])
+def test_values_and_gradients_match_independent_gather(G):
+    B, T, H, D, bs, n = 2, 45, 2, 8, 8, 3  # T not a multiple of bs
+    q, k, v, g = _inputs(B, T, H, G, D, grad=True)
+    idx = random_selection(B, T, H, n, bs, pad=0.3, generator=g)
+    o, lse = fsa_compile.selected_attention(q, k, v, idx, bs, return_lse=True)
+    ro, rlse = naive_selected_attention(q, k, v, idx, bs)
+    assert (o.double() - ro).abs().max() < 1e-4
+    assert (lse.double() - rlse).abs().max() < 1e-4
+    w = torch.randn(o.shape, generator=g)
+    grads = torch.autograd.grad((o * w).sum(), (q, k, v))
+    rgrads = torch.autograd.grad((ro * w.double()).sum(), (q, k, v))
+    for a, b, name in zip(grads, rgrads, "qkv"):
+        assert (a.double() - b).abs().max() < 1e-4, name
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("count_duplicates", [True, False])
+def test_duplicates_and_causality(causal, count_duplicates):
+    B, T, H, G, D, bs, n = 1, 40, 2, 2, 8, 8, 4
+    q, k, v, g = _inputs(B, T, H, G, D, seed=1)
+    idx = random_selection(B, T, H, n, bs, pad=0.1, dup=0.5, generator=g)
+    o = fsa_compile.selected_attention(q, k, v, idx, bs, causal=causal, count_duplicates=count_duplicates)
+    ro, _ = naive_selected_attention(q, k, v, idx, bs, causal=causal, count_duplicates=count_duplicates)
+    assert (o.double() - ro).abs().max() < 1e-4
+    other, _ = naive_selected_attention(q, k, v, idx, bs, causal=causal, count_duplicates=not count_duplicates)
+    assert (other - ro).abs().max() > 1e-3  # the duplicates really matter in this selection
+
+
+def test_rows_with_nothing_visible_give_zero_and_minus_inf():
+    B, T, H, G, D, bs = 1, 32, 1, 2, 8, 8
+    q, k, v, _ = _inputs(B, T, H, G, D, seed=2)
+    idx = torch.full((B, T, H, 2), -1)
+    idx[:, :, :, 0] = 3  # block 3 = keys 24..31: invisible to queries t < 24
+    o, lse = fsa_compile.selected_attention(q, k, v, idx, bs, return_lse=True)
+    assert torch.all(o[:, :24] == 0) and torch.all(torch.isneginf(lse[:, :24]))
+    assert torch.isfinite(o[:, 24:]).all()
+    ro, _ = naive_selected_attention(q, k, v, idx, bs)
+    assert (o[:, 24:].double() - ro[:, 24:]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_bhtd_layout_and_dtypes(dtype):
+    B, T, H, G, D, bs, n = 2, 33, 2, 2, 16, 8, 2
+    q, k, v, g = _inputs(B, T, H, G, D, dtype=dtype, seed=3)
+    idx = random_selection(B, T, H, n, bs, generator=g)
+    o = fsa_compile.selected_attention(q, k, v, idx, bs)
+    ob = fsa_compile.selected_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), idx.transpose(1, 2), bs, layout="bhtd"
+    )
+    assert o.dtype == dtype and ob.shape == (B, H * G, T, D)
+    assert torch.equal(ob.transpose(1, 2), o)
+    ro, _ = naive_selected_attention(q, k, v, idx, bs)
+    assert (o.double() - ro).abs().max() < TOL[dtype]
+
+
+def test_any_strides_and_explicit_scale():
+    B, T, H, G, D, bs, n = 2, 24, 2, 2, 8, 8, 2
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(B, H * G, T, 2 * D, generator=g)
+    q = base[..., ::2].transpose(1, 2)  # non-contiguous, strided last dim
+    k = torch.randn(T, B, H, D, generator=g).transpose(0, 1)
+    v = torch.randn(B, T, H, D, generator=g)
+    idx = random_selection(B, T, H, n, bs, generator=g)
+    o = fsa_compile.selected_attention(q, k, v, idx, bs, scale=0.3)
+    ro, _ = naive_selected_attention(q, k, v, idx, bs, scale=0.3)
+    assert (o.double() - ro).abs().max() < 1e-4
+
+
+def test_long_sequence_reference_is_chunked():
+    # 4096 queries x 8 blocks x 64 keys x 64 dims of float32 gathered K+V would be 1 GiB unchunked.
+    B, T, H, G, D, bs, n = 1, 4096, 1, 1, 64, 64, 8
+    q, k, v, g = _inputs(B, T, H, G, D, seed=5)
+    idx = random_selection(B, T, H, n, bs, pad=0.0, generator=g)
+    o = fsa_compile.selected_attention(q, k, v, idx, bs)
+    rows = torch.randint(0, T, (8,), generator=g)
+    for t in rows.tolist():  # spot-check rows against a direct computation
+        blocks = sorted(set(idx[0, t, 0].tolist()))
+        keys = [s for b in idx[0, t, 0].tolist() for s in range(b * bs, (b + 1) * bs) if s <= t]
+        s = (k[0, keys, 0].double() @ q[0, t, 0].double()) * D**-0.5
+        ref = torch.softmax(s, 0) @ v[0, keys, 0].double()
+        assert (o[0, t, 0].double() - ref).abs().max() < 1e-4, (t, blocks)
+
+
+def test_canonical_indices_policies():
+    idx = torch.tensor([[[[0, 5, 1, 1, -3]]]])
+    T, bs = 20, 8  # 3 blocks
+    with pytest.raises(ValueError, match="out of range"):
+        canonical_indices(idx, T, bs, count_duplicates=True, on_out_of_range="raise")
+    c = canonical_indices(idx, T, bs, count_duplicates=True, on_out_of_range="drop")
+    assert c.tolist() == [[[[0, -1, 1, 1, -1]]]] and c.dtype == torch.int32
+    c = canonical_indices(idx, T, bs, count_duplicates=False, on_out_of_range="drop")
+    assert sorted(c.flatten().tolist()) == [-1, -1, -1, 0, 1]
+    with pytest.raises(RuntimeError):
+        canonical_indices(idx, T, bs, count_duplicates=True, on_out_of_range="assert")
+    assert math.ceil(T / bs) == 3
