@@ -1,6 +1,146 @@
-"""Forward launches (placeholder: the reference until the kernels land)."""
+"""Forward launches: plan -> Triton templates (or the reference)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import templates  # noqa: F401  (sets the interpreter switch before triton is imported)
+import triton  # noqa: E402
 from ..reference import reference_forward
+from ..templates.fsa_fwd import fsa_fwd_kernel
+from ..templates.index import build_block_index
+from ..templates.merge import merge_fwd_kernel
+from ..templates.nsa_fwd import nsa_fwd_kernel, tile_block_union
+from .plan import Plan, interpret_mode
+
+LOG2E = 1.4426950408889634
 
 
-def forward(q, k, v, idx, block_size, scale, causal, plan):
-    return reference_forward(q, k, v, idx, block_size, scale, causal)
+def _p2(x: int) -> int:
+    return max(16, 1 << max(0, int(x - 1).bit_length()))
+
+
+def _precision(dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _check(q, k, v, idx, block_size):
+    B, T, HQ, D = q.shape
+    if k.dim() != 4 or k.shape[:2] != (B, T) or v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"shapes q {tuple(q.shape)} k {tuple(k.shape)} v {tuple(v.shape)}")
+    H = k.shape[2]
+    if HQ % H:
+        raise ValueError(f"HQ={HQ} is not a multiple of H={H}")
+    if idx.shape[:3] != (B, T, H) or idx.dtype != torch.int32:
+        raise ValueError(f"idx must be int32 [B, T, H, n], got {idx.dtype} {tuple(idx.shape)}")
+    if max(k.shape[-1], v.shape[-1]) > 256:
+        raise ValueError("head dims above 256 are not supported by the kernels")
+    if block_size < 1:
+        raise ValueError("block_size must be >= 1")
+
+
+def forward(q, k, v, idx, block_size, scale, causal, plan: Plan, *, poison: bool = False):
+    """``o [B,T,HQ,Dv]`` (q's dtype) and natural-log ``lse [B,T,HQ]`` float32.
+
+    ``poison=True`` (a test hook) fills the outputs and the partial buffers with NaN before the
+    kernels run, so any element the kernels fail to write shows up.
+    """
+    if plan.strategy == "reference":
+        return reference_forward(q, k, v, idx, block_size, scale, causal)
+    _check(q, k, v, idx, block_size)
+    B, T, HQ, D = q.shape
+    H, Dv = k.shape[2], v.shape[-1]
+    G = HQ // H
+    n = idx.shape[-1]
+    o = torch.empty(B, T, HQ, Dv, dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, T, HQ, dtype=torch.float32, device=q.device)
+    if poison:
+        o.fill_(float("nan"))
+        lse.fill_(float("nan"))
+    if T == 0 or B == 0 or HQ == 0:
+        return o, lse
+    if n == 0:
+        o.zero_()
+        lse.fill_(-math.inf)
+        return o, lse
+    if plan.strategy == "nsa":
+        _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse)
+    elif plan.strategy == "fsa":
+        _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison)
+    else:
+        raise ValueError(f"unknown strategy {plan.strategy!r}")
+    return o, lse
+
+
+def _common(q, k, v, block_size):
+    return dict(BS=block_size, BLOCK_N=_p2(block_size), D=q.shape[-1], BLOCK_D=_p2(q.shape[-1]),
+                DV=v.shape[-1], BLOCK_DV=_p2(v.shape[-1]), PRECISION=_precision(q.dtype),
+                UPCAST=interpret_mode() and q.dtype == torch.bfloat16)
+
+
+def _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse):
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    n = idx.shape[-1]
+    tok = plan.nsa_tok
+    rows = max(plan.nsa_rows, _p2(tok * G))
+    union = tok > 1
+    NT = triton.cdiv(T, tok)
+    if union:
+        ulist, ucnt = tile_block_union(idx, tok, block_size, causal)
+        ulen = ulist.shape[-1]
+    else:
+        ulist, ucnt, ulen = idx, idx, 0
+    nsa_fwd_kernel[(NT, B * H)](
+        q, k, v, idx, ulist, ucnt, o, lse,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *idx.stride(),
+        T, H, NT, ulen, scale * LOG2E,
+        G=G, TOK=tok, BLOCK_R=rows, N_SEL=n, BLOCK_SEL=_p2(n), CAUSAL=causal, UNION=union,
+        num_warps=plan.nsa_warps, num_stages=plan.nsa_stages, **_common(q, k, v, block_size),
+    )
+
+
+def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
+    B, T, HQ, D = q.shape
+    H, Dv = k.shape[2], v.shape[-1]
+    G = HQ // H
+    n = idx.shape[-1]
+    NB = triton.cdiv(T, block_size)
+    C = min(plan.chunk, T)
+    nc = triton.cdiv(T, C)
+    tile_q = plan.fsa_tile_q
+    rows = max(plan.fsa_rows, _p2(tile_q * G))
+    # The index over chunks: chunk c of batch b is batch row b * nc + c of the index.
+    idx_c = idx
+    if nc * C != T:
+        idx_c = torch.cat([idx, idx.new_full((B, nc * C - T, H, n), -1)], 1)
+    bi = build_block_index(idx_c.view(B * nc, C, H, n), NB, tile_q)
+    grid0 = bi.max_tiles if nc > 0 else 0
+    elen = bi.entries.shape[-1]
+    pdt = torch.float32 if q.dtype == torch.float32 else q.dtype
+    po = torch.empty(B, C, n, HQ, Dv, dtype=pdt, device=q.device)
+    pl = torch.empty(B, C, n, HQ, dtype=torch.float32, device=q.device)
+    if poison:
+        po.fill_(float("nan"))
+        pl.fill_(float("nan"))
+    common = _common(q, k, v, block_size)
+    search = min(1024, max(16, triton.next_power_of_2(NB)))
+    mrows = plan.merge_rows
+    for c in range(nc):
+        c0 = c * C
+        fsa_fwd_kernel[(grid0, B * H)](
+            q, k, v, bi.offsets, bi.entries, bi.tile_offsets, po, pl,
+            *q.stride(), *k.stride(), *v.stride(),
+            T, H, C, c0, nc, c, NB, elen, scale * LOG2E,
+            G=G, N_SEL=n, TILE_Q=tile_q, BLOCK_R=rows, SEARCH=search, CAUSAL=causal,
+            num_warps=plan.fsa_warps, num_stages=plan.fsa_stages, **common,
+        )
+        merge_fwd_kernel[(triton.cdiv(C * HQ, mrows), B)](
+            po, pl, idx, o, lse,
+            *idx.stride(), *o.stride(),
+            T, C, c0, HQ,
+            G=G, N_SEL=n, BLOCK_SEL=_p2(n), BLOCK_M=mrows, DV=Dv, BLOCK_DV=_p2(Dv),
+            num_warps=plan.merge_warps,
+        )

@@ -1,4 +1,9 @@
-"""Strategy and tile sizes, chosen from the static shapes (placeholder until the kernels land)."""
+"""Strategy and tile sizes, chosen from static shapes (and T's power-of-two bucket).
+
+A :class:`Plan` depends only on ``(B, T bucket, H, G, D, Dv, n, block_size, dtype, causal)`` so a
+compiled graph can guard on those and recompile outside the bucket rather than run a wrong config.
+The ``auto`` choice is a table written from measurements on an H100 (``benchmarks/NOTES.md``).
+"""
 from __future__ import annotations
 
 import os
@@ -8,22 +13,101 @@ import torch
 
 STRATEGIES = ("auto", "fsa", "nsa", "reference")
 
+# Extra device memory the inverted loop's partial buffer may take (bytes), whatever T is.
+PARTIAL_BUDGET = 512 * 2**20
+
 
 def interpret_mode() -> bool:
     return os.environ.get("FSA_COMPILE_INTERPRET", "") == "1"
 
 
 def kernels_available(device: torch.device) -> bool:
+    device = torch.device(device)
     return device.type == "cuda" or (device.type == "cpu" and interpret_mode())
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, int(x - 1).bit_length())
+
+
+def t_bucket(T: int) -> int:
+    """The power of two ``>= T`` (a plan is valid for every T in ``(bucket/2, bucket]``)."""
+    return _pow2(max(1, T))
 
 
 @dataclass(frozen=True)
 class Plan:
-    strategy: str
+    strategy: str  # "fsa" | "nsa" | "reference"
+    # NSA order: tiles of nsa_tok tokens x G heads (nsa_rows rows, padded to >= 16)
+    nsa_tok: int = 1
+    nsa_rows: int = 16
+    nsa_warps: int = 4
+    nsa_stages: int = 2
+    # inverted loop: tiles of fsa_tile_q (query, slot) entries x G heads
+    fsa_tile_q: int = 64
+    fsa_rows: int = 64
+    fsa_warps: int = 4
+    fsa_stages: int = 1
+    chunk: int = 16384  # query tokens per inverted-loop pass (bounds the partial buffer)
+    merge_rows: int = 64
+    merge_warps: int = 4
+    t_bucket: int = 0
 
     def describe(self) -> str:
+        if self.strategy == "fsa":
+            return (f"fsa: tile {self.fsa_rows}x({self.fsa_tile_q} sel x "
+                    f"{self.fsa_rows // self.fsa_tile_q} heads), warps {self.fsa_warps}, "
+                    f"stages {self.fsa_stages}, chunk {self.chunk}, merge {self.merge_rows} rows")
+        if self.strategy == "nsa":
+            union = " union" if self.nsa_tok > 1 else ""
+            return (f"nsa: tile {self.nsa_rows}x({self.nsa_tok} tok x heads){union}, "
+                    f"warps {self.nsa_warps}, stages {self.nsa_stages}")
         return self.strategy
 
 
-def choose_plan(B, T, H, G, D, Dv, n, block_size, dtype, causal, strategy, device) -> Plan:
-    return Plan("reference")
+def _elt(dtype) -> int:
+    return 4 if dtype == torch.float32 else 2
+
+
+def _fsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over) -> Plan:
+    big_d = max(D, Dv) > 128
+    rows = 64  # measured v1: 64-row tiles beat 128 at every G (benchmarks/NOTES.md)
+    if G > rows:
+        rows = _pow2(G)
+    tile_q = max(1, rows // _pow2(G))
+    rows = tile_q * G if (tile_q * G) >= 16 else 16
+    rows = _pow2(rows)
+    HQ = H * G
+    per_tok = B * n * HQ * (Dv * _elt(dtype) + 4)  # partial o + partial lse, per query token
+    fit = max(64, PARTIAL_BUDGET // max(per_tok, 1))
+    chunk = min(1 << (fit.bit_length() - 1), t_bucket(T))  # a power of two <= fit
+    kw = dict(fsa_tile_q=tile_q, fsa_rows=rows, fsa_warps=8 if (rows >= 128 or big_d) else 4,
+              fsa_stages=1, chunk=chunk, t_bucket=t_bucket(T))
+    kw.update(over)
+    return Plan("fsa", **kw)
+
+
+def _nsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, tok=None, **over) -> Plan:
+    if tok is None:
+        tok = 1
+    rows = max(16, _pow2(tok * G))
+    kw = dict(nsa_tok=tok, nsa_rows=rows, nsa_warps=4 if rows <= 64 else 8, nsa_stages=2,
+              t_bucket=t_bucket(T))
+    kw.update(over)
+    return Plan("nsa", **kw)
+
+
+# auto: strategy per G measured on the H100 (bf16, D=128, bs=64, n=16); see benchmarks/NOTES.md.
+_AUTO_G = {1: "fsa", 2: "fsa", 4: "fsa", 8: "fsa", 16: "nsa"}
+
+
+def choose_plan(B, T, H, G, D, Dv, n, block_size, dtype, causal, strategy, device, **over) -> Plan:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy == "reference" or not kernels_available(torch.device(device)):
+        return Plan("reference", t_bucket=t_bucket(T))
+    if strategy == "auto":
+        strategy = _AUTO_G.get(G, "nsa" if G > 8 else "fsa")
+    if strategy == "fsa":
+        return _fsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over)
+    return _nsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over)

@@ -1,0 +1,94 @@
+"""Inverted-loop (FSA) forward: one program per (KV block, tile of the queries that selected it).
+
+Works on one chunk of query tokens ``[c0, c0 + C)`` at a time (so the partial buffer is bounded),
+with the CSR index of :mod:`.index` built over ``[B * num_chunks, C, H, n]`` (a chunk is a batch row
+of the index, its entries are ``t_local * n + slot``).
+
+Grid: ``(max_tiles, B * H)``. Program ``pid`` of ``(b, h)`` finds its block ``j`` as the number of
+``tile_offsets[1:]`` entries ``<= pid`` (a vector count, no host sync) and exits at once when
+``pid`` is past the real number of tiles. Its tile is ``TILE_Q`` consecutive entries of block
+``j``'s list; rows are ``entry x G heads`` (``row = e * G + g``), ``BLOCK_R = TILE_Q * G``. The block's
+K and V are loaded once; for every row the program writes a *normalised* partial output
+``o_j = softmax_j(s) @ v`` (in the partial dtype) and its log2-sum-exp ``lse_j`` (float32) at
+``(t_local, slot, hq)``; :mod:`.merge` combines a query's partials.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import mma
+
+
+@triton.jit
+def fsa_fwd_kernel(
+    Q, K, V, OFFS, ENTRIES, TOFFS, PO, PL,
+    sqb, sqt, sqh, sqd,
+    skb, skt, skh, skd,
+    svb, svt, svh, svd,
+    T, H, C, c0, NCHUNK, chunk, NB, ELEN, scale_log2,
+    G: tl.constexpr, N_SEL: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_R: tl.constexpr,
+    BS: tl.constexpr, BLOCK_N: tl.constexpr, SEARCH: tl.constexpr,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
+    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    ib = (b * NCHUNK + chunk) * H + h  # (index batch row, head)
+    toff = TOFFS + ib.to(tl.int64) * (NB + 1)
+    ntiles = tl.load(toff + NB)
+    if pid < ntiles:
+        # block j = #{j' in [1, NB] : tile_offsets[j'] <= pid}
+        j = tl.full([], 0, tl.int32)
+        for s0 in range(1, NB + 1, SEARCH):
+            offs = s0 + tl.arange(0, SEARCH)
+            to = tl.load(toff + offs, mask=offs <= NB, other=2147483647)
+            j += tl.sum((to <= pid).to(tl.int32), axis=0)
+        k_in_blk = pid - tl.load(toff + j)
+        offb = OFFS + ib.to(tl.int64) * (NB + 1)
+        start = tl.load(offb + j) + k_in_blk * TILE_Q
+        end = tl.load(offb + j + 1)
+
+        rows = tl.arange(0, BLOCK_R)
+        e = start + rows // G
+        row_ok = (rows < TILE_Q * G) & (e < end)
+        ent = tl.load(ENTRIES + ib.to(tl.int64) * ELEN + e, mask=row_ok, other=0)
+        t_loc = ent // N_SEL
+        slot = ent % N_SEL
+        tok = c0 + t_loc
+        hq = h * G + rows % G
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_dv = tl.arange(0, BLOCK_DV)
+        offs_n = tl.arange(0, BLOCK_N)
+        b64 = b.to(tl.int64)
+        tok64 = tok.to(tl.int64)
+
+        q = tl.load(Q + b64 * sqb + tok64[:, None] * sqt + hq[:, None] * sqh + offs_d[None, :] * sqd,
+                    mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+        kpos = j * BS + offs_n
+        kmask = (offs_n < BS) & (kpos < T)
+        kpos64 = kpos.to(tl.int64)
+        k = tl.load(K + b64 * skb + h * skh + kpos64[:, None] * skt + offs_d[None, :] * skd,
+                    mask=kmask[:, None] & (offs_d[None, :] < D), other=0.0)
+        v = tl.load(V + b64 * svb + h * svh + kpos64[:, None] * svt + offs_dv[None, :] * svd,
+                    mask=kmask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+        s = mma(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
+        valid = kmask[None, :]
+        if CAUSAL:
+            valid = valid & (kpos[None, :] <= tok[:, None])
+        s = tl.where(valid, s, float("-inf"))
+        m = tl.max(s, axis=1)
+        m_use = tl.where(m == float("-inf"), 0.0, m)
+        p = tl.exp2(s - m_use[:, None])
+        l = tl.sum(p, axis=1)
+        has = l > 0
+        o = mma(p.to(v.dtype), v, PRECISION, UPCAST) / tl.where(has, l, 1.0)[:, None]
+        lse2 = tl.where(has, m_use + tl.log2(tl.where(has, l, 1.0)), float("-inf"))
+
+        # partials: PO [B, C, N_SEL, HQ, DV], PL [B, C, N_SEL, HQ]
+        prow = ((b64 * C + t_loc) * N_SEL + slot) * (H * G) + hq
+        tl.store(PO + prow[:, None] * DV + offs_dv[None, :], o.to(PO.dtype.element_ty),
+                 mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+        tl.store(PL + prow, lse2, mask=row_ok)

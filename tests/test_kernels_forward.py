@@ -1,0 +1,229 @@
+"""Forward kernels (templates + lowering) against the reference.
+
+CPU: the Triton templates run through the interpreter (``FSA_COMPILE_INTERPRET=1``) on tiny
+shapes. GPU (``pytest -m gpu``): every case again at real sizes in fp16/bf16, the reference on
+float32-upcast inputs.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # The interpreter switch must be seen before triton is imported (fsa_compile.templates).
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("triton was imported before the interpreter could be switched on",
+                    allow_module_level=True)
+    os.environ["FSA_COMPILE_INTERPRET"] = "1"
+
+from fsa_compile.lowering.forward import forward  # noqa: E402
+from fsa_compile.lowering.plan import PARTIAL_BUDGET, Plan, choose_plan, t_bucket  # noqa: E402
+from fsa_compile.reference import reference_forward  # noqa: E402
+from fsa_compile.selection import skewed_selection, uniform_selection  # noqa: E402
+
+CPU = torch.device("cpu")
+TOL = {torch.float32: 2e-4, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+# (name, strategy, plan overrides)
+VARIANTS = [
+    ("nsa", "nsa", {}),
+    ("nsa-union", "nsa", dict(tok=4)),
+    ("fsa", "fsa", dict(chunk=16)),  # several chunks even at tiny T
+]
+
+
+def make_inputs(B, T, H, G, D, Dv, dtype, layout, gen, device=CPU):
+    HQ = H * G
+
+    def rnd(*shape):
+        if layout == "bthd":
+            return torch.randn(*shape, generator=gen, device=device).to(dtype)
+        b, t, h, d = shape  # stored [B, H, T, D], seen through a transposed view
+        return torch.randn(b, h, t, d, generator=gen, device=device).to(dtype).transpose(1, 2)
+
+    return rnd(B, T, HQ, D), rnd(B, T, H, D), rnd(B, T, H, Dv)
+
+
+def random_indices(B, T, H, n, bs, gen, device=CPU):
+    """Padding (-1), duplicates, future blocks, all mixed, and a few rows with nothing visible."""
+    nb = (T + bs - 1) // bs
+    idx = torch.randint(-2, nb, (B, T, H, n), generator=gen, device=device, dtype=torch.int32)
+    idx = torch.where(idx < 0, torch.full_like(idx, -1), idx)
+    if n > 1:
+        idx[:, ::3, :, -1] = idx[:, ::3, :, 0]  # duplicates
+    idx[:, 1, :, :] = -1  # nothing selected
+    if nb > 1:
+        idx[:, 2, :, :] = nb - 1  # only a future block (causal: nothing visible), listed n times
+    return idx
+
+
+def run_and_compare(q, k, v, idx, bs, causal, plan, dtype, scale=None):
+    D = q.shape[-1]
+    scale = D**-0.5 if scale is None else scale
+    o, lse = forward(q, k, v, idx, bs, scale, causal, plan, poison=True)
+    ro, rl = reference_forward(q.double(), k.double(), v.double(), idx, bs, scale, causal)
+    assert o.dtype == q.dtype and lse.dtype == torch.float32
+    assert o.shape == ro.shape and lse.shape == rl.shape
+    assert not torch.isnan(o).any(), "unwritten (NaN-poisoned) output elements"
+    assert not torch.isnan(lse).any(), "unwritten (NaN-poisoned) lse elements"
+    empty = torch.isinf(rl)
+    assert torch.equal(torch.isinf(lse), empty), "rows with no visible key differ"
+    assert (lse[empty] < 0).all()
+    assert (o[empty] == 0).all(), "a row with no visible key must give o = 0"
+    err = ((o.double() - ro).norm() / ro.norm().clamp_min(1e-30)).item()
+    assert err < TOL[dtype], f"relative error {err:.2e} (tolerance {TOL[dtype]:.0e})"
+    if (~empty).any():
+        lerr = (lse[~empty].double() - rl[~empty]).abs().max().item()
+        assert lerr < 10 * TOL[dtype], f"lse error {lerr:.2e}"
+
+
+def plan_of(strategy, over, q, k, idx, bs, causal):
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    return choose_plan(B, T, H, HQ // H, D, D, idx.shape[-1], bs, q.dtype, causal, strategy, CPU,
+                       **over)
+
+
+# G x variant, with D, dtype, causality and layout cycled so that every one is covered.
+_DS = [16, 48, 96, 64]
+_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+CASES = []
+for _i, (_G, (_name, _strat, _over)) in enumerate(
+        [(G, v) for G in (1, 2, 4, 8, 16) for v in VARIANTS]):
+    CASES.append(pytest.param(_G, _strat, _over, _DS[_i % 4], _DTYPES[_i % 3], _i % 2 == 0,
+                              "bthd" if _i % 4 < 2 else "bhtd", id=f"{_name}-G{_G}-D{_DS[_i % 4]}-{_i}"))
+
+
+@pytest.mark.parametrize("G,strategy,over,D,dtype,causal,layout", CASES)
+def test_matches_reference(G, strategy, over, D, dtype, causal, layout):
+    gen = torch.Generator().manual_seed(1000 + G * 7 + D)
+    B, T, H, bs, n = 1, 37, 2 if G <= 4 else 1, 16, 3  # T not a multiple of bs
+    q, k, v = make_inputs(B, T, H, G, D, D, dtype, layout, gen)
+    idx = random_indices(B, T, H, n, bs, gen)
+    plan = plan_of(strategy, over, q, k, idx, bs, causal)
+    assert plan.strategy == strategy
+    run_and_compare(q, k, v, idx, bs, causal, plan, dtype)
+
+
+@pytest.mark.parametrize("name,strategy,over", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_value_dim_differs_and_batch(name, strategy, over):
+    gen = torch.Generator().manual_seed(7)
+    B, T, H, G, D, Dv, bs, n = 2, 21, 1, 2, 32, 48, 8, 2
+    q, k, v = make_inputs(B, T, H, G, D, Dv, torch.float32, "bthd", gen)
+    idx = random_indices(B, T, H, n, bs, gen)
+    plan = choose_plan(B, T, H, G, D, Dv, n, bs, q.dtype, True, strategy, CPU, **over)
+    run_and_compare(q, k, v, idx, bs, True, plan, torch.float32)
+
+
+@pytest.mark.parametrize("name,strategy,over", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_generated_selections(name, strategy, over):
+    gen = torch.Generator().manual_seed(3)
+    B, T, H, G, D, bs, n = 1, 40, 1, 4, 16, 8, 4
+    q, k, v = make_inputs(B, T, H, G, D, D, torch.float16, "bthd", gen)
+    for idx in (uniform_selection(B, T, H, n, bs, generator=gen), skewed_selection(q, k, n, bs)):
+        plan = plan_of(strategy, over, q, k, idx, bs, True)
+        run_and_compare(q, k, v, idx, bs, True, plan, torch.float16)
+
+
+def test_reference_strategy_is_the_reference():
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = make_inputs(1, 20, 1, 2, 16, 16, torch.float32, "bthd", gen)
+    idx = random_indices(1, 20, 1, 2, 8, gen)
+    plan = choose_plan(1, 20, 1, 2, 16, 16, 2, 8, q.dtype, True, "reference", CPU)
+    assert plan.strategy == "reference"
+    o, lse = forward(q, k, v, idx, 8, 0.3, True, plan)
+    ro, rl = reference_forward(q, k, v, idx, 8, 0.3, True)
+    assert torch.equal(o, ro) and torch.equal(lse, rl)
+
+
+def test_plans():
+    for strat in ("auto", "fsa", "nsa"):
+        for G in (1, 2, 4, 8, 16):
+            p = choose_plan(1, 65536, 4, G, 128, 128, 16, 64, torch.bfloat16, True, strat, CPU)
+            assert p.strategy in ("fsa", "nsa")
+            assert isinstance(p.describe(), str) and p.describe().startswith(p.strategy)
+            assert p.t_bucket == 65536
+            if p.strategy == "fsa":  # the partial buffer stays within its budget
+                part = p.chunk * 16 * 4 * G * (128 * 2 + 4)
+                assert part <= PARTIAL_BUDGET
+    with pytest.raises(ValueError):
+        choose_plan(1, 64, 1, 1, 16, 16, 2, 16, torch.float32, True, "bogus", CPU)
+    # a plan depends on T's bucket only
+    a = choose_plan(1, 40000, 4, 2, 128, 128, 16, 64, torch.bfloat16, True, "auto", CPU)
+    b = choose_plan(1, 65536, 4, 2, 128, 128, 16, 64, torch.bfloat16, True, "auto", CPU)
+    assert a == b and t_bucket(40000) == 65536
+    assert isinstance(Plan("reference").describe(), str)
+
+
+def test_bench_needs_cuda(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("has CUDA")
+    from fsa_compile.bench import main
+
+    assert main(["--T", "1K", "--G", "1"]) != 0
+    assert "CUDA" in capsys.readouterr().err
+
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover
+    given = None
+
+if given is not None:
+
+    @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        T=st.integers(1, 33), H=st.integers(1, 2), G=st.sampled_from([1, 2, 3, 5, 8]),
+        D=st.sampled_from([16, 24, 40]), bs=st.sampled_from([4, 8, 16, 20]), n=st.integers(1, 4),
+        variant=st.sampled_from(VARIANTS), causal=st.booleans(), seed=st.integers(0, 2**16),
+    )
+    def test_property_random_shapes(T, H, G, D, bs, n, variant, causal, seed):
+        gen = torch.Generator().manual_seed(seed)
+        q, k, v = make_inputs(1, T, H, G, D, D, torch.float32, "bthd", gen)
+        nb = (T + bs - 1) // bs
+        idx = torch.randint(-1, nb, (1, T, H, n), generator=gen, dtype=torch.int32)
+        _, strategy, over = variant
+        plan = plan_of(strategy, over, q, k, idx, bs, causal)
+        run_and_compare(q, k, v, idx, bs, causal, plan, torch.float32)
+
+
+# ----------------------------------------------------------------------------------------- GPU
+GPU_CASES = []
+for _G in (1, 2, 4, 8, 16):
+    for _strat, _over in (("fsa", {}), ("nsa", {}), ("nsa", dict(tok=4)), ("auto", {})):
+        for _dt in (torch.float16, torch.bfloat16):
+            GPU_CASES.append(pytest.param(_G, _strat, _over, _dt,
+                                          id=f"{_strat}{_over.get('tok', '')}-G{_G}-{str(_dt)[6:]}"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("G,strategy,over,dtype", GPU_CASES)
+def test_gpu_real_sizes(G, strategy, over, dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(G)
+    B, T, H, bs, n = 2, 3000, 2, 64, 16
+    for D, layout, causal, dist in ((128, "bthd", True, "uniform"), (96, "bhtd", True, "skewed"),
+                                   (192, "bthd", False, "random"), (48, "bhtd", True, "random")):
+        q, k, v = make_inputs(B, T, H, G, D, D, dtype, layout, gen, device=dev)
+        if dist == "uniform":
+            idx = uniform_selection(B, T, H, n, bs, device=dev, generator=gen)
+        elif dist == "skewed":
+            idx = skewed_selection(q, k, n, bs)
+        else:
+            idx = random_indices(B, T, H, n, bs, gen, device=dev)
+        plan = choose_plan(B, T, H, G, D, D, n, bs, dtype, causal, strategy, dev,
+                           **(dict(chunk=1024) if strategy == "fsa" else over))
+        o, lse = forward(q, k, v, idx, bs, D**-0.5, causal, plan, poison=True)
+        ro, rl = reference_forward(q.float(), k.float(), v.float(), idx, bs, D**-0.5, causal)
+        assert not o.isnan().any() and not lse.isnan().any()
+        assert torch.equal(torch.isinf(lse), torch.isinf(rl))
+        err = ((o.float() - ro).norm() / ro.norm()).item()
+        assert err < (2e-2 if dtype == torch.bfloat16 else 1e-2), (D, layout, dist, err)
+        fin = torch.isfinite(rl)
+        assert (lse[fin] - rl[fin]).abs().max().item() < 5e-2
