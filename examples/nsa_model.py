@@ -1,0 +1,199 @@
+"""A small Llama-style language model with Native Sparse Attention, in plain PyTorch.
+
+No fsa_compile import: this is the code a user writes. Each attention layer has NSA's three
+branches, mixed by per-head sigmoid gates:
+
+- compressed: queries attend to block summaries of the keys/values (blocks of ``cmp_block``
+  tokens every ``cmp_stride`` tokens, summarised by a learned linear map), causally at block
+  granularity, plus a learned null key so that no query is left without keys;
+- selected: each query token picks ``n`` blocks of ``block_size`` keys per KV head (top-n of
+  compressed scores, the first block and the local block forced in) and attends to them
+  (``nsa_selected.selected_attention_gather``, the gather form);
+- sliding window: the last ``window`` tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nsa_layer import select_blocks
+from nsa_selected import selected_attention_gather
+
+
+@dataclass
+class NSAConfig:
+    vocab: int = 256
+    dim: int = 256
+    layers: int = 2
+    heads: int = 8
+    kv_heads: int = 2
+    head_dim: int = 32
+    block_size: int = 64
+    n: int = 16
+    window: int = 512
+    cmp_block: int = 32
+    cmp_stride: int = 16
+    mlp_mult: int = 4
+
+
+def rope(x, base: float = 10000.0):
+    """Rotary position embedding on the last dim of ``x [B, T, H, D]``."""
+    T, D = x.shape[1], x.shape[-1]
+    inv = base ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)
+    ang = torch.arange(T, device=x.device, dtype=torch.float32)[:, None] * inv  # [T, D/2]
+    cos, sin = ang.cos()[None, :, None, :], ang.sin()[None, :, None, :]
+    x1, x2 = x.float()[..., : D // 2], x.float()[..., D // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class NSAAttention(nn.Module):
+    def __init__(self, c: NSAConfig):
+        super().__init__()
+        self.c = c
+        hd = c.head_dim
+        self.wq = nn.Linear(c.dim, c.heads * hd, bias=False)
+        self.wk = nn.Linear(c.dim, c.kv_heads * hd, bias=False)
+        self.wv = nn.Linear(c.dim, c.kv_heads * hd, bias=False)
+        self.wo = nn.Linear(c.heads * hd, c.dim, bias=False)
+        self.gate = nn.Linear(c.dim, 3 * c.heads)
+        self.cmp_k = nn.Linear(c.cmp_block * hd, hd, bias=False)
+        self.cmp_v = nn.Linear(c.cmp_block * hd, hd, bias=False)
+        self.cmp_pos = nn.Parameter(torch.zeros(c.cmp_block, hd))
+        self.null_kv = nn.Parameter(torch.zeros(2, c.kv_heads, hd))
+
+    def compressed(self, q, k, v):
+        """Attention over block summaries; returns the output [B, T, HQ, D]."""
+        c = self.c
+        B, T, HQ, D = q.shape
+        G = HQ // c.kv_heads
+        if T >= c.cmp_block:
+            kb = k.unfold(1, c.cmp_block, c.cmp_stride).transpose(-1, -2)  # [B, Tc, H, cmp_block, D]
+            vb = v.unfold(1, c.cmp_block, c.cmp_stride).transpose(-1, -2)
+            kc = self.cmp_k((kb + self.cmp_pos).flatten(-2))  # [B, Tc, H, D]
+            vc = self.cmp_v((vb + self.cmp_pos).flatten(-2))
+        else:
+            kc = k.new_zeros(B, 0, c.kv_heads, D)
+            vc = kc
+        Tc = kc.shape[1]
+        nk = self.null_kv[0].expand(B, 1, -1, -1).to(k.dtype)
+        nv = self.null_kv[1].expand(B, 1, -1, -1).to(v.dtype)
+        kc, vc = torch.cat([nk, kc], 1), torch.cat([nv, vc], 1)
+        ends = torch.arange(Tc, device=q.device) * c.cmp_stride + c.cmp_block - 1
+        visible = ends.view(1, Tc) <= torch.arange(T, device=q.device).view(T, 1)
+        mask = torch.cat([visible.new_ones(T, 1), visible], 1)  # the null key is always visible
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2), kc.repeat_interleave(G, 2).transpose(1, 2), vc.repeat_interleave(G, 2).transpose(1, 2),
+            attn_mask=mask,
+        )
+        return o.transpose(1, 2)
+
+    def sliding(self, q, k, v):
+        """Causal attention over the last ``window`` keys, in chunks of ``window`` queries."""
+        c = self.c
+        B, T, HQ, D = q.shape
+        G = HQ // c.kv_heads
+        w = min(c.window, T)
+        pad = (-T) % w
+        qp = F.pad(q, (0, 0, 0, 0, 0, pad))
+        kp = F.pad(k, (0, 0, 0, 0, w, pad))  # one empty chunk in front
+        vp = F.pad(v, (0, 0, 0, 0, w, pad))
+        nc = (T + pad) // w
+        qc = qp.view(B, nc, w, HQ, D).permute(0, 3, 1, 2, 4)  # [B, HQ, nc, w, D]
+        kc = kp.unfold(1, 2 * w, w).permute(0, 2, 1, 4, 3).repeat_interleave(G, 1)  # [B, HQ, nc, 2w, D]
+        vc = vp.unfold(1, 2 * w, w).permute(0, 2, 1, 4, 3).repeat_interleave(G, 1)
+        i = torch.arange(w, device=q.device).view(w, 1)
+        j = torch.arange(2 * w, device=q.device).view(1, 2 * w)
+        band = (j <= i + w) & (j > i)  # key j of the two chunks is within the window of query i
+        first = band & (j >= w)  # the first chunk has nothing before it
+        chunk = torch.arange(nc, device=q.device).view(nc, 1, 1)
+        mask = torch.where(chunk == 0, first, band)
+        o = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask)  # [B, HQ, nc, w, D]
+        return o.permute(0, 2, 3, 1, 4).reshape(B, nc * w, HQ, D)[:, :T]
+
+    def forward(self, x):
+        c = self.c
+        B, T, _ = x.shape
+        q = rope(self.wq(x).view(B, T, c.heads, c.head_dim))
+        k = rope(self.wk(x).view(B, T, c.kv_heads, c.head_dim))
+        v = self.wv(x).view(B, T, c.kv_heads, c.head_dim)
+        with torch.no_grad():
+            idx = select_blocks(q, k, c.block_size, c.n)
+        o_sel = selected_attention_gather(q, k, v, idx, c.block_size)
+        o_cmp = self.compressed(q, k, v)
+        o_win = self.sliding(q, k, v)
+        g = torch.sigmoid(self.gate(x)).view(B, T, c.heads, 3, 1).to(q.dtype)
+        o = g[..., 0, :] * o_cmp + g[..., 1, :] * o_sel + g[..., 2, :] * o_win
+        return self.wo(o.reshape(B, T, c.heads * c.head_dim))
+
+
+class Block(nn.Module):
+    def __init__(self, c: NSAConfig):
+        super().__init__()
+        self.n1, self.n2 = RMSNorm(c.dim), RMSNorm(c.dim)
+        self.attn = NSAAttention(c)
+        hidden = c.mlp_mult * c.dim
+        self.w1 = nn.Linear(c.dim, hidden, bias=False)
+        self.w3 = nn.Linear(c.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, c.dim, bias=False)
+
+    def forward(self, x):
+        x = x + self.attn(self.n1(x))
+        h = self.n2(x)
+        return x + self.w2(F.silu(self.w1(h)) * self.w3(h))
+
+
+class NSAModel(nn.Module):
+    def __init__(self, c: NSAConfig):
+        super().__init__()
+        self.c = c
+        self.embed = nn.Embedding(c.vocab, c.dim)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.layers))
+        self.norm = RMSNorm(c.dim)
+        self.head = nn.Linear(c.dim, c.vocab, bias=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.norm(x))
+
+    def loss(self, tokens):
+        logits = self(tokens[:, :-1])
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_token(c: NSAConfig) -> float:
+    """Rough training FLOPs per token (6 x parameters of the dense parts), for reporting only."""
+    per_layer = 2 * c.dim * (c.heads + 2 * c.kv_heads) * c.head_dim + 3 * c.dim * c.mlp_mult * c.dim
+    return 6 * (c.layers * per_layer + c.vocab * c.dim)
+
+
+__all__ = ["NSAConfig", "NSAModel", "num_params", "flops_per_token"]
