@@ -15,10 +15,21 @@ QUERY = {  # also the layouts of the attention output
     "bthgd": ("b", "t", "h", "g", "d"),
     "bhgtd": ("b", "h", "g", "t", "d"),
     "bt(hd)": ("b", "t", "hq*d"),  # a projection's output before its view into heads
+    # one sequence with the batch dim squeezed away (B = 1)
+    "thd": ("t", "hq", "d"),
+    "htd": ("hq", "t", "d"),
+    "thgd": ("t", "h", "g", "d"),
+    "t(hd)": ("t", "hq*d"),
 }
-KEY = {"bthd": ("b", "t", "h", "d"), "bhtd": ("b", "h", "t", "d"), "bt(hd)": ("b", "t", "h*d")}
+KEY = {
+    "bthd": ("b", "t", "h", "d"), "bhtd": ("b", "h", "t", "d"), "bt(hd)": ("b", "t", "h*d"),
+    "thd": ("t", "h", "d"), "htd": ("h", "t", "d"), "t(hd)": ("t", "h*d"),
+}
 MERGED = {"hq*d": ("hq", "d"), "h*d": ("h", "d")}
-SELECTION = {"bthn": ("b", "t", "h", "i"), "bhtn": ("b", "h", "t", "i")}
+SELECTION = {
+    "bthn": ("b", "t", "h", "i"), "bhtn": ("b", "h", "t", "i"),
+    "thn": ("t", "h", "i"), "htn": ("h", "t", "i"),
+}
 
 
 def decode(layout: tuple, coords: tuple, G: int = 1, D: int = 1) -> dict:
@@ -30,6 +41,7 @@ def decode(layout: tuple, coords: tuple, G: int = 1, D: int = 1) -> dict:
             r[outer], r[inner] = divmod(r.pop(merged), D)
     if "g" in r:
         r["hq"] = r["h"] * G + r["g"]
+    r.setdefault("b", 0)
     return r
 
 
@@ -40,11 +52,15 @@ def sizes(layout: tuple, shape: tuple, D: int = 1) -> dict:
         if merged in z:
             total = z.pop(merged)
             z[outer], z[inner] = (total // D, D) if total % D == 0 else (-1, -1)
+    z.setdefault("b", 1)
     return z
 
 
 def to_bthd(graph: fx.Graph, node: fx.Node, layout: tuple, D: int = 1) -> fx.Node:
     """Insert the view that turns ``node`` (in ``layout``) into ``[B, T, heads, D]``."""
+    if "b" not in layout:
+        node = graph.call_method("unsqueeze", (node, 0))
+        layout = ("b",) + tuple(layout)
     names = "".join(r.replace("hq", "q") for r in layout)
     if names in ("btq*d", "bth*d"):
         return graph.call_method("unflatten", (node, 2, (-1, D)))
@@ -62,6 +78,8 @@ def to_bthd(graph: fx.Graph, node: fx.Node, layout: tuple, D: int = 1) -> fx.Nod
 
 def from_bthd(graph: fx.Graph, node: fx.Node, layout: tuple, H: int, G: int) -> fx.Node:
     """Insert the view that turns an op output ``[B, T, HQ, D]`` into ``layout``."""
+    if "b" not in layout:
+        return graph.call_method("squeeze", (from_bthd(graph, node, ("b",) + tuple(layout), H, G), 0))
     names = "".join(r.replace("hq", "q") for r in layout)
     if names == "btq*d":
         return graph.call_method("flatten", (node, 2, 3))

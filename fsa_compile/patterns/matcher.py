@@ -55,18 +55,32 @@ def _describe(m) -> tuple[dict, dict]:
 def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None) -> PassResult:
     """Rewrite every verified match in ``gm`` in place; ``plan_of(match)`` names the chosen plan."""
     result = PassResult()
-    for softmax, dim, output in list(softmax_attention.candidates(gm.graph)):
-        if softmax.graph is not gm.graph or output not in gm.graph.nodes:
+    done: set = set()
+    for anchor in list(softmax_attention.candidates(gm.graph)):
+        if anchor.node in done or anchor.node.graph is not gm.graph or anchor.node not in gm.graph.nodes:
             continue
-        name = f"{softmax_attention.FAMILY}/{output.name}"
-        try:
-            m = softmax_attention.analyze(gm, softmax, dim, output)
-        except LookupError:
+        m, miss = None, None
+        for output in anchor.outputs:
+            if output not in gm.graph.nodes:
+                continue
+            try:
+                m = softmax_attention.analyze(gm, anchor, output)
+                break
+            except LookupError:
+                break
+            except softmax_attention.LayoutMiss as e:
+                miss = miss or (output, e)
+            except softmax_attention.NearMiss as e:
+                miss = (output, e) if miss is None or isinstance(miss[1], softmax_attention.LayoutMiss) else miss
+        if m is None:
+            if miss is not None:
+                output, e = miss
+                name = f"{softmax_attention.FAMILY}/{output.name}"
+                result.misses.append(Miss(softmax_attention.FAMILY, output.name, str(e)))
+                log.info("fsa_compile: not rewritten: %s: %s", name, e)
             continue
-        except softmax_attention.NearMiss as e:
-            result.misses.append(Miss(softmax_attention.FAMILY, output.name, str(e)))
-            log.info("fsa_compile: not rewritten: %s: %s", name, e)
-            continue
+        output = m.output
+        done.add(anchor.node)
         shapes, options = _describe(m)
         pattern = f"{m.family} ({m.form} form)"
         rw = Rewrite(pattern, output.name, shapes, options, plan_of(m) if plan_of else "")

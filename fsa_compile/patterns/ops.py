@@ -46,6 +46,9 @@ _FUNCTIONS: dict[Any, str] = {
     torch.permute: "permute",
     torch.exp: "exp", torch.amax: "amax", torch.max: "max", torch.sum: "sum",
     torch.full_like: "full_like", torch.zeros_like: "zeros_like", torch.ones_like: "ones_like",
+    torch.zeros: "zeros", torch.ones: "ones", torch.full: "full",
+    torch.tril: "tril", torch.triu: "triu",
+    torch.scatter: "scatter",
     F.scaled_dot_product_attention: "sdpa",
     torch.topk: "topk",
 }
@@ -71,7 +74,13 @@ _METHODS: dict[str, str] = {
     "bitwise_and": "and", "bitwise_or": "or", "bitwise_not": "not",
     "__and__": "and", "__or__": "or", "__invert__": "not",
     "size": "size", "topk": "topk", "new_full": "full_like", "new_zeros": "zeros_like",
+    "new_ones": "ones_like", "zero_": "zeros_like", "fill_": "fill",
+    "tril": "tril", "triu": "triu", "tril_": "tril", "triu_": "triu",
+    "scatter": "scatter", "scatter_": "scatter",
 }
+
+# In-place methods the evaluator follows: the tensor they update is read after them.
+INPLACE = {"masked_fill_", "scatter_", "fill_", "zero_", "tril_", "triu_"}
 
 
 class Call(NamedTuple):

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import fx
 
-from .ops import canon, concrete, example_value, shape_of
+from .ops import INPLACE, canon, concrete, example_value, shape_of
 
 NEG_INF = float("-inf")
 
@@ -54,6 +54,20 @@ class Dot:
     left: Callable[[int], Any]
     right: Callable[[int], Any]
     size: int
+
+
+def mutations(node: Any) -> list:
+    """The in-place updates of ``node`` (``mask.scatter_(...)``), in graph order."""
+    if not isinstance(node, fx.Node):
+        return []
+    return [u for u in node.users if u.op == "call_method" and u.target in INPLACE and u.args and u.args[0] is node]
+
+
+def _mutated_base(node: fx.Node):
+    """The tensor an in-place update writes into, if ``node`` is one."""
+    if node.op == "call_method" and node.target in INPLACE and node.args and isinstance(node.args[0], fx.Node):
+        return node.args[0]
+    return None
 
 
 def is_symbolic(x: Any) -> bool:
@@ -164,6 +178,7 @@ class Evaluator:
         self.leaves = set(leaves)
         self.module = module
         self.cache: dict = {}
+        self._state: dict = {}  # tensor updated in place -> getter of its value before the update being evaluated
 
     # -- values of non-tensor arguments ---------------------------------------------------------
     def scalar(self, x: Any) -> Any:
@@ -210,6 +225,11 @@ class Evaluator:
         return Leaf(node, coords)
 
     def _at(self, node: fx.Node, coords: tuple) -> Any:
+        base = _mutated_base(node)
+        if base is not None and base not in self._state:
+            return self.at(base, coords)  # an update's result is its tensor, read after all updates
+        if base is None and node not in self._state and mutations(node):
+            return self._updated(node, coords)
         if node in self.tables or node in self.leaves or node.op == "placeholder":
             return self._leaf(node, coords)
         if node.op == "get_attr" and self.module is not None:
@@ -228,6 +248,43 @@ class Evaluator:
         if call.name in _BINARY:
             return self._binary(node, call, coords)
         return self._leaf(node, coords)
+
+    def _updated(self, node: fx.Node, coords: tuple) -> Any:
+        """A tensor updated in place: its value after every update (all reads must follow them)."""
+        muts = mutations(node)
+        last = muts[-1]
+        order = {n: i for i, n in enumerate(node.graph.nodes)}
+        for u in list(node.users) + [r for m in muts for r in m.users]:
+            if u not in muts and order[u] < order[last]:
+                raise Unsupported(f"{node.name} is read before its in-place update {last.name}")
+
+        def state(i, c):  # value after the first i updates
+            prev = self._state.get(node, "unset")
+            try:
+                if i == 0:
+                    self._state[node] = None
+                    return self._at(node, c)
+                self._state[node] = lambda c2: state(i - 1, c2)
+                upd = muts[i - 1]
+                call = canon(upd)
+                handler = getattr(self, "_op_" + call.name, None) if call is not None else None
+                if handler is None:
+                    raise Unsupported(f"in-place {upd.target}")
+                return handler(upd, call, c)
+            finally:
+                if prev == "unset":
+                    del self._state[node]
+                else:
+                    self._state[node] = prev
+
+        return state(len(muts), coords)
+
+    def _self(self, x: Any, coords: tuple) -> Any:
+        """The first argument of an op, which may be a tensor being updated in place."""
+        getter = self._state.get(x) if isinstance(x, fx.Node) else None
+        if getter is not None:
+            return getter(coords)
+        return self._operand(x, coords)
 
     def _arg(self, call, i, name, default=None):
         if len(call.args) > i:
@@ -275,7 +332,7 @@ class Evaluator:
         return self._operand(call.args[1] if cond else call.args[2], coords)
 
     def _op_masked_fill(self, node, call, coords):
-        inner = self._operand(call.args[0], coords)  # evaluated first, as eager would
+        inner = self._self(call.args[0], coords)  # evaluated first, as eager would
         cond = self._operand(self._arg(call, 1, "mask"), coords)
         return self.scalar(self._arg(call, 2, "value")) if cond else inner
 
@@ -311,6 +368,103 @@ class Evaluator:
 
     def _op_ones_like(self, node, call, coords):
         return 1
+
+    _op_zeros = _op_zeros_like
+    _op_ones = _op_ones_like
+
+    def _op_full(self, node, call, coords):
+        return self.scalar(self._arg(call, 1, "fill_value"))
+
+    def _op_fill(self, node, call, coords):
+        return self.scalar(self._arg(call, 1, "value"))
+
+    def _op_tril(self, node, call, coords):
+        diag = self.scalar(self._arg(call, 1, "diagonal", 0))
+        keep = coords[-1] - coords[-2] <= diag if call.name == "tril" else coords[-1] - coords[-2] >= diag
+        val = self._self(call.args[0], coords)
+        if keep:
+            return val
+        return False if isinstance(val, bool) else 0
+
+    _op_triu = _op_tril
+
+    def _op_scatter(self, node, call, coords):
+        """``self.scatter(dim, index, src)``: element ``c`` is ``src[p]`` for an index position ``p``
+        of the same row with ``index[p] == c[dim]``, else ``self[c]``. The whole index row is read,
+        as eager does (an entry out of range fails there)."""
+        src = self._arg(call, 3, "src", call.kwargs.get("value"))
+        if "reduce" in call.kwargs or len(call.args) > 4:
+            raise Unsupported("scatter with a reduction")
+        index = self._arg(call, 2, "index")
+        out_shape = self.shape(node)
+        dim = _dim(self.scalar(self._arg(call, 1, "dim")), len(out_shape))
+        ishape = self.shape(index)
+        if len(ishape) != len(out_shape):
+            raise Unsupported("scatter with an index of another rank")
+        written = []
+        if all(c < s for d, (c, s) in enumerate(zip(coords, ishape)) if d != dim):
+            for i in range(ishape[dim]):
+                p = list(coords)
+                p[dim] = i
+                p = tuple(p)
+                j = self._checked(self.at(index, p), out_shape[dim], allow_negative=False)
+                if j == coords[dim]:
+                    tensor_src = isinstance(src, fx.Node) and shape_of(src) is not None
+                    written.append(self.at(src, p) if tensor_src else self.scalar(src))
+        if not written:
+            return self._self(call.args[0], coords)
+        if any(is_symbolic(w) for w in written) or len(set(written)) > 1:
+            raise Unsupported("scatter of different values to one place")
+        return written[0]
+
+    # attention in one call ----------------------------------------------------------------------------
+    def _sdpa_args(self, node):
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+        a = dict(zip(names, node.args))
+        a.update(node.kwargs)
+        if self.scalar(a.get("dropout_p", 0.0)):
+            raise Unsupported("scaled_dot_product_attention with dropout")
+        return a
+
+    def _kv_batch(self, a, batch):
+        ks = self.shape(a["key"])
+        kb = list(_bcast(batch, ks[:-2]))
+        if a.get("enable_gqa") and len(kb) >= 1:
+            qs = self.shape(a["query"])
+            kb[-1] = batch[-1] // (qs[-3] // ks[-3])
+        return tuple(kb)
+
+    def _op_sdpa(self, node, call, coords):
+        """``softmax(scale * q k^T + mask) @ v`` at one output element: a product whose left side
+        is the (opaque) probability row ``Leaf(node, (..., t, s))``."""
+        a = self._sdpa_args(node)
+        batch, t, d = coords[:-2], coords[-2], coords[-1]
+        v = a["value"]
+        vb = self._kv_batch(a, batch)
+        S = self.shape(v)[-2]
+        return self._dot(lambda i: Leaf(node, batch + (t, i)), lambda i: self.at(v, vb + (i, d)), S)
+
+    def sdpa_score(self, node, coords):
+        """The masked, scaled score of an SDPA node at ``(..., t, s)``."""
+        a = self._sdpa_args(node)
+        batch, t, s = coords[:-2], coords[-2], coords[-1]
+        q, k = a["query"], a["key"]
+        E = self.shape(q)[-1]
+        scale = a.get("scale")
+        scale = E ** -0.5 if scale is None else self.scalar(scale)
+        if self.scalar(a.get("is_causal", False)) and s > t:
+            return NEG_INF
+        qb = _bcast(batch, self.shape(q)[:-2])
+        kb = self._kv_batch(a, batch)
+        score = Scaled(float(scale), self._dot(lambda i: self.at(q, qb + (t, i)), lambda i: self.at(k, kb + (s, i)), E))
+        mask = a.get("attn_mask")
+        if mask is None:
+            return score
+        m = self._operand(mask, coords)
+        ev = example_value(mask)
+        if isinstance(ev, torch.Tensor) and ev.dtype == torch.bool:
+            return score if m else NEG_INF
+        return _scalar_arith("add", score, m)
 
     def _op_arange(self, node, call, coords):
         args = [self.scalar(a) for a in call.args]

@@ -31,9 +31,10 @@ def apply(graph: fx.Graph, m, strategy: str = "auto") -> fx.Node:
         )
         o = graph.call_function(operator.getitem, (res, 0))
         lse = graph.call_function(operator.getitem, (res, 1))
-        empty = graph.call_function(torch.isneginf, (lse,))
-        empty = graph.call_method("unsqueeze", (empty, -1))
-        o = graph.call_function(torch.where, (empty, float("nan"), o))
+        if m.empty_rows == "nan":
+            empty = graph.call_function(torch.isneginf, (lse,))
+            empty = graph.call_method("unsqueeze", (empty, -1))
+            o = graph.call_function(torch.where, (empty, float("nan"), o))
         dt = dtype_of(out)
         if dt is not None:
             o = graph.call_method("to", (o, dt))

@@ -31,14 +31,18 @@ import torch
 from torch import fx
 
 from . import layouts as L
-from .ops import canon, dtype_of, shape_of
-from .points import NEG_INF, Dot, Evaluator, Leaf, OutOfBounds, Scaled, Unsupported, is_symbolic
+from .ops import canon, concrete, dtype_of, example_value, shape_of
+from .points import NEG_INF, Dot, Evaluator, Leaf, OutOfBounds, Scaled, Unsupported, is_symbolic, mutations
 
 FAMILY = "softmax-attention"
 
 
 class NearMiss(Exception):
     """The subgraph looks like selected attention but a check failed; the message says which."""
+
+
+class LayoutMiss(NearMiss):
+    """The candidate output's dims could not be read as a layout (another candidate may fit)."""
 
 
 @dataclass
@@ -64,20 +68,126 @@ class Match:
     on_out_of_range: str
     form: str
     notes: list = field(default_factory=list)
+    empty_rows: str = "nan"  # what the matched code gives a query with no visible key: "nan" or "zero"
 
 
 # -- finding candidates -------------------------------------------------------------------------------
 
 _PASSTHROUGH = {"cast", "identity"}
+_VIEWS = {"reshape", "flatten", "unsqueeze", "squeeze", "transpose", "permute"}
+
+
+@dataclass
+class Anchor:
+    """Where a candidate's probabilities come from.
+
+    ``kind="softmax"``: ``node`` is a softmax (a call, or ``exp(x - max) / sum`` spelled out)
+    of ``pre`` along ``dim``, and ``outputs`` are the nodes that may be the attention output
+    (the product after the softmax, then the views and casts that follow it, furthest first).
+    ``kind="sdpa"``: ``node`` is ``F.scaled_dot_product_attention`` with a mask; it is its own
+    output, and its probabilities and scores are evaluated by the point evaluator.
+    """
+
+    kind: str
+    node: fx.Node
+    pre: fx.Node | None
+    dim: int
+    outputs: list
+
+
+def _dim_arg(call, i=1):
+    d = call.args[i] if len(call.args) > i else call.kwargs.get("dim")
+    if isinstance(d, (list, tuple)) and len(d) == 1:
+        d = d[0]
+    return d if isinstance(d, int) else None
+
+
+def _keepdim(call, i=2):
+    return bool(call.args[i] if len(call.args) > i else call.kwargs.get("keepdim", False))
+
+
+def _strip(node):
+    """Skip detach/clone/contiguous."""
+    while canon(node) is not None and canon(node).name == "identity":
+        node = node.args[0]
+    return node
+
+
+def _row_max_of(node, x, dim, rank):
+    """Whether ``node`` is ``x.amax(dim, keepdim=True)`` or ``x.max(dim, keepdim=True)[0]``."""
+    node = _strip(node)
+    call = canon(node)
+    if call is None:
+        return False
+    if call.name == "getitem" and node.args[1] == 0:
+        inner = canon(node.args[0])
+        if inner is None or inner.name != "max" or len(node.args[0].args) < 1:
+            return False
+        node, call = node.args[0], inner
+    elif call.name != "amax":
+        return False
+    d = _dim_arg(call)
+    return call.args[0] is x and d is not None and d % rank == dim and _keepdim(call)
+
+
+def manual_softmax(node: fx.Node):
+    """``(x, dim)`` if ``node`` is ``exp(x - rowmax(x)) / exp(...).sum(dim, keepdim=True)`` (the
+    row max may be left out: it does not change the value), else None."""
+    call = canon(node)
+    if call is None or call.name != "div" or not all(isinstance(a, fx.Node) for a in node.args[:2]):
+        return None
+    e, total = node.args[0], node.args[1]
+    tc, ec = canon(total), canon(e)
+    if tc is None or tc.name != "sum" or ec is None or ec.name != "exp" or _strip(total.args[0]) is not e:
+        return None
+    shp = shape_of(node)
+    if shp is None:
+        return None
+    rank = len(shp)
+    dim = _dim_arg(tc)
+    if dim is None or not _keepdim(tc):
+        return None
+    dim %= rank
+    arg = e.args[0]
+    ac = canon(arg)
+    if ac is not None and ac.name == "sub" and isinstance(arg.args[0], fx.Node) and _row_max_of(arg.args[1], arg.args[0], dim, rank):
+        return arg.args[0], dim
+    return arg, dim
+
+
+def _output_chain(product_node):
+    """The product, then the single-user views and casts after it; furthest first."""
+    chain = [product_node]
+    cur = product_node
+    while len(cur.users) == 1:
+        (user,) = cur.users
+        uc = canon(user)
+        if uc is None or (uc.name not in _VIEWS and uc.name not in _PASSTHROUGH) or user.args[0] is not cur:
+            break
+        chain.append(user)
+        cur = user
+    return chain[::-1]
 
 
 def candidates(graph: fx.Graph):
-    """(softmax node, softmax dim, product node) for every softmax that feeds a matrix product."""
+    """An :class:`Anchor` for every softmax that feeds a matrix product, and every masked SDPA."""
     for node in graph.nodes:
         call = canon(node)
-        if call is None or call.name != "softmax":
+        if call is None:
             continue
-        dim = call.args[1] if len(call.args) > 1 else call.kwargs.get("dim")
+        if call.name == "sdpa":
+            yield Anchor("sdpa", node, None, -1, [node])
+            continue
+        if call.name == "softmax":
+            dim = _dim_arg(call)
+            pre = node.args[0]
+        elif call.name == "div":
+            found = manual_softmax(node)
+            if found is None:
+                continue
+            pre, dim = found
+        else:
+            continue
         if dim is None:
             continue
         frontier, out = [node], None
@@ -87,13 +197,13 @@ def candidates(graph: fx.Graph):
                 uc = canon(user)
                 if uc is None:
                     continue
-                if uc.name in _PASSTHROUGH:
+                if uc.name in _PASSTHROUGH or uc.name in _VIEWS:
                     frontier.append(user)
                 elif uc.name in ("matmul", "einsum"):
                     out = user
                     break
         if out is not None:
-            yield node, dim, out
+            yield Anchor("softmax", node, pre, dim, _output_chain(out))
 
 
 def _inputs(n: fx.Node):
@@ -132,13 +242,14 @@ def _selected_from_data(n: fx.Node, memo: dict) -> bool:
     return False
 
 
-def integer_leaves(output: fx.Node, softmax: fx.Node) -> list[fx.Node]:
+def integer_leaves(output: fx.Node, anchor: Anchor) -> list[fx.Node]:
     """Integer tensors the subgraph depends on that it does not compute itself (the selection).
 
     An integer tensor computed from floating-point data (a top-k of scores, say) is a leaf too:
     the pattern cannot and need not see how the selection was made.
     """
-    seen, leaves, stack, memo = set(), [], [output, softmax.args[0]], {}
+    softmax = anchor.node if anchor.kind == "softmax" else None
+    seen, leaves, stack, memo = set(), [], [output] + ([anchor.pre] if softmax is not None else []), {}
     while stack:
         n = stack.pop()
         if not isinstance(n, fx.Node) or n in seen:
@@ -156,11 +267,8 @@ def integer_leaves(output: fx.Node, softmax: fx.Node) -> list[fx.Node]:
             continue
         if n is softmax:
             continue
-        for a in list(n.args) + list(n.kwargs.values()):
-            if isinstance(a, (list, tuple)):
-                stack.extend(x for x in a if isinstance(x, fx.Node))
-            elif isinstance(a, fx.Node):
-                stack.append(a)
+        stack.extend(_inputs(n))
+        stack.extend(mutations(n))  # a tensor updated in place (mask.scatter_(...)) reads the update's inputs
     return leaves
 
 
@@ -185,11 +293,15 @@ def _unscale(x):
 class _Probe:
     """Point evaluation of one candidate under one selection table."""
 
-    def __init__(self, gm, softmax, dim, output, selection, table):
-        self.softmax, self.output = softmax, output
-        self.pre = softmax.args[0]
-        self.dim = dim % len(shape_of(softmax))
-        self.ev = Evaluator({selection: table}, leaves={softmax}, module=gm)
+    def __init__(self, gm, anchor, output, selection, table):
+        self.anchor, self.softmax, self.output = anchor, anchor.node, output
+        self.pre = anchor.pre
+        if anchor.kind == "sdpa":
+            self.dim = len(shape_of(anchor.node)) - 1
+            self.ev = Evaluator({selection: table}, module=gm)
+        else:
+            self.dim = anchor.dim % len(shape_of(anchor.node))
+            self.ev = Evaluator({selection: table}, leaves={anchor.node}, module=gm)
 
     def product(self, point):
         val = self.ev.at(self.output, point)
@@ -212,7 +324,10 @@ class _Probe:
     def score(self, row, j):
         c = list(row)
         c[self.dim] = j
-        val = self.ev.at(self.pre, tuple(c))
+        if self.anchor.kind == "sdpa":
+            val = self.ev.sdpa_score(self.softmax, tuple(c))
+        else:
+            val = self.ev.at(self.pre, tuple(c))
         if val == NEG_INF:
             return None
         if not is_symbolic(val):
@@ -234,10 +349,10 @@ def _leaf_of(x, what):
 
 
 class Analysis:
-    def __init__(self, gm: fx.GraphModule, softmax: fx.Node, dim: int, output: fx.Node, seed: int = 0):
-        self.gm, self.softmax, self.dim, self.output = gm, softmax, dim, output
+    def __init__(self, gm: fx.GraphModule, anchor: Anchor, output: fx.Node, seed: int = 0):
+        self.gm, self.anchor, self.softmax, self.output = gm, anchor, anchor.node, output
         self.rng = random.Random(seed)
-        leaves = [n for n in integer_leaves(output, softmax) if len(shape_of(n)) == 4]
+        leaves = [n for n in integer_leaves(output, anchor) if len(shape_of(n)) in (3, 4)]
         if not leaves:
             raise LookupError("no block selection")  # not selected attention: leave it silently
         if len(leaves) > 1:
@@ -250,7 +365,7 @@ class Analysis:
     # stage 1 + 2: structure and layouts, on an all-zeros selection (block 0 only)
     def structure(self):
         zeros = torch.zeros(self.sel_shape, dtype=torch.long)
-        probe = _Probe(self.gm, self.softmax, self.dim, self.output, self.selection, zeros)
+        probe = _Probe(self.gm, self.anchor, self.output, self.selection, zeros)
         samples = []
         for _ in range(6):
             point = tuple(self.rng.randrange(s) for s in self.out_shape)
@@ -305,15 +420,14 @@ class Analysis:
             if (oz["b"], oz["t"], oz.get("hq", oz.get("h", 0) * oz.get("g", 0))) != (B, T, H * G) or oz["d"] != vz["d"]:
                 continue
             sz = L.sizes(sl, self.sel_shape)
-            if (sz["b"], sz["t"], sz["h"]) != (B, T, H) or self.S % sz["i"]:
+            if (sz["b"], sz["t"], sz["h"]) != (B, T, H) or len(sl) != len(self.sel_shape):
                 continue
             if all(self._consistent(s, kl, vl, ql, ol, G) for s in samples):
                 self.layouts = {"q": (qn, ql), "k": (kn, kl), "v": (vn, vl), "o": (on, ol), "selection": (sn, sl)}
                 self.B, self.T, self.H, self.G, self.Dv = B, T, H, G, vz["d"]
                 self.n = sz["i"]
-                self.block_size = self.S // self.n
                 return
-        raise NearMiss(
+        raise LayoutMiss(
             "could not read q, k, v and the output as [B, T, H, D] or [B, H, T, D] tensors "
             f"(q {list(qs)}, k {list(ks)}, v {list(vs)}, output {list(self.out_shape)}, "
             f"selection {list(self.sel_shape)})"
@@ -340,7 +454,7 @@ class Analysis:
         shape = self.sel_shape
         g = torch.Generator().manual_seed(self.rng.randrange(2**31))
         t_axis = sl.index("t")
-        tpos = torch.arange(self.T).view([-1 if d == t_axis else 1 for d in range(4)]).expand(shape)
+        tpos = torch.arange(self.T).view([-1 if d == t_axis else 1 for d in range(len(shape))]).expand(shape)
         table = torch.randint(0, nb, shape, generator=g)
         local = torch.rand(shape, generator=g) < 0.3
         table = torch.where(local, (tpos // self.block_size - torch.randint(0, 2, shape, generator=g)).clamp(0, nb - 1), table)
@@ -401,13 +515,14 @@ class Analysis:
     def _contract_keys(self, table, o, causal, count_duplicates, drop_oob):
         sl = self.layouts["selection"][1]
         h = o["hq"] // self.G
-        coords = [0] * 4
+        coords = [0] * len(sl)
         keys = Counter()
         nb = math.ceil(self.T / self.block_size)
         entries = []
         for i in range(self.n):
             for role, val in (("b", o["b"]), ("t", o["t"]), ("h", h), ("i", i)):
-                coords[sl.index(role)] = val
+                if role in sl:
+                    coords[sl.index(role)] = val
             e = int(table[tuple(coords)])
             if e < 0 or (e >= nb and drop_oob):
                 continue
@@ -426,7 +541,7 @@ class Analysis:
         Returns the surviving options, or the string "raises" if eager fails on this table.
         """
         table = self._table(kind)
-        probe = _Probe(self.gm, self.softmax, self.dim, self.output, self.selection, table)
+        probe = _Probe(self.gm, self.anchor, self.output, self.selection, table)
         survivors = list(options)
         example = None
         for point in self._rows(rows):
@@ -453,7 +568,40 @@ class Analysis:
             )
         return survivors
 
+    def _block_sizes(self):
+        """Block sizes to try: ``S / n`` (the gather form's row holds n blocks), then the integer
+        constants of the graph (a dense mask's row holds all T keys; its block size is one of the
+        constants its construction uses); each is verified, none is assumed."""
+        out = []
+        if self.S % self.n == 0:
+            out.append(self.S // self.n)
+        index_ops, other = [], []
+        for node in self.gm.graph.nodes:
+            call = canon(node)
+            bucket = index_ops if call is not None and call.name in (
+                "floordiv", "repeat_interleave", "mul", "div", "arange", "add") else other
+            for a in list(node.args) + list(node.kwargs.values()):
+                for x in (a if isinstance(a, (list, tuple)) else (a,)):
+                    if isinstance(x, int) and not isinstance(x, bool):
+                        bucket.append(x)
+            if node.op == "placeholder" and isinstance(example_value(node), (int, torch.SymInt)):
+                index_ops.append(int(concrete(example_value(node))))
+        for c in index_ops + other:
+            if 1 <= c <= self.T and c not in out:
+                out.append(c)
+        return out[:12]
+
     def semantics(self):
+        first = None
+        for bs in self._block_sizes():
+            self.block_size = bs
+            try:
+                return self._semantics()
+            except NearMiss as e:
+                first = first or e
+        raise first or NearMiss("could not find the block size")
+
+    def _semantics(self):
         self.scales = set()
         self.last_failure = ""
         rows = 8 if self.S <= 256 else 4
@@ -497,17 +645,21 @@ class Analysis:
     def run(self) -> Match:
         self.structure()
         self.semantics()
-        form = "gather" if self.S == self.n * self.block_size and self.S != self.T else "dense-mask"
+        if self.anchor.kind == "sdpa":
+            form = "sdpa"
+        else:
+            form = "gather" if self.S == self.n * self.block_size and self.S != self.T else "dense-mask"
         return Match(
             FAMILY, self.output, self.softmax, self.q, self.k, self.v, self.selection, self.layouts,
             self.B, self.T, self.H, self.G, self.D, self.n, self.block_size, self.scale, self.causal,
             self.count_duplicates, self.on_out_of_range, form,
+            empty_rows="zero" if self.anchor.kind == "sdpa" else "nan",
         )
 
 
-def analyze(gm: fx.GraphModule, softmax: fx.Node, dim, output: fx.Node) -> Match:
+def analyze(gm: fx.GraphModule, anchor: Anchor, output: fx.Node) -> Match:
     """A verified match, or raises NearMiss (with the reason) / LookupError (not attention)."""
     try:
-        return Analysis(gm, softmax, dim, output).run()
+        return Analysis(gm, anchor, output).run()
     except Unsupported as e:
         raise NearMiss(f"cannot follow the subgraph: {e}") from None

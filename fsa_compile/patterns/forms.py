@@ -1,0 +1,296 @@
+"""Eager spellings of NSA selected attention that the ``fsa`` backend recognises.
+
+Each function is plain PyTorch (nothing here calls fsa_compile's op): the tests compile them with
+``backend="fsa"`` and check that the pattern pass rewrites them and that compiled == eager, and
+``docs/patterns.md`` quotes them. Every form takes ``(q, k, v, block_indices, block_size)`` in its
+own layout (``FORMS[name].layout``):
+
+- ``"bthd"``: q ``[B, T, HQ, D]``, k/v ``[B, T, H, D]``, block_indices ``[B, T, H, n]``;
+- ``"bhtd"``: q ``[B, HQ, T, D]``, k/v ``[B, H, T, D]``, block_indices ``[B, H, T, n]``;
+- ``"thd"``: the batch dim squeezed away (one sequence): q ``[T, HQ, D]``, ... ``[T, H, n]``.
+
+Negative block indices are padding. Gather forms count a block listed twice twice, mask forms
+once; rows whose selected blocks all lie in the future give NaN, as eager softmax does.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+NEG_INF = float("-inf")
+
+
+# -- helpers shared by the gather forms (each form spells its own core) ------------------------------
+
+
+def _token_indices(block_indices, block_size):
+    """``[..., n] -> [..., n*bs]`` token positions and a padding mask of the same shape."""
+    offs = torch.arange(block_size, device=block_indices.device)
+    tok = (block_indices.unsqueeze(-1) * block_size + offs).flatten(-2)
+    pad = (block_indices < 0).unsqueeze(-1).expand(*block_indices.shape, block_size).flatten(-2)
+    return tok, pad
+
+
+# -- gather forms ---------------------------------------------------------------------------------------
+
+
+def gather_index_einsum(q, k, v, block_indices, block_size):
+    """Advanced indexing, GQA by repeat_interleave, einsum, float32 upcast, masked_fill, softmax."""
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    tok, pad = _token_indices(block_indices, block_size)
+    t_pos = torch.arange(T, device=q.device).view(1, T, 1, 1)
+    masked = pad | (tok > t_pos)
+    safe = tok.clamp(0, T - 1)
+    b_idx = torch.arange(B, device=q.device).view(B, 1, 1, 1)
+    h_idx = torch.arange(H, device=q.device).view(1, 1, H, 1)
+    k_sel = k[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
+    v_sel = v[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
+    scores = torch.einsum("bthd,bthsd->bths", q.float(), k_sel.float()) * D**-0.5
+    scores = scores.masked_fill(masked.repeat_interleave(G, dim=2), NEG_INF)
+    p = torch.softmax(scores, dim=-1)
+    return torch.einsum("bths,bthsd->bthd", p, v_sel.float()).to(q.dtype)
+
+
+def gather_bhtd_matmul_where(q, k, v, block_indices, block_size):
+    """[B, H, T, D] layout, ``@`` products, scale by division, mask by torch.where, F.softmax."""
+    B, HQ, T, D = q.shape
+    H = k.shape[1]
+    G = HQ // H
+    tok, pad = _token_indices(block_indices, block_size)  # [B, H, T, S]
+    t_pos = torch.arange(T, device=q.device).view(T, 1)
+    visible = ~pad & (tok <= t_pos)
+    safe = tok.clamp(0, T - 1)
+    b_idx = torch.arange(B, device=q.device).view(B, 1, 1, 1)
+    h_idx = torch.arange(H, device=q.device).view(1, H, 1, 1)
+    k_sel = k[b_idx, h_idx, safe].repeat_interleave(G, dim=1)  # [B, HQ, T, S, D]
+    v_sel = v[b_idx, h_idx, safe].repeat_interleave(G, dim=1)
+    scores = (q.unsqueeze(-2) @ k_sel.transpose(-1, -2)).squeeze(-2) / math.sqrt(D)
+    scores = torch.where(visible.repeat_interleave(G, dim=1), scores, NEG_INF)
+    p = F.softmax(scores, dim=-1)
+    return (p.unsqueeze(-2) @ v_sel).squeeze(-2)
+
+
+def gather_take_per_token(q, k, v, block_indices, block_size):
+    """torch.gather on token positions of ``[B, H, T, D]`` views, GQA by q.view(B, T, H, G, D)."""
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    tok, pad = _token_indices(block_indices, block_size)  # [B, T, H, S]
+    S = tok.shape[-1]
+    t_pos = torch.arange(T, device=q.device)[:, None, None]
+    masked = pad | (tok > t_pos)
+    flat = tok.clamp(0, T - 1).permute(0, 2, 1, 3).reshape(B, H, T * S, 1)
+    kh, vh = k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+    k_sel = torch.gather(kh, 2, flat.expand(B, H, T * S, D)).view(B, H, T, S, D)
+    v_sel = torch.gather(vh, 2, flat.expand(B, H, T * S, D)).view(B, H, T, S, D)
+    qg = q.view(B, T, H, G, D)
+    scores = torch.einsum("bthgd,bhtsd->bthgs", qg, k_sel) * D**-0.5
+    scores = scores.masked_fill(masked.unsqueeze(3), NEG_INF)
+    p = scores.softmax(dim=-1)
+    o = torch.einsum("bthgs,bhtsd->bthgd", p, v_sel)
+    return o.reshape(B, T, HQ, D)
+
+
+def gather_take_per_block(q, k, v, block_indices, block_size):
+    """torch.gather of whole blocks from a ``[B, H, nb, bs*D]`` view (T padded up to whole blocks)."""
+    B, T, HQ, D = q.shape
+    H, n = k.shape[2], block_indices.shape[-1]
+    G = HQ // H
+    nb = (T + block_size - 1) // block_size
+    Tp = nb * block_size
+    kp = F.pad(k, (0, 0, 0, 0, 0, Tp - T))
+    vp = F.pad(v, (0, 0, 0, 0, 0, Tp - T))
+    kb = kp.transpose(1, 2).reshape(B, H, nb, block_size * D)
+    vb = vp.transpose(1, 2).reshape(B, H, nb, block_size * D)
+    blk = block_indices.clamp(min=0).permute(0, 2, 1, 3).reshape(B, H, T * n, 1)
+    blk = blk.expand(B, H, T * n, block_size * D)
+    k_sel = torch.gather(kb, 2, blk).view(B, H, T, n * block_size, D)
+    v_sel = torch.gather(vb, 2, blk).view(B, H, T, n * block_size, D)
+    tok, pad = _token_indices(block_indices, block_size)
+    t_pos = torch.arange(T, device=q.device).view(T, 1, 1)
+    masked = (pad | (tok > t_pos)).permute(0, 2, 1, 3)  # [B, H, T, S]
+    qh = q.transpose(1, 2).reshape(B, H, G, T, D)
+    scores = torch.einsum("bhgtd,bhtsd->bhgts", qh, k_sel) * D**-0.5
+    scores = scores.masked_fill(masked.unsqueeze(2), NEG_INF)
+    p = torch.softmax(scores, -1)
+    o = torch.einsum("bhgts,bhtsd->bhgtd", p, v_sel)
+    return o.reshape(B, HQ, T, D).transpose(1, 2)
+
+
+def gather_index_select(q, k, v, block_indices, block_size):
+    """index_select on a flattened ``[B*T*H, D]`` view, GQA by expand + reshape, torch.matmul."""
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    tok, pad = _token_indices(block_indices, block_size)  # [B, T, H, S]
+    S = tok.shape[-1]
+    t_pos = torch.arange(T, device=q.device).view(1, T, 1, 1)
+    masked = pad | (tok > t_pos)
+    b_idx = torch.arange(B, device=q.device).view(B, 1, 1, 1)
+    h_idx = torch.arange(H, device=q.device).view(1, 1, H, 1)
+    rows = ((b_idx * T + tok.clamp(0, T - 1)) * H + h_idx).reshape(-1)
+    k_sel = k.reshape(B * T * H, D).index_select(0, rows).view(B, T, H, S, D)
+    v_sel = v.reshape(B * T * H, D).index_select(0, rows).view(B, T, H, S, D)
+    k_sel = k_sel[:, :, :, None].expand(B, T, H, G, S, D).reshape(B, T, HQ, S, D)
+    v_sel = v_sel[:, :, :, None].expand(B, T, H, G, S, D).reshape(B, T, HQ, S, D)
+    masked = masked[:, :, :, None].expand(B, T, H, G, S).reshape(B, T, HQ, S)
+    scores = torch.matmul(q.unsqueeze(-2), k_sel.transpose(-1, -2)).squeeze(-2) * D**-0.5
+    scores = scores.masked_fill(masked, NEG_INF)
+    p = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return torch.matmul(p.unsqueeze(-2), v_sel).squeeze(-2)
+
+
+def gather_manual_softmax(q, k, v, block_indices, block_size):
+    """Softmax spelled out as ``exp(s - amax) / sum``, scale folded into q, an added -inf bias."""
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    tok, pad = _token_indices(block_indices, block_size)
+    t_pos = torch.arange(T, device=q.device).view(1, T, 1, 1)
+    bias = torch.zeros(tok.shape, device=q.device).masked_fill(pad | (tok > t_pos), NEG_INF)
+    safe = tok.clamp(0, T - 1)
+    b_idx = torch.arange(B, device=q.device).view(B, 1, 1, 1)
+    h_idx = torch.arange(H, device=q.device).view(1, 1, H, 1)
+    k_sel = k[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
+    v_sel = v[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
+    qs = q * D**-0.5
+    scores = torch.einsum("bthd,bthsd->bths", qs, k_sel) + bias.repeat_interleave(G, dim=2)
+    m = scores.amax(dim=-1, keepdim=True)
+    e = torch.exp(scores - m)
+    p = e / e.sum(dim=-1, keepdim=True)
+    return torch.einsum("bths,bthsd->bthd", p, v_sel)
+
+
+def gather_unbatched(q, k, v, block_indices, block_size):
+    """One sequence with the batch dim squeezed: q ``[T, HQ, D]``, k/v ``[T, H, D]``, ``[T, H, n]``."""
+    T, HQ, D = q.shape
+    H = k.shape[1]
+    G = HQ // H
+    tok, pad = _token_indices(block_indices, block_size)  # [T, H, S]
+    t_pos = torch.arange(T, device=q.device).view(T, 1, 1)
+    masked = pad | (tok > t_pos)
+    safe = tok.clamp(0, T - 1)
+    h_idx = torch.arange(H, device=q.device).view(1, H, 1)
+    k_sel = k[safe, h_idx].repeat_interleave(G, dim=1)  # [T, HQ, S, D]
+    v_sel = v[safe, h_idx].repeat_interleave(G, dim=1)
+    scores = torch.einsum("thd,thsd->ths", q, k_sel) * D**-0.5
+    scores = scores.masked_fill(masked.repeat_interleave(G, dim=1), NEG_INF)
+    return torch.einsum("ths,thsd->thd", scores.softmax(-1), v_sel)
+
+
+# -- dense-mask forms -----------------------------------------------------------------------------------
+
+
+def _block_mask_scatter(block_indices, T, block_size):
+    """``[..., T, nb]`` bool: which blocks each query selected (padding routed to a spare column)."""
+    nb = (T + block_size - 1) // block_size
+    idx = block_indices.masked_fill(block_indices < 0, nb)
+    mask = torch.zeros(*block_indices.shape[:-1], nb + 1, dtype=torch.bool, device=block_indices.device)
+    mask.scatter_(-1, idx, True)
+    return mask[..., :nb]
+
+
+def mask_scatter_repeat(q, k, v, block_indices, block_size):
+    """Block mask by scatter_, expanded to tokens by repeat_interleave, AND causal, [B, H, T, D]."""
+    B, HQ, T, D = q.shape
+    H = k.shape[1]
+    G = HQ // H
+    blocks = _block_mask_scatter(block_indices, T, block_size)  # [B, H, T, nb]
+    tokens = blocks.repeat_interleave(block_size, dim=-1)[..., :T]  # [B, H, T, T]
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    allowed = (tokens & causal).repeat_interleave(G, dim=1)
+    kk = k.repeat_interleave(G, dim=1)
+    vv = v.repeat_interleave(G, dim=1)
+    scores = q @ kk.transpose(-2, -1) * D**-0.5
+    scores = scores.masked_fill(~allowed, NEG_INF)
+    return torch.softmax(scores, dim=-1) @ vv
+
+
+def mask_scatter_index_pos(q, k, v, block_indices, block_size):
+    """Block mask by torch.scatter, expanded by indexing with ``pos // bs``, [B, T, H, D], einsum."""
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    nb = (T + block_size - 1) // block_size
+    idx = torch.where(block_indices >= 0, block_indices, nb)
+    blocks = torch.zeros(B, T, H, nb + 1, dtype=torch.bool, device=q.device)
+    blocks = torch.scatter(blocks, -1, idx, torch.ones_like(idx, dtype=torch.bool))
+    pos = torch.arange(T, device=q.device)
+    tokens = blocks[..., pos // block_size]  # [B, T, H, T]
+    allowed = tokens & (pos[None, :] <= pos[:, None]).view(1, T, 1, T)
+    qg = q.view(B, T, H, G, D)
+    scores = torch.einsum("bthgd,bshd->bthgs", qg.float(), k.float()) / math.sqrt(D)
+    scores = scores.masked_fill(~allowed.unsqueeze(3), NEG_INF)
+    p = torch.softmax(scores, dim=-1)
+    o = torch.einsum("bthgs,bshd->bthgd", p, v.float())
+    return o.reshape(B, T, HQ, D).to(q.dtype)
+
+
+def mask_sdpa(q, k, v, block_indices, block_size):
+    """The scatter block mask AND causal, handed to F.scaled_dot_product_attention, [B, H, T, D]."""
+    B, HQ, T, D = q.shape
+    H = k.shape[1]
+    G = HQ // H
+    blocks = _block_mask_scatter(block_indices, T, block_size)
+    tokens = blocks.repeat_interleave(block_size, dim=-1)[..., :T]
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    allowed = (tokens & causal).repeat_interleave(G, dim=1)
+    kk = k.repeat_interleave(G, dim=1)
+    vv = v.repeat_interleave(G, dim=1)
+    return F.scaled_dot_product_attention(q, kk, vv, attn_mask=allowed)
+
+
+@dataclass(frozen=True)
+class Form:
+    name: str
+    fn: Callable
+    layout: str  # "bthd", "bhtd" or "thd"
+    family: str  # "gather" or "mask"
+
+    @property
+    def count_duplicates(self) -> bool:
+        return self.family == "gather"
+
+
+FORMS = {
+    f.__name__: Form(f.__name__, f, layout, family)
+    for f, layout, family in [
+        (gather_index_einsum, "bthd", "gather"),
+        (gather_bhtd_matmul_where, "bhtd", "gather"),
+        (gather_take_per_token, "bthd", "gather"),
+        (gather_take_per_block, "bthd", "gather"),
+        (gather_index_select, "bthd", "gather"),
+        (gather_manual_softmax, "bthd", "gather"),
+        (gather_unbatched, "thd", "gather"),
+        (mask_scatter_repeat, "bhtd", "mask"),
+        (mask_scatter_index_pos, "bthd", "mask"),
+        (mask_sdpa, "bhtd", "mask"),
+    ]
+}
+
+
+def to_layout(layout: str, q, k, v, block_indices):
+    """``[B, T, H, D]`` tensors (and ``[B, T, H, n]`` indices) in ``layout``."""
+    if layout == "bthd":
+        return q, k, v, block_indices
+    if layout == "bhtd":
+        return tuple(t.transpose(1, 2) for t in (q, k, v, block_indices))
+    if layout == "thd":
+        assert q.shape[0] == 1, "the thd layout holds one sequence"
+        return tuple(t[0] for t in (q, k, v, block_indices))
+    raise ValueError(layout)
+
+
+def from_layout(layout: str, o):
+    """The output of a form back to ``[B, T, HQ, D]``."""
+    if layout == "bhtd":
+        return o.transpose(1, 2)
+    if layout == "thd":
+        return o.unsqueeze(0)
+    return o
