@@ -37,6 +37,7 @@ class NSAConfig:
     cmp_block: int = 32
     cmp_stride: int = 16
     mlp_mult: int = 4
+    attention: str = "nsa"  # "dense": causal SDPA instead of the three NSA branches (the baseline)
 
 
 def rope(x, base: float = 10000.0):
@@ -130,6 +131,11 @@ class NSAAttention(nn.Module):
         q = rope(self.wq(x).view(B, T, c.heads, c.head_dim))
         k = rope(self.wk(x).view(B, T, c.kv_heads, c.head_dim))
         v = self.wv(x).view(B, T, c.kv_heads, c.head_dim)
+        if c.attention == "dense":
+            o = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
+            ).transpose(1, 2)
+            return self.wo(o.reshape(B, T, c.heads * c.head_dim))
         with torch.no_grad():
             idx = select_blocks(q, k, c.block_size, c.n)
         o_sel = selected_attention_gather(q, k, v, idx, c.block_size)

@@ -43,12 +43,12 @@ def config_for(args) -> NSAConfig:
                      head_dim=args.head_dim)
 
 
-def compile_model(model, backend):
+def compile_model(model, backend, inner="inductor"):
     if backend == "eager":
         return model
     if backend == "inductor":
         return torch.compile(model)
-    return torch.compile(model, backend="fsa")
+    return torch.compile(model, backend="fsa", options={"inner": inner})
 
 
 def main(argv=None):
@@ -64,6 +64,8 @@ def main(argv=None):
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--tiny", action="store_true", help="a tiny model (the CPU/CI size)")
+    ap.add_argument("--inner", default="inductor", choices=["inductor", "aot_eager"],
+                    help="what compiles the graph after the fsa rewrite")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", help="write a checkpoint here at the end")
     ap.add_argument("--resume", help="start from this checkpoint")
@@ -99,7 +101,7 @@ def main(argv=None):
     train_model = model
     if distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    compiled = compile_model(train_model, args.backend)
+    compiled = compile_model(train_model, args.backend, args.inner)
     if rank == 0:
         print(f"{num_params(model) / 1e6:.1f}M parameters, T={T}, batch {args.batch}, {device}, {dtype}, backend {args.backend}", flush=True)
 

@@ -1,0 +1,44 @@
+"""The examples run at a tiny size on the CPU path, and training under fsa follows eager."""
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+
+
+def test_training_loss_curve_matches_eager(tmp_path):
+    import train
+
+    common = ["--tiny", "--steps", "8", "--T", "96", "--inner", "aot_eager"]
+    eager = train.main(common + ["--backend", "eager"])
+    fsa = train.main(common + ["--backend", "fsa", "--save", str(tmp_path / "ck.pt")])
+    assert len(eager) == len(fsa) == 8
+    assert max(abs(a - b) for a, b in zip(eager, fsa)) < 1e-4, (eager, fsa)
+    resumed = train.main(["--tiny", "--steps", "2", "--T", "96", "--inner", "aot_eager", "--backend", "fsa",
+                          "--resume", str(tmp_path / "ck.pt")])
+    assert len(resumed) == 2 and all(torch.isfinite(torch.tensor(resumed)))
+
+
+def test_prefill_runs_and_agrees():
+    import prefill
+
+    res = prefill.main(["--tiny", "--T", "80", "--backends", "eager,fsa", "--reps", "1"])
+    assert set(res) == {"eager", "fsa"} and all(v is not None and v > 0 for v in res.values())
+
+
+def test_demo_main_job_passes(monkeypatch):
+    import demo
+
+    monkeypatch.setattr(sys, "argv", ["demo.py", "--T", "96", "--inner", "aot_eager", "--reps", "1"])
+    assert demo.main() == 0
+
+
+def test_e2e_bench_needs_a_gpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    from fsa_compile import bench_e2e
+
+    assert bench_e2e.main(["--T", "1024"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
