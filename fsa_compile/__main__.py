@@ -1,12 +1,17 @@
-"""``python -m fsa_compile <command>``; commands: ``bench`` (see :mod:`fsa_compile.bench`)."""
+"""``python -m fsa_compile <command>``; commands: ``bench`` (kernels, :mod:`fsa_compile.bench`) and
+``bench --e2e`` (the example model per backend, :mod:`fsa_compile.bench_e2e`)."""
 import sys
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m fsa_compile bench [--help] [options]")
+        print("usage: python -m fsa_compile bench [--e2e] [--help] [options]")
         return 0 if argv else 2
+    if argv[0] == "bench" and "--e2e" in argv[1:]:
+        from .bench_e2e import main as e2e_main
+
+        return e2e_main([a for a in argv[1:] if a != "--e2e"])
     if argv[0] == "bench":
         from .bench import main as bench_main
 
