@@ -133,8 +133,9 @@ def test_query_chunks_and_split_blocks(monkeypatch):
     args, ref = _case(B, T, H, G, D, bs, n, torch.float32, True, seed=7)
     cfg = bw.backward_config(B, T, H, G, D, n, bs, torch.float32)
     assert -(-T // cfg.chunk_t) > 1
-    cfg = cfg.__class__(**{**cfg.__dict__, "tile_t": 8, "ch": 8})
-    _check(_run(args, cfg), ref, torch.float32, args)
+    for over in ({"tile_t": 8, "ch": 8}, {"tile_t": 8, "ch": 8, "direct": 0}, {"tile_t": 4, "ch": 64}):
+        c = cfg.__class__(**{**cfg.__dict__, **over})
+        _check(_run(args, c), ref, torch.float32, args)
 
 
 def test_untransposed_score_variant():

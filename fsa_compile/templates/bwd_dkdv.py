@@ -12,8 +12,8 @@ selected the block), and the dK/dV reduction over the tiles of one block.
     ``dS = p * (dO V^T - delta)``. The dQ contribution of the block, ``dS K``, is written to a
     partial buffer indexed by (token, slot, key sub-block, head) that ``bwd_dq`` sums.
     The block's dK/dV partial goes to slot ``pid`` of a float32 partial buffer, or, with
-    ``DIRECT`` (a single query chunk) and a block that has only this one program, straight to
-    dK/dV. ``ST`` computes the scores transposed (``[BLOCK_N, M]``).
+    ``DIRECT`` and a block that has only this one program in this query chunk, straight to dK/dV
+    (last chunk) or to the float32 running totals. ``ST`` computes the scores transposed (``[BLOCK_N, M]``).
 
 ``bwd_dkdv_reduce_kernel``
     Grid ``(num_blocks, B * H * NSUB)``: sums the partials of block ``j`` in tile order (so the
@@ -29,7 +29,7 @@ from .bwd_common import tl, triton
 def bwd_inverted_kernel(
     Q, K, V, DO, LSE2, DELTA,
     OFFSETS, ENTRIES, TILE_OFFSETS,
-    DK_PART, DV_PART, DQ_PART, DK, DV,
+    DK_PART, DV_PART, DQ_PART, DK, DV, DK_ACC, DV_ACC,
     s_q_b, s_q_t, s_q_h, s_q_d,
     s_k_b, s_k_t, s_k_h, s_k_d,
     s_v_b, s_v_t, s_v_h, s_v_d,
@@ -41,6 +41,7 @@ def bwd_inverted_kernel(
     NSUB: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, TILE_T: tl.constexpr,
     CH: tl.constexpr, LOG_NB: tl.constexpr, CAUSAL: tl.constexpr, WRITE_DQ: tl.constexpr,
     PREC: tl.constexpr, DOT_F32: tl.constexpr, ST: tl.constexpr, DIRECT: tl.constexpr,
+    USE_ACC: tl.constexpr, LAST: tl.constexpr,
 ):
     # DOT_F32: the Triton interpreter (3.9) multiplies bfloat16 tiles wrongly, so there the
     # operands are widened to float32 after being rounded exactly as on the GPU.
@@ -150,12 +151,22 @@ def bwd_inverted_kernel(
         if DIRECT:
             single = (tl.load(to_base + j + 1) - tl.load(to_base + j)) == 1
         if single:
-            # The block's only program: its sums are final, no partial and no reduction.
-            om = kvalid[:, None] & dmask[None, :]
-            tl.store(DK + b * s_dk_b + kpos[:, None] * s_dk_t + h * s_dk_h + d[None, :] * s_dk_d,
-                     dk.to(DK.dtype.element_ty), mask=om)
-            tl.store(DV + b * s_dv_b + kpos[:, None] * s_dv_t + h * s_dv_h + d[None, :] * s_dv_d,
-                     dv.to(DV.dtype.element_ty), mask=om)
+            # The block's only program in this chunk: no partial and no reduction; it adds the
+            # running total of the earlier chunks itself (only this program touches it now).
+            aoff = (bhs * NB + j) * (BLOCK_N * D) + rows[:, None] * D + d[None, :]
+            am = (rows[:, None] < BLOCK_N) & dmask[None, :]
+            if USE_ACC:
+                dk += tl.load(DK_ACC + aoff, mask=am, other=0.0)
+                dv += tl.load(DV_ACC + aoff, mask=am, other=0.0)
+            if LAST:
+                om = kvalid[:, None] & dmask[None, :]
+                tl.store(DK + b * s_dk_b + kpos[:, None] * s_dk_t + h * s_dk_h + d[None, :] * s_dk_d,
+                         dk.to(DK.dtype.element_ty), mask=om)
+                tl.store(DV + b * s_dv_b + kpos[:, None] * s_dv_t + h * s_dv_h + d[None, :] * s_dv_d,
+                         dv.to(DV.dtype.element_ty), mask=om)
+            else:
+                tl.store(DK_ACC + aoff, dk, mask=am)
+                tl.store(DV_ACC + aoff, dv, mask=am)
         else:
             pbase = (bhs * MAX_TILES + pid) * (BLOCK_N * D)
             pm = (rows[:, None] < BLOCK_N) & dmask[None, :]
@@ -184,7 +195,7 @@ def bwd_dkdv_reduce_kernel(
     i1 = tl.load(TILE_OFFSETS + bh * (NB + 1) + j + 1)
     work = LAST or (i1 > i0)
     if DIRECT:
-        work = i1 - i0 != 1  # a single-tile block was written by its own program
+        work = (i1 - i0 != 1) & (LAST or (i1 > i0))  # a one-program block was done by it
     if work:
         rows = tl.arange(0, BLOCK_N)
         d = tl.arange(0, D_PAD)
