@@ -86,14 +86,11 @@ def _selected_attention_backward(
     # The forward already applied the out-of-range policy (raised or asserted); dropping here only
     # keeps the backward from reading past the end if it was asked to run anyway.
     idx = _canonical(block_indices, T, block_size, count_duplicates, "drop")
-    if dlse is not None:
-        # d lse / d s = p, so a gradient on lse only shifts delta = rowsum(dO * O); the kernels take
-        # no such shift, so this (rare) case runs the reference.
-        return reference.reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, dlse=dlse)
     plan = plan_for(q, k, v, idx, block_size, causal, strategy)
+    # A gradient on lse (d lse / d s = p) only shifts delta = rowsum(dO * O); both paths take it.
     if plan.strategy == "reference":
-        return reference.reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal)
-    return _kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan)
+        return reference.reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, dlse=dlse)
+    return _kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan, dlse=dlse)
 
 
 @_selected_attention_backward.register_fake

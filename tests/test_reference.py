@@ -117,3 +117,16 @@ def test_canonical_indices_policies():
     with pytest.raises(RuntimeError):
         canonical_indices(idx, T, bs, count_duplicates=True, on_out_of_range="assert")
     assert math.ceil(T / bs) == 3
+
+
+def test_gradient_through_lse():
+    B, T, H, G, D, bs, n = 1, 30, 2, 2, 8, 8, 3
+    q, k, v, g = _inputs(B, T, H, G, D, seed=6, grad=True)
+    idx = random_selection(B, T, H, n, bs, generator=g)
+    o, lse = fsa_compile.selected_attention(q, k, v, idx, bs, return_lse=True)
+    ro, rlse = naive_selected_attention(q, k, v, idx, bs)
+    w, u = torch.randn(o.shape, generator=g), torch.randn(lse.shape, generator=g)
+    grads = torch.autograd.grad((o * w).sum() + (lse * u).sum(), (q, k, v))
+    rgrads = torch.autograd.grad((ro * w.double()).sum() + (rlse * u.double()).sum(), (q, k, v))
+    for a, b in zip(grads, rgrads):
+        assert (a.double() - b).abs().max() < 1e-4

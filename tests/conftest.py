@@ -1,0 +1,35 @@
+"""Test-process setup shared by every test module.
+
+Without a GPU the Triton templates run through Triton's interpreter. Triton decides that when a
+function is decorated, so TRITON_INTERPRET is set here, before any test module imports
+fsa_compile (which imports triton).
+
+Whether the *operation* dispatches to those interpreted kernels is FSA_COMPILE_INTERPRET, read
+at call time. The interpreter is ~30x slower than the reference, so that is per test: on for the
+kernel test modules and for tests marked ``interpret``, off for the rest, unless the whole run was
+started with FSA_COMPILE_INTERPRET=1 (then everything goes through the kernels).
+"""
+import os
+
+import pytest
+import torch
+
+ON_GPU = torch.cuda.is_available()
+ALL_THROUGH_KERNELS = os.environ.get("FSA_COMPILE_INTERPRET") == "1"
+if not ON_GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "interpret: run the op through the interpreted Triton kernels on CPU")
+
+
+@pytest.fixture(autouse=True)
+def _kernel_dispatch(request, monkeypatch):
+    if ON_GPU:
+        return
+    module = getattr(request.module, "__name__", "")
+    if ALL_THROUGH_KERNELS or request.node.get_closest_marker("interpret") or module.startswith("test_kernels"):
+        monkeypatch.setenv("FSA_COMPILE_INTERPRET", "1")
+    else:
+        monkeypatch.delenv("FSA_COMPILE_INTERPRET", raising=False)
