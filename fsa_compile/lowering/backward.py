@@ -171,25 +171,42 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     log_nb = max(1, math.ceil(math.log2(nb + 1)) + 1)
     block_hq = min(_next_pow2(HQ), max(1, 8192 // d_pad))
+    # One index over all T; a query chunk's entries of block j are the contiguous sub-range of
+    # tokens [t0, t1) of block j's list (entries are in increasing t inside a block).
+    index = build_block_index(idx, nb, cfg.ch)
+    E = index.entries.shape[-1]
+    offs = index.offsets.view(BH, nb + 1)
+    if nchunks > 1:
+        key = _chunk_search_key(index, BH, nb, E)
+        qbase = torch.arange(nb, device=dev, dtype=torch.int64).view(1, nb) * E
     for c in range(nchunks):
         t0 = c * Tc
         t1 = min(T, t0 + Tc)
-        index = build_block_index(idx[:, t0:t1], nb, cfg.ch)
-        E = index.entries.shape[-1]
-        grid = (_max_tiles(E, nb, cfg.ch), BH * nsub)
+        if nchunks == 1:
+            start, end, tile_offsets = offs[:, :-1], offs[:, 1:], index.tile_offsets
+        else:
+            bounds = torch.cat([qbase + t0 * n, qbase + t1 * n], 1).expand(BH, 2 * nb).contiguous()
+            se = torch.searchsorted(key, bounds).to(torch.int32)
+            start, end = se[:, :nb], se[:, nb:]
+            tiles = (end - start + (cfg.ch - 1)) // cfg.ch
+            tile_offsets = torch.zeros(BH, nb + 1, dtype=torch.int32, device=dev)
+            torch.cumsum(tiles, 1, dtype=torch.int32, out=tile_offsets[:, 1:])
+        start, end = start.contiguous(), end.contiguous()
+        grid = (_max_tiles((t1 - t0) * n, nb, cfg.ch), BH * nsub)
         bwd_inverted_kernel[grid](
             q, k, v, do, lse2, delta,
-            index.offsets, index.entries, index.tile_offsets,
+            start, end, index.entries, tile_offsets,
             dk_part, dv_part, dq_part, dk, dv, dk_acc, dv_acc,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-            T, t0, Tc, nb, E, max_tiles, n, float(scale),
+            T, t0, 0, Tc, nb, E, max_tiles, n, float(scale),
             H=H, G=G, BS=block_size, BLOCK_N=bn, NSUB=nsub, D=D, D_PAD=d_pad,
             TILE_T=cfg.tile_t, CH=cfg.ch, LOG_NB=log_nb, CAUSAL=bool(causal), WRITE_DQ=True,
             PREC=prec, DOT_F32=(dev.type == "cpu"), ST=bool(cfg.st),
-            DIRECT=bool(cfg.direct), USE_ACC=use_acc, LAST=(c == nchunks - 1), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            DIRECT=bool(cfg.direct), USE_ACC=use_acc, LAST=(c == nchunks - 1), num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
         )
         bwd_dkdv_reduce_kernel[(nb, BH * nsub)](
-            dk_part, dv_part, index.tile_offsets, dk_acc, dv_acc, dk, dv,
+            dk_part, dv_part, tile_offsets, dk_acc, dv_acc, dk, dv,
             *dk.stride(), *dv.stride(),
             T, nb, max_tiles,
             H=H, BS=block_size, BLOCK_N=bn, NSUB=nsub, D=D, D_PAD=d_pad,
@@ -202,6 +219,15 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
             H=H, G=G, NSUB=nsub, D=D, D_PAD=d_pad, BLOCK_HQ=block_hq, num_warps=4,
         )
     return dq, dk, dv
+
+
+def _chunk_search_key(index, BH, nb, E):
+    """A sorted int64 key per index position, ``block * E + entry`` (padding tail last), so that
+    a chunk's per-block entry ranges are two ``searchsorted`` calls."""
+    offs = index.offsets.view(BH, nb + 1)
+    pos = torch.arange(E, device=offs.device, dtype=torch.int32).view(1, E).expand(BH, E).contiguous()
+    blk = torch.searchsorted(offs[:, 1:].contiguous(), pos, right=True).to(torch.int64)  # nb for the tail
+    return blk * E + index.entries.view(BH, E).to(torch.int64)
 
 
 def _max_tiles(num_entries, num_blocks, tile):
@@ -223,6 +249,5 @@ def extra_memory_bytes(B, T, H, G, D, n, block_size, dtype, config=None) -> int:
     tot += B * Tc * n * cfg.nsub * H * G * D * elt
     if -(-T // Tc) > 1:
         tot += 2 * B * H * cfg.nsub * nb * cfg.block_n * D * 4
-    Tc_ = min(T, Tc)
-    tot += B * H * Tc_ * n * 8 * 3  # index build (sort keys/order, entries) peak, roughly
+    tot += B * H * T * n * 8 * 3  # index (sort keys/order, entries) and the chunk search key
     return tot

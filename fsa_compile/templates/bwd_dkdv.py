@@ -28,7 +28,7 @@ from .bwd_common import tl, triton
 @triton.jit
 def bwd_inverted_kernel(
     Q, K, V, DO, LSE2, DELTA,
-    OFFSETS, ENTRIES, TILE_OFFSETS,
+    START, END, ENTRIES, TILE_OFFSETS,
     DK_PART, DV_PART, DQ_PART, DK, DV, DK_ACC, DV_ACC,
     s_q_b, s_q_t, s_q_h, s_q_d,
     s_k_b, s_k_t, s_k_h, s_k_d,
@@ -36,7 +36,7 @@ def bwd_inverted_kernel(
     s_do_b, s_do_t, s_do_h, s_do_d,
     s_dk_b, s_dk_t, s_dk_h, s_dk_d,
     s_dv_b, s_dv_t, s_dv_h, s_dv_d,
-    T, t0, Tc, NB, E, MAX_TILES, n_sel, sm_scale,
+    T, t0, ent_t0, Tc, NB, E, MAX_TILES, n_sel, sm_scale,
     H: tl.constexpr, G: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
     NSUB: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, TILE_T: tl.constexpr,
     CH: tl.constexpr, LOG_NB: tl.constexpr, CAUSAL: tl.constexpr, WRITE_DQ: tl.constexpr,
@@ -68,9 +68,8 @@ def bwd_inverted_kernel(
             hi = tl.where(go, hi, mid)
         j = lo
         tile = pid - tl.load(to_base + j)
-        off_base = OFFSETS + bh * (NB + 1)
-        e_start = tl.load(off_base + j) + tile * CH
-        e_end = tl.minimum(e_start + CH, tl.load(off_base + j + 1))
+        e_start = tl.load(START + bh * NB + j) + tile * CH
+        e_end = tl.minimum(e_start + CH, tl.load(END + bh * NB + j))
 
         koff = sub * BLOCK_N + tl.arange(0, BLOCK_N)
         kpos = j * BS + koff
@@ -97,9 +96,9 @@ def bwd_inverted_kernel(
             ei = e0 + r // G
             rvalid = ei < e_end
             ent = tl.load(ent_base + ei, mask=rvalid, other=0)
-            t_loc = ent // n_sel
+            t = ent_t0 + ent // n_sel
             slot = ent % n_sel
-            t = t0 + t_loc
+            t_loc = t - t0
             rm = rvalid[:, None] & dmask[None, :]
             q = tl.load(Q + b * s_q_b + t[:, None] * s_q_t + hq[:, None] * s_q_h
                         + d[None, :] * s_q_d, mask=rm, other=0.0)
