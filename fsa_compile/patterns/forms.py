@@ -184,6 +184,23 @@ def gather_unbatched(q, k, v, block_indices, block_size):
     return torch.einsum("ths,thsd->thd", scores.softmax(-1), v_sel)
 
 
+def gather_noncausal(q, k, v, block_indices, block_size):
+    """Non-causal selected attention (only padding and past-the-end keys masked), torch.where."""
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    tok, pad = _token_indices(block_indices, block_size)
+    visible = ~pad & (tok < T)
+    safe = tok.clamp(0, T - 1)
+    b_idx = torch.arange(B, device=q.device).view(B, 1, 1, 1)
+    h_idx = torch.arange(H, device=q.device).view(1, 1, H, 1)
+    k_sel = k[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
+    v_sel = v[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
+    scores = torch.einsum("bthd,bthsd->bths", q, k_sel) * D**-0.5
+    scores = torch.where(visible.repeat_interleave(G, dim=2), scores, NEG_INF)
+    return torch.einsum("bths,bthsd->bthd", scores.softmax(-1), v_sel)
+
+
 # -- dense-mask forms -----------------------------------------------------------------------------------
 
 
@@ -246,12 +263,32 @@ def mask_sdpa(q, k, v, block_indices, block_size):
     return F.scaled_dot_product_attention(q, kk, vv, attn_mask=allowed)
 
 
+def mask_bias_manual_softmax(q, k, v, block_indices, block_size):
+    """Dense mask as an additive bias (0 / -inf by torch.where), scale folded into q by division,
+    softmax spelled out with ``max(...).values``, GQA by expand + reshape."""
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    blocks = _block_mask_scatter(block_indices, T, block_size)  # [B, T, H, nb]
+    pos = torch.arange(T, device=q.device)
+    allowed = blocks[..., pos // block_size] & (pos.view(1, T, 1, 1) >= pos.view(1, 1, 1, T))
+    bias = torch.where(allowed, 0.0, NEG_INF)  # [B, T, H, T]
+    bias = bias[:, :, :, None].expand(B, T, H, G, T).reshape(B, T, HQ, T)
+    qs = q / math.sqrt(D)
+    scores = torch.einsum("bthd,bshd->bths", qs, k.repeat_interleave(G, dim=2)) + bias
+    m = scores.max(dim=-1, keepdim=True).values
+    e = (scores - m).exp()
+    p = e / torch.sum(e, dim=-1, keepdim=True)
+    return torch.einsum("bths,bshd->bthd", p, v.repeat_interleave(G, dim=2))
+
+
 @dataclass(frozen=True)
 class Form:
     name: str
     fn: Callable
     layout: str  # "bthd", "bhtd" or "thd"
     family: str  # "gather" or "mask"
+    causal: bool = True
 
     @property
     def count_duplicates(self) -> bool:
@@ -259,7 +296,7 @@ class Form:
 
 
 FORMS = {
-    f.__name__: Form(f.__name__, f, layout, family)
+    f.__name__: Form(f.__name__, f, layout, family, f is not gather_noncausal)
     for f, layout, family in [
         (gather_index_einsum, "bthd", "gather"),
         (gather_bhtd_matmul_where, "bhtd", "gather"),
@@ -268,9 +305,11 @@ FORMS = {
         (gather_index_select, "bthd", "gather"),
         (gather_manual_softmax, "bthd", "gather"),
         (gather_unbatched, "thd", "gather"),
+        (gather_noncausal, "bthd", "gather"),
         (mask_scatter_repeat, "bhtd", "mask"),
         (mask_scatter_index_pos, "bthd", "mask"),
         (mask_sdpa, "bhtd", "mask"),
+        (mask_bias_manual_softmax, "bthd", "mask"),
     ]
 }
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import torch
 from torch import fx
+from torch.fx.experimental.symbolic_shapes import guard_int
 
 from . import rewrite, softmax_attention
+from .ops import example_value
 
 log = logging.getLogger("fsa_compile")
 
@@ -52,6 +55,38 @@ def _describe(m) -> tuple[dict, dict]:
     return shapes, options
 
 
+def _symints(x):
+    if isinstance(x, torch.SymInt):
+        yield x
+    elif isinstance(x, torch.Tensor):
+        yield from (s for s in x.shape if isinstance(s, torch.SymInt))
+
+
+def _specialize(gm: fx.GraphModule, m) -> None:
+    """Guard every symbolic size the match depends on, except the batch and the sequence length.
+
+    The match was verified at the example sizes, and the rewrite bakes some numbers into the graph
+    (block size, scale, heads): under dynamic shapes those must not change without a recompile,
+    while T (and B) may, since the op reads them from its inputs.
+    """
+    free = set()
+    for role in ("q", "k", "v", "selection"):
+        node = getattr(m, role)
+        ev = example_value(node)
+        layout = m.layouts[role][1]
+        for dim_role in ("t", "b"):
+            if isinstance(ev, torch.Tensor) and dim_role in layout:
+                size = ev.shape[layout.index(dim_role)]
+                if isinstance(size, torch.SymInt):
+                    free |= size.node.expr.free_symbols
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        for s in _symints(example_value(node)):
+            if not s.node.expr.free_symbols <= free:
+                guard_int(s)
+
+
 def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None) -> PassResult:
     """Rewrite every verified match in ``gm`` in place; ``plan_of(match)`` names the chosen plan."""
     result = PassResult()
@@ -81,6 +116,7 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None) -> PassResult:
             continue
         output = m.output
         done.add(anchor.node)
+        _specialize(gm, m)
         shapes, options = _describe(m)
         pattern = f"{m.family} ({m.form} form)"
         rw = Rewrite(pattern, output.name, shapes, options, plan_of(m) if plan_of else "")

@@ -49,6 +49,7 @@ _FUNCTIONS: dict[Any, str] = {
     torch.zeros: "zeros", torch.ones: "ones", torch.full: "full",
     torch.tril: "tril", torch.triu: "triu",
     torch.scatter: "scatter",
+    torch._C._nn.pad: "pad", F.pad: "pad", torch.constant_pad_nd: "pad",
     F.scaled_dot_product_attention: "sdpa",
     torch.topk: "topk",
 }

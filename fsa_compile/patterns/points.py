@@ -417,6 +417,23 @@ class Evaluator:
             raise Unsupported("scatter of different values to one place")
         return written[0]
 
+    def _op_pad(self, node, call, coords):
+        """Constant padding: the source element, or the fill value outside the source."""
+        src, pad = call.args[0], self.scalar(self._arg(call, 1, "pad"))
+        mode = self._arg(call, 2, "mode", "constant")
+        if mode != "constant":
+            raise Unsupported(f"{mode} padding")
+        value = self._arg(call, 3, "value", None)
+        value = 0.0 if value is None else self.scalar(value)
+        shp = self.shape(src)
+        c = list(coords)
+        for i in range(len(pad) // 2):
+            d = len(shp) - 1 - i
+            c[d] -= pad[2 * i]
+            if not 0 <= c[d] < shp[d]:
+                return value
+        return self.at(src, tuple(c))
+
     # attention in one call ----------------------------------------------------------------------------
     def _sdpa_args(self, node):
         names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")

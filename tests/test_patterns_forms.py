@@ -1,0 +1,90 @@
+"""Fire tests: every recognised spelling is rewritten once and matches eager, forward and backward."""
+import pytest
+import torch
+
+import fsa_compile
+from fsa_compile.patterns.forms import FORMS, from_layout, to_layout
+from fsa_compile.testing import Shape, assert_compiled_matches_eager, make_inputs
+
+FAST = {"inner": "aot_eager"}
+SHAPE = Shape(B=2, T=37, H=2, G=2, D=8, block_size=8, n=3)  # T not a multiple of the block size
+
+
+def _args(form, shape=SHAPE, kind="padding", seed=0, grad=False):
+    if form.layout == "thd":
+        shape = Shape(1, shape.T, shape.H, shape.G, shape.D, shape.block_size, shape.n, shape.dtype)
+    q, k, v, idx, bs = make_inputs(shape, kind, seed, requires_grad=grad)
+    return (*to_layout(form.layout, q, k, v, idx), bs)
+
+
+@pytest.mark.parametrize("name", sorted(FORMS))
+def test_form_is_rewritten_once_and_matches_eager(name):
+    form = FORMS[name]
+    args = _args(form)
+    rep = fsa_compile.explain(form.fn, *args, options=FAST)
+    assert len(rep.rewrites) == 1 and rep.misses == [], str(rep)
+    rw = rep.rewrites[0]
+    assert rw.shapes["block_size"] == 8 and rw.shapes["n"] == 3 and rw.shapes["G"] == 2, str(rep)
+    assert rw.options["causal"] is form.causal
+    assert rw.options["count_duplicates"] is form.count_duplicates
+    torch.testing.assert_close(rep.output, form.fn(*args), equal_nan=True, rtol=1e-4, atol=1e-5)
+    # forward and backward, on a selection without empty rows (eager's gradients are NaN there)
+    assert_compiled_matches_eager(form.fn, *_args(form, kind="unique", seed=1), backend_options=FAST, expect_rewrites=1)
+
+
+@pytest.mark.parametrize("name", ["gather_index_einsum", "mask_scatter_repeat"])
+def test_duplicates_keep_the_forms_meaning(name):
+    """A block listed twice counts twice in a gather, once in a mask: the rewrite keeps each."""
+    form = FORMS[name]
+    args = _args(form, kind="duplicates", seed=3)
+    assert (args[3][..., 0] == args[3][..., 1]).any() or (args[3].sort(-1)[0].diff(dim=-1) == 0).any()
+    rep = fsa_compile.explain(form.fn, *args, options=FAST)
+    assert len(rep.rewrites) == 1, str(rep)
+    torch.testing.assert_close(rep.output, form.fn(*args), equal_nan=True, rtol=1e-4, atol=1e-5)
+
+
+def test_rows_with_nothing_visible_are_nan_as_in_eager():
+    form = FORMS["gather_index_einsum"]
+    args = _args(form, kind="empty_rows", seed=5)
+    eager = form.fn(*args)
+    assert eager.isnan().any()
+    rep = fsa_compile.explain(form.fn, *args, options=FAST)
+    assert len(rep.rewrites) == 1
+    assert torch.equal(rep.output.isnan(), eager.isnan())
+    torch.testing.assert_close(rep.output, eager, equal_nan=True, rtol=1e-4, atol=1e-5)
+
+
+def test_sdpa_rows_with_nothing_visible_are_zero_as_in_eager():
+    form = FORMS["mask_sdpa"]
+    args = _args(form, kind="empty_rows", seed=5)
+    eager = form.fn(*args)
+    assert not eager.isnan().any()
+    rep = fsa_compile.explain(form.fn, *args, options=FAST)
+    assert len(rep.rewrites) == 1
+    torch.testing.assert_close(rep.output, eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_without_upcast(dtype):
+    form = FORMS["gather_index_select"]  # no float32 upcast of the scores; p cast back to q's dtype
+    shape = Shape(1, 24, 2, 2, 8, 4, 3, dtype)
+    args = _args(form, shape=shape, kind="unique", seed=2)
+    assert_compiled_matches_eager(form.fn, *args, backend_options=FAST, expect_rewrites=1)
+
+
+def test_topk_selection_inside_the_graph():
+    """The selection computed in the graph by top-k (as NSA does) is an opaque, trusted leaf."""
+
+    def layer(q, k, v, block_size: int):
+        B, T, HQ, D = q.shape
+        nb = (T + block_size - 1) // block_size
+        scores = torch.randn(B, T, k.shape[2], nb, generator=None).abs()  # any data-dependent choice
+        pos_block = torch.arange(T).view(1, T, 1, 1) // block_size
+        scores = scores.masked_fill(torch.arange(nb).view(1, 1, 1, nb) > pos_block, float("-inf"))
+        idx = scores.topk(2, dim=-1).indices
+        return FORMS["gather_index_einsum"].fn(q, k, v, idx, block_size)
+
+    q, k, v, _, bs = make_inputs(Shape(1, 32, 2, 2, 8, 8, 2), "unique", 0)
+    torch.manual_seed(0)
+    rep = fsa_compile.explain(layer, q, k, v, bs, options=FAST)
+    assert len(rep.rewrites) == 1, str(rep)
