@@ -48,6 +48,7 @@ _FUNCTIONS: dict[Any, str] = {
     torch.full_like: "full_like", torch.zeros_like: "zeros_like", torch.ones_like: "ones_like",
     torch.zeros: "zeros", torch.ones: "ones", torch.full: "full",
     torch.tril: "tril", torch.triu: "triu",
+    torch.abs: "abs", torch.minimum: "minimum", torch.maximum: "maximum",
     torch.scatter: "scatter",
     torch._C._nn.pad: "pad", F.pad: "pad", torch.constant_pad_nd: "pad",
     F.scaled_dot_product_attention: "sdpa",
@@ -78,6 +79,7 @@ _METHODS: dict[str, str] = {
     "new_ones": "ones_like", "zero_": "zeros_like", "fill_": "fill",
     "tril": "tril", "triu": "triu", "tril_": "tril", "triu_": "triu",
     "scatter": "scatter", "scatter_": "scatter",
+    "abs": "abs", "minimum": "minimum", "maximum": "maximum",
 }
 
 # In-place methods the evaluator follows: the tensor they update is read after them.

@@ -321,6 +321,21 @@ class Evaluator:
         v = self.at(call.args[0], coords)
         return _scalar_arith("mul", v, -1) if is_symbolic(v) else -v
 
+    def _op_abs(self, node, call, coords):
+        v = self.at(call.args[0], coords)
+        if is_symbolic(v):
+            raise Unsupported("abs of a data term")
+        return abs(v)
+
+    def _op_minimum(self, node, call, coords):
+        a = self._operand(call.args[0], coords)
+        b = self._operand(call.args[1], coords)
+        if is_symbolic(a) or is_symbolic(b):
+            raise Unsupported(f"{call.name} of a data term")
+        return min(a, b) if call.name == "minimum" else max(a, b)
+
+    _op_maximum = _op_minimum
+
     def _op_not(self, node, call, coords):
         v = self.at(call.args[0], coords)
         return not v

@@ -190,18 +190,20 @@ def candidates(graph: fx.Graph):
             continue
         if dim is None:
             continue
-        frontier, out = [node], None
+        # the product after the softmax, through views and casts, or (a near miss the checks will
+        # explain) through a few other elementwise ops
+        frontier, out, hops = [(node, 0)], None, 3
         while frontier and out is None:
-            cur = frontier.pop()
+            cur, depth = frontier.pop(0)
             for user in cur.users:
                 uc = canon(user)
-                if uc is None:
-                    continue
-                if uc.name in _PASSTHROUGH or uc.name in _VIEWS:
-                    frontier.append(user)
-                elif uc.name in ("matmul", "einsum"):
+                if uc is not None and uc.name in ("matmul", "einsum"):
                     out = user
                     break
+                if uc is not None and (uc.name in _PASSTHROUGH or uc.name in _VIEWS):
+                    frontier.append((user, depth))
+                elif depth < hops and user.op in ("call_function", "call_method"):
+                    frontier.append((user, depth + 1))
         if out is not None:
             yield Anchor("softmax", node, pre, dim, _output_chain(out))
 
@@ -336,6 +338,12 @@ class _Probe:
                 "average the masked keys instead of giving NaN; use float('-inf')"
             )
         coef, dot = _unscale(val)
+        if isinstance(dot, Leaf) and dot.node.op in ("call_function", "call_method"):
+            t = dot.node.target
+            raise NearMiss(
+                f"the scores pass through {getattr(t, '__name__', t)} ({dot.node.name}) between the score "
+                "product and the softmax: only a constant scale and -inf masks may sit there"
+            )
         if not isinstance(dot, Dot):
             raise NearMiss("the softmax input is not a scaled product of queries and keys")
         return coef, dot
@@ -427,13 +435,15 @@ class Analysis:
                 self.B, self.T, self.H, self.G, self.Dv = B, T, H, G, vz["d"]
                 self.n = sz["i"]
                 return
+            if all(self._consistent(s, kl, vl, ql, ol, G, same_v=False) for s in samples):
+                raise NearMiss("values are not read at the same positions as the keys")
         raise LayoutMiss(
             "could not read q, k, v and the output as [B, T, H, D] or [B, H, T, D] tensors "
             f"(q {list(qs)}, k {list(ks)}, v {list(vs)}, output {list(self.out_shape)}, "
             f"selection {list(self.sel_shape)})"
         )
 
-    def _consistent(self, s, kl, vl, ql, ol, G):
+    def _consistent(self, s, kl, vl, ql, ol, G, same_v=True):
         point, dd, qleaf, kleaf, vleaf = s[:5]
         D, Dv = self.D, L.sizes(vl, shape_of(self.v), self.D)["d"]
         o = L.decode(ol, point, G, Dv)
@@ -444,7 +454,7 @@ class Analysis:
             q["d"] == dd and k["d"] == dd
             and (q["b"], q["t"], q["hq"]) == (o["b"], o["t"], o["hq"])
             and k["b"] == o["b"] == v["b"] and k["h"] == o["hq"] // G == v["h"]
-            and v["d"] == o["d"] and v["t"] == k["t"]
+            and v["d"] == o["d"] and (v["t"] == k["t"] or not same_v)
         )
 
     # stage 3 + 4: what each query attends to, on random selections
@@ -657,9 +667,42 @@ class Analysis:
         )
 
 
+def _float_index_casts(output: fx.Node) -> list[fx.Node]:
+    """Casts from floating point to an integer dtype among the ancestors of ``output``."""
+    seen, stack, found = set(), [output], []
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        call = canon(n)
+        if call is not None and call.name == "cast" and isinstance(n.args[0], fx.Node):
+            dt, src = dtype_of(n), dtype_of(n.args[0])
+            if dt is not None and src is not None and src.is_floating_point and not dt.is_floating_point and dt != torch.bool:
+                found.append(n)
+        stack.extend(_inputs(n))
+    return found
+
+
+def _float_index_miss(output, casts) -> NearMiss:
+    c = casts[0]
+    return NearMiss(
+        f"an index is computed in floating point ({c.args[0].name}: {dtype_of(c.args[0])}, cast to "
+        f"{dtype_of(c)} by {c.name}): give block indices an integer dtype (torch.long or torch.int32)"
+    )
+
+
 def analyze(gm: fx.GraphModule, anchor: Anchor, output: fx.Node) -> Match:
     """A verified match, or raises NearMiss (with the reason) / LookupError (not attention)."""
     try:
         return Analysis(gm, anchor, output).run()
     except Unsupported as e:
+        casts = _float_index_casts(output)
+        if casts:
+            raise _float_index_miss(output, casts) from None
         raise NearMiss(f"cannot follow the subgraph: {e}") from None
+    except LookupError:
+        casts = _float_index_casts(output)
+        if casts:
+            raise _float_index_miss(output, casts) from None
+        raise

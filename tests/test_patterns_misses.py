@@ -1,0 +1,137 @@
+"""Near misses: code shaped like selected attention that is NOT the contract is left alone, and
+``explain(...).misses`` says which check failed."""
+import pytest
+import torch
+
+import fsa_compile
+from fsa_compile.testing import Shape, make_inputs
+
+FAST = {"inner": "aot_eager"}
+NEG_INF = float("-inf")
+
+
+def variant(q, k, v, block_indices, block_size, *, change=None):
+    """The gather form with one thing changed (``change`` names it); None is the contract."""
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    idx = block_indices
+    if change == "clamp_block_indices":
+        idx = idx.clamp(max=(T + block_size - 1) // block_size - 1)  # out of range -> the last block
+    offs = torch.arange(block_size)
+    tok = (idx.unsqueeze(-1) * block_size + offs).flatten(-2)
+    pad = (idx < 0).unsqueeze(-1).expand(*idx.shape, block_size).flatten(-2)
+    t_pos = torch.arange(T).view(1, T, 1, 1)
+    future = tok > t_pos
+    if change == "sliding_window":
+        future = future | (tok <= t_pos - 2 * block_size)
+    if change == "strictly_causal":
+        future = tok >= t_pos
+    masked = future if change == "unmasked_padding" else pad | future
+    safe = tok.clamp(0, T - 1)
+    if change == "float_indices":
+        safe = safe.long()
+    b_idx = torch.arange(B).view(B, 1, 1, 1)
+    h_idx = torch.arange(H).view(1, 1, H, 1)
+    k_sel = k[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
+    v_safe = (safe + 1).clamp(max=T - 1) if change == "values_shifted" else safe
+    v_sel = v[b_idx, v_safe, h_idx].repeat_interleave(G, dim=2)
+    s = torch.einsum("bthd,bthsd->bths", q, k_sel) * D**-0.5
+    if change == "extra_op_in_scores":
+        s = torch.tanh(s)  # a soft cap between the product and the softmax
+    if change == "per_head_scale":
+        s = s * torch.linspace(0.5, 1.0, HQ).view(1, 1, HQ, 1)
+    fill = -1e4 if change == "finite_fill" else NEG_INF
+    s = s.masked_fill(masked.repeat_interleave(G, dim=2), fill)
+    p = torch.softmax(s, dim=-1)
+    if change == "extra_op_after_softmax":
+        p = p * 0.9 + 0.1 / p.shape[-1]  # smoothing between the softmax and the product
+    return torch.einsum("bths,bthsd->bthd", p, v_sel)
+
+
+MISSES = {
+    "sliding_window": "not the causal (or full) keys of its selected blocks",
+    "strictly_causal": "not the causal (or full) keys of its selected blocks",
+    "unmasked_padding": "padding) block indices are not masked out",
+    "finite_fill": "not -inf",
+    "values_shifted": "values are not read at the same positions as the keys",
+    "extra_op_in_scores": "the scores pass through tanh",
+    "per_head_scale": "cannot follow the subgraph",
+    "extra_op_after_softmax": "cannot follow the subgraph",
+    "clamp_block_indices": "neither rejected nor dropped",
+    "float_indices": "give block indices an integer dtype",
+}
+
+
+def _case(seed=0):
+    return make_inputs(Shape(1, 40, 2, 2, 8, 8, 3), "padding", seed)
+
+
+def _explain(fn, *args):
+    torch._dynamo.reset()  # the variants share one code object: keep Dynamo's recompile limit away
+    rep = fsa_compile.explain(fn, *args, options=FAST)
+    assert rep.rewrites == [], str(rep)
+    eager = fn(*args)
+    torch.testing.assert_close(rep.output, eager, equal_nan=True, rtol=0, atol=0)
+    return rep
+
+
+def test_the_unchanged_variant_is_rewritten():
+    q, k, v, idx, bs = _case()
+    rep = fsa_compile.explain(variant, q, k, v, idx, bs, options=FAST)
+    assert len(rep.rewrites) == 1, str(rep)
+
+
+@pytest.mark.parametrize("change", sorted(MISSES))
+def test_near_miss_reason(change):
+    q, k, v, idx, bs = _case()
+    if change == "float_indices":
+        idx = idx.float()
+    rep = _explain(lambda *a: variant(*a, change=change), q, k, v, idx, bs)
+    assert len(rep.misses) == 1, str(rep)
+    assert MISSES[change] in rep.misses[0].reason, str(rep)
+
+
+def test_dense_mask_with_a_sliding_window_is_a_near_miss():
+    from fsa_compile.patterns import forms
+
+    def windowed(q, k, v, block_indices, block_size):
+        B, T, HQ, D = q.shape
+        blocks = forms._block_mask_scatter(block_indices, T, block_size)  # [B, T, H, nb]
+        pos = torch.arange(T)
+        near = (pos.view(T, 1) - pos.view(1, T)).abs() < 2 * block_size
+        allowed = blocks[..., pos // block_size] & (pos.view(1, T, 1, 1) >= pos.view(1, 1, 1, T)) & near.view(1, T, 1, T)
+        s = torch.einsum("bthd,bshd->bths", q, k) * D**-0.5
+        s = s.masked_fill(~allowed, NEG_INF)
+        return torch.einsum("bths,bshd->bthd", s.softmax(-1), v)
+
+    q, k, v, idx, bs = make_inputs(Shape(1, 40, 2, 1, 8, 8, 3), "padding", 0)
+    rep = _explain(windowed, q, k, v, idx, bs)
+    assert len(rep.misses) == 1 and "not the causal (or full) keys" in rep.misses[0].reason, str(rep)
+
+
+def test_sdpa_with_dropout_is_a_near_miss():
+    from fsa_compile.patterns import forms
+
+    def with_dropout(q, k, v, block_indices, block_size):
+        B, H, T, D = q.shape
+        blocks = forms._block_mask_scatter(block_indices, T, block_size)
+        allowed = blocks.repeat_interleave(block_size, dim=-1)[..., :T] & torch.ones(T, T, dtype=torch.bool).tril()
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=0.5)
+
+    q, k, v, idx, bs = make_inputs(Shape(1, 40, 2, 1, 8, 8, 3), "padding", 0)
+    q, k, v, idx = (t.transpose(1, 2) for t in (q, k, v, idx))
+    torch._dynamo.reset()
+    rep = fsa_compile.explain(with_dropout, q, k, v, idx, bs, options=FAST)
+    assert rep.rewrites == [] and len(rep.misses) == 1 and "dropout" in rep.misses[0].reason, str(rep)
+
+
+def test_attention_with_an_unrelated_mask_is_left_alone_silently():
+    def masked_attention(q, k, v, mask):
+        s = torch.einsum("bthd,bshd->bhts", q, k) * q.shape[-1] ** -0.5
+        return torch.einsum("bhts,bshd->bthd", s.masked_fill(~mask, NEG_INF).softmax(-1), v)
+
+    q, k, v, _, _ = make_inputs(Shape(1, 16, 2, 1, 8, 4, 2), "unique", 0)
+    mask = torch.rand(1, 2, 16, 16) < 0.7
+    rep = _explain(masked_attention, q, k, v, mask)
+    assert rep.misses == []
