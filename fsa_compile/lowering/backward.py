@@ -48,10 +48,11 @@ class BwdConfig:
     num_stages: int
     st: int = 1       # scores computed transposed ([keys, rows])
     direct: int = 1   # a block's only program in a chunk skips the partial buffer
+    evict: int = 0    # L2 hints: keep gathered Q/dO (evict_last), stream dQ partials (evict_first)
 
     def describe(self) -> str:
         return (f"bwd(block_n={self.block_n}, nsub={self.nsub}, tile_t={self.tile_t}, ch={self.ch}, "
-                f"chunk_t={self.chunk_t}, warps={self.num_warps}, stages={self.num_stages}, st={self.st}, direct={self.direct})")
+                f"chunk_t={self.chunk_t}, warps={self.num_warps}, stages={self.num_stages}, st={self.st}, direct={self.direct}, evict={self.evict})")
 
 
 def supported(q, k, v, idx, block_size) -> str | None:
@@ -204,6 +205,7 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
             PREC=prec, DOT_F32=(dev.type == "cpu"), ST=bool(cfg.st),
             DIRECT=bool(cfg.direct), USE_ACC=use_acc, LAST=(c == nchunks - 1), num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
+            EV_KEEP="evict_last" if cfg.evict else "", EV_STREAM="evict_first" if cfg.evict else "",
         )
         bwd_dkdv_reduce_kernel[(nb, BH * nsub)](
             dk_part, dv_part, tile_offsets, dk_acc, dv_acc, dk, dv,

@@ -41,7 +41,7 @@ def bwd_inverted_kernel(
     NSUB: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, TILE_T: tl.constexpr,
     CH: tl.constexpr, LOG_NB: tl.constexpr, CAUSAL: tl.constexpr, WRITE_DQ: tl.constexpr,
     PREC: tl.constexpr, DOT_F32: tl.constexpr, ST: tl.constexpr, DIRECT: tl.constexpr,
-    USE_ACC: tl.constexpr, LAST: tl.constexpr,
+    USE_ACC: tl.constexpr, LAST: tl.constexpr, EV_KEEP: tl.constexpr, EV_STREAM: tl.constexpr,
 ):
     # DOT_F32: the Triton interpreter (3.9) multiplies bfloat16 tiles wrongly, so there the
     # operands are widened to float32 after being rounded exactly as on the GPU.
@@ -100,10 +100,12 @@ def bwd_inverted_kernel(
             slot = ent % n_sel
             t_loc = t - t0
             rm = rvalid[:, None] & dmask[None, :]
+            # Q/dO rows are gathered n times each (once per selected block): keep them in L2;
+            # the dQ partials are written once and read once much later: stream them.
             q = tl.load(Q + b * s_q_b + t[:, None] * s_q_t + hq[:, None] * s_q_h
-                        + d[None, :] * s_q_d, mask=rm, other=0.0)
+                        + d[None, :] * s_q_d, mask=rm, other=0.0, eviction_policy=EV_KEEP)
             do = tl.load(DO + b * s_do_b + t[:, None] * s_do_t + hq[:, None] * s_do_h
-                         + d[None, :] * s_do_d, mask=rm, other=0.0)
+                         + d[None, :] * s_do_d, mask=rm, other=0.0, eviction_policy=EV_KEEP)
             if DOT_F32:
                 q = q.to(tl.float32)
                 do = do.to(tl.float32)
@@ -143,7 +145,7 @@ def bwd_inverted_kernel(
             if WRITE_DQ:
                 dst = ((b * Tc + t_loc) * (n_sel * NSUB) + slot * NSUB + sub) * HQ + hq
                 tl.store(DQ_PART + dst[:, None] * D + d[None, :],
-                         dq.to(DQ_PART.dtype.element_ty), mask=rm)
+                         dq.to(DQ_PART.dtype.element_ty), mask=rm, eviction_policy=EV_STREAM)
         dk = dk * sm_scale
         rows = tl.arange(0, BLOCK_N)
         single = False
