@@ -41,6 +41,20 @@ VARIANTS = {
     "nsa8u": ("nsa", dict(tok=8)),
     "fsa64": ("fsa", dict(fsa_rows=64, fsa_warps=4)),
     "fsa128": ("fsa", dict(fsa_rows=128, fsa_warps=8)),
+    "fsa64t4": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=4)),
+    "fsa64t8": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=8)),
+    "fsa64t4s2": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=4, fsa_stages=2)),
+    "fsa128t4": ("fsa", dict(fsa_rows=128, fsa_warps=8, fsa_tpp=4)),
+    "fsa32t8": ("fsa", dict(fsa_rows=32, fsa_warps=4, fsa_tpp=8)),
+    "fsa64t4w8": ("fsa", dict(fsa_rows=64, fsa_warps=8, fsa_tpp=4)),
+    "fsa64t4p": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=4, fsa_prefetch=True)),
+    "fsa64t8p": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=8, fsa_prefetch=True)),
+    "fsa64t2": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=2)),
+    "nsa1s3": ("nsa", dict(nsa_stages=3)),
+    "nsa1w2": ("nsa", dict(nsa_warps=2)),
+    "fsa64t4L": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=4, fsa_local=True)),
+    "fsa64t8L": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=8, fsa_local=True)),
+    "fsa128t4L": ("fsa", dict(fsa_rows=128, fsa_warps=8, fsa_tpp=4, fsa_local=True)),
 }
 
 
@@ -99,9 +113,8 @@ def check_case(name, B, T, H, G, D, bs, n, dtype, dist, causal=True, layout="bth
         f"causal={causal} {layout} chunk={chunk}: rel_o {eo:.2e} lse {el:.2e} inf_ok {ok_inf} nan {nan}"
 
 
-def part1(quick):
+def part1(quick, names):
     cases = []
-    names = list(VARIANTS)
     for G in (1, 2, 4, 8, 16):
         for name in names:
             cases.append((name, 2, 1000, 2, G, 128, 64, 16, torch.bfloat16, "uniform"))
@@ -212,15 +225,16 @@ def main():
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--T", type=int, default=65536)
     ap.add_argument("--G", default="1,2,4,8,16")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default="nsa1,fsa64,fsa64t4,fsa64t8,fsa64t4s2,fsa128t4,fsa32t8,fsa64t4L,fsa64t8L,fsa128t4L")
     ap.add_argument("--dist", default="uniform,skewed")
     a = ap.parse_args()
     import triton
     print(torch.__version__, triton.__version__, torch.cuda.get_device_name(), flush=True)
-    failed = set() if a.skip_check else part1(a.quick)
+    names = a.variants.split(",")
+    failed = set() if a.skip_check else part1(a.quick, names)
     if failed:
         print("variants with failures (not timed):", sorted(failed))
-    names = [x for x in a.variants.split(",") if x not in failed]
+    names = [x for x in names if x not in failed]
     part2(a.T, [int(x) for x in a.G.split(",")], names, a.dist.split(","))
     out = os.environ.get("OUT")
     if out:

@@ -126,6 +126,9 @@ def run_checks(quick):
         dict(B=1, T=1000, H=1, G=8, D=256, bs=64, n=8, dtype=torch.bfloat16, causal=True, dist="skewed"),
         dict(B=1, T=777, H=2, G=2, D=64, bs=48, n=6, dtype=torch.float32, causal=True, dist="uniform"),
         dict(B=1, T=T, H=2, G=16, D=128, bs=64, n=16, dtype=torch.float16, causal=True, dist="skewed"),
+        dict(B=1, T=999, H=2, G=2, D=64, bs=8, n=24, dtype=torch.bfloat16, causal=True, dist="uniform"),
+        dict(B=1, T=T - 100, H=2, G=8, D=128, bs=128, n=8, dtype=torch.bfloat16, causal=True, dist="skewed"),
+        dict(B=2, T=T // 2 + 3, H=1, G=1, D=128, bs=64, n=16, dtype=torch.bfloat16, causal=False, dist="skewed", layout="bhtd"),
     ]
     rows = []
     allok = True

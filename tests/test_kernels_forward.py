@@ -6,20 +6,11 @@ float32-upcast inputs.
 """
 from __future__ import annotations
 
-import math
-import os
-import sys
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    # The interpreter switch must be seen before triton is imported (fsa_compile.templates).
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("triton was imported before the interpreter could be switched on",
-                    allow_module_level=True)
-    os.environ["FSA_COMPILE_INTERPRET"] = "1"
-
+# Without a GPU, tests/conftest.py switches Triton's interpreter on before triton is imported and
+# sets FSA_COMPILE_INTERPRET=1 for every test of a test_kernels* module.
 from fsa_compile.lowering.forward import forward  # noqa: E402
 from fsa_compile.lowering.plan import PARTIAL_BUDGET, Plan, choose_plan, t_bucket  # noqa: E402
 from fsa_compile.reference import reference_forward  # noqa: E402
@@ -32,6 +23,11 @@ VARIANTS = [
     ("nsa", "nsa", {}),
     ("nsa-union", "nsa", dict(tok=4)),
     ("fsa", "fsa", dict(chunk=16)),  # several chunks even at tiny T
+    # several sub-tiles per program, sub-tiles of 2 entries x G heads
+    ("fsa-tpp", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=3)),
+    ("fsa-prefetch", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=3, fsa_prefetch=True)),
+    # local selections attended in the merge; merge tiles of 3 tokens (not aligned to blocks)
+    ("fsa-local", "fsa", dict(chunk=16, fsa_local=True, merge_tok=3)),
 ]
 
 

@@ -14,7 +14,7 @@ import torch
 STRATEGIES = ("auto", "fsa", "nsa", "reference")
 
 # Extra device memory the inverted loop's partial buffer may take (bytes), whatever T is.
-PARTIAL_BUDGET = 512 * 2**20
+PARTIAL_BUDGET = 768 * 2**20
 
 
 def interpret_mode() -> bool:
@@ -48,16 +48,22 @@ class Plan:
     fsa_rows: int = 64
     fsa_warps: int = 4
     fsa_stages: int = 1
+    fsa_tpp: int = 1  # sub-tiles per program (K/V loaded once for all of them)
+    fsa_prefetch: bool = False  # issue the next sub-tile's gathers before this one's math
     chunk: int = 16384  # query tokens per inverted-loop pass (bounds the partial buffer)
-    merge_rows: int = 64
+    merge_rows: int = 8
+    fsa_local: bool = False  # the merge attends to block 0 and the local blocks itself
+    merge_tok: int = 0  # tokens per merge tile with fsa_local (0: 64 rows' worth)
     merge_warps: int = 4
     t_bucket: int = 0
 
     def describe(self) -> str:
         if self.strategy == "fsa":
             return (f"fsa: tile {self.fsa_rows}x({self.fsa_tile_q} sel x "
-                    f"{self.fsa_rows // self.fsa_tile_q} heads), warps {self.fsa_warps}, "
-                    f"stages {self.fsa_stages}, chunk {self.chunk}, merge {self.merge_rows} rows")
+                    f"{self.fsa_rows // self.fsa_tile_q} heads) x{self.fsa_tpp} per program, "
+                    f"warps {self.fsa_warps}, " + ("prefetch, " if self.fsa_prefetch else "")
+                    + f"stages {self.fsa_stages}, chunk {self.chunk}, "
+                    + (f"local merge" if self.fsa_local else f"merge {self.merge_rows} rows"))
         if self.strategy == "nsa":
             union = " union" if self.nsa_tok > 1 else ""
             return (f"nsa: tile {self.nsa_rows}x({self.nsa_tok} tok x heads){union}, "
@@ -79,10 +85,10 @@ def _fsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over) -> Plan:
     rows = _pow2(rows)
     HQ = H * G
     per_tok = B * n * HQ * (Dv * _elt(dtype) + 4)  # partial o + partial lse, per query token
-    fit = max(64, PARTIAL_BUDGET // max(per_tok, 1))
-    chunk = min(1 << (fit.bit_length() - 1), t_bucket(T))  # a power of two <= fit
+    fit = max(64, PARTIAL_BUDGET // max(per_tok, 1) // 64 * 64)
+    chunk = min(fit, t_bucket(T))
     kw = dict(fsa_tile_q=tile_q, fsa_rows=rows, fsa_warps=8 if (rows >= 128 or big_d) else 4,
-              fsa_stages=1, chunk=chunk, t_bucket=t_bucket(T))
+              fsa_stages=1, fsa_tpp=4, chunk=chunk, t_bucket=t_bucket(T))
     kw.update(over)
     return Plan("fsa", **kw)
 
@@ -98,7 +104,7 @@ def _nsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, tok=None, **over) -> Plan
 
 
 # auto: strategy per G measured on the H100 (bf16, D=128, bs=64, n=16); see benchmarks/NOTES.md.
-_AUTO_G = {1: "fsa", 2: "fsa", 4: "fsa", 8: "fsa", 16: "nsa"}
+_AUTO_G = {1: "fsa", 2: "fsa", 4: "fsa", 8: "fsa", 16: "nsa"}  # v2 run: fsa 1.9/3.2/5.7/10.6/19.5 ms, nsa 17.4
 
 
 def choose_plan(B, T, H, G, D, Dv, n, block_size, dtype, causal, strategy, device, **over) -> Plan:

@@ -6,9 +6,10 @@ of the index, its entries are ``t_local * n + slot``).
 
 Grid: ``(max_tiles, B * H)``. Program ``pid`` of ``(b, h)`` finds its block ``j`` as the number of
 ``tile_offsets[1:]`` entries ``<= pid`` (a vector count, no host sync) and exits at once when
-``pid`` is past the real number of tiles. Its tile is ``TILE_Q`` consecutive entries of block
-``j``'s list; rows are ``entry x G heads`` (``row = e * G + g``), ``BLOCK_R = TILE_Q * G``. The block's
-K and V are loaded once; for every row the program writes a *normalised* partial output
+``pid`` is past the real number of tiles. It owns ``TILE_Q * TPP`` consecutive entries of block
+``j``'s list (the index is built with ``tile = TILE_Q * TPP``) and walks them in ``TPP`` sub-tiles
+whose rows are ``entry x G heads`` (``row = e * G + g``, ``BLOCK_R >= TILE_Q * G``). The block's
+K and V are loaded once per program; for every row the program writes a *normalised* partial output
 ``o_j = softmax_j(s) @ v`` (in the partial dtype) and its log2-sum-exp ``lse_j`` (float32) at
 ``(t_local, slot, hq)``; :mod:`.merge` combines a query's partials.
 """
@@ -27,7 +28,9 @@ def fsa_fwd_kernel(
     skb, skt, skh, skd,
     svb, svt, svh, svd,
     T, H, C, c0, NCHUNK, chunk, NB, ELEN, scale_log2,
-    G: tl.constexpr, N_SEL: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_R: tl.constexpr,
+    G: tl.constexpr, N_SEL: tl.constexpr, TILE_Q: tl.constexpr, TPP: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    BLOCK_R: tl.constexpr,
     BS: tl.constexpr, BLOCK_N: tl.constexpr, SEARCH: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -48,25 +51,16 @@ def fsa_fwd_kernel(
             j += tl.sum((to <= pid).to(tl.int32), axis=0)
         k_in_blk = pid - tl.load(toff + j)
         offb = OFFS + ib.to(tl.int64) * (NB + 1)
-        start = tl.load(offb + j) + k_in_blk * TILE_Q
-        end = tl.load(offb + j + 1)
+        start0 = tl.load(offb + j) + k_in_blk * (TILE_Q * TPP)
+        end = tl.minimum(tl.load(offb + j + 1), start0 + TILE_Q * TPP)
 
         rows = tl.arange(0, BLOCK_R)
-        e = start + rows // G
-        row_ok = (rows < TILE_Q * G) & (e < end)
-        ent = tl.load(ENTRIES + ib.to(tl.int64) * ELEN + e, mask=row_ok, other=0)
-        t_loc = ent // N_SEL
-        slot = ent % N_SEL
-        tok = c0 + t_loc
         hq = h * G + rows % G
         offs_d = tl.arange(0, BLOCK_D)
         offs_dv = tl.arange(0, BLOCK_DV)
         offs_n = tl.arange(0, BLOCK_N)
         b64 = b.to(tl.int64)
-        tok64 = tok.to(tl.int64)
-
-        q = tl.load(Q + b64 * sqb + tok64[:, None] * sqt + hq[:, None] * sqh + offs_d[None, :] * sqd,
-                    mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+        # the block's K and V: loaded once, used by all TPP sub-tiles of this program
         kpos = j * BS + offs_n
         kmask = (offs_n < BS) & (kpos < T)
         kpos64 = kpos.to(tl.int64)
@@ -74,21 +68,53 @@ def fsa_fwd_kernel(
                     mask=kmask[:, None] & (offs_d[None, :] < D), other=0.0)
         v = tl.load(V + b64 * svb + h * svh + kpos64[:, None] * svt + offs_dv[None, :] * svd,
                     mask=kmask[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        s = mma(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
-        valid = kmask[None, :]
-        if CAUSAL:
-            valid = valid & (kpos[None, :] <= tok[:, None])
-        s = tl.where(valid, s, float("-inf"))
-        m = tl.max(s, axis=1)
-        m_use = tl.where(m == float("-inf"), 0.0, m)
-        p = tl.exp2(s - m_use[:, None])
-        l = tl.sum(p, axis=1)
-        has = l > 0
-        o = mma(p.to(v.dtype), v, PRECISION, UPCAST) / tl.where(has, l, 1.0)[:, None]
-        lse2 = tl.where(has, m_use + tl.log2(tl.where(has, l, 1.0)), float("-inf"))
+        kt = tl.trans(k)
+        nsub = (end - start0 + TILE_Q - 1) // TILE_Q
+        # sub-tile 0's entries and queries; in the loop the next sub-tile's gathers are issued
+        # before this one's arithmetic (PREFETCH), so their latency hides behind it
+        e = start0 + rows // G
+        row_ok = (rows < TILE_Q * G) & (e < end)
+        ent = tl.load(ENTRIES + ib.to(tl.int64) * ELEN + e, mask=row_ok, other=0)
+        q = tl.load(Q + b64 * sqb + (c0 + ent // N_SEL).to(tl.int64)[:, None] * sqt
+                    + hq[:, None] * sqh + offs_d[None, :] * sqd,
+                    mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+        for st in range(0, nsub):
+            if PREFETCH:
+                e_n = start0 + (st + 1) * TILE_Q + rows // G
+                ok_n = (rows < TILE_Q * G) & (e_n < end)
+                ent_n = tl.load(ENTRIES + ib.to(tl.int64) * ELEN + e_n, mask=ok_n, other=0)
+                q_n = tl.load(Q + b64 * sqb + (c0 + ent_n // N_SEL).to(tl.int64)[:, None] * sqt
+                              + hq[:, None] * sqh + offs_d[None, :] * sqd,
+                              mask=ok_n[:, None] & (offs_d[None, :] < D), other=0.0)
+            else:
+                e = start0 + st * TILE_Q + rows // G
+                row_ok = (rows < TILE_Q * G) & (e < end)
+                ent = tl.load(ENTRIES + ib.to(tl.int64) * ELEN + e, mask=row_ok, other=0)
+                q = tl.load(Q + b64 * sqb + (c0 + ent // N_SEL).to(tl.int64)[:, None] * sqt
+                            + hq[:, None] * sqh + offs_d[None, :] * sqd,
+                            mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+            t_loc = ent // N_SEL
+            slot = ent % N_SEL
+            tok = c0 + t_loc
+            s = mma(q, kt, PRECISION, UPCAST) * scale_log2
+            valid = kmask[None, :]
+            if CAUSAL:
+                valid = valid & (kpos[None, :] <= tok[:, None])
+            s = tl.where(valid, s, float("-inf"))
+            m = tl.max(s, axis=1)
+            m_use = tl.where(m == float("-inf"), 0.0, m)
+            p = tl.exp2(s - m_use[:, None])
+            l = tl.sum(p, axis=1)
+            has = l > 0
+            o = mma(p.to(v.dtype), v, PRECISION, UPCAST) / tl.where(has, l, 1.0)[:, None]
+            lse2 = tl.where(has, m_use + tl.log2(tl.where(has, l, 1.0)), float("-inf"))
 
-        # partials: PO [B, C, N_SEL, HQ, DV], PL [B, C, N_SEL, HQ]
-        prow = ((b64 * C + t_loc) * N_SEL + slot) * (H * G) + hq
-        tl.store(PO + prow[:, None] * DV + offs_dv[None, :], o.to(PO.dtype.element_ty),
-                 mask=row_ok[:, None] & (offs_dv[None, :] < DV))
-        tl.store(PL + prow, lse2, mask=row_ok)
+            # partials: PO [B, C, N_SEL, HQ, DV], PL [B, C, N_SEL, HQ]
+            prow = ((b64 * C + t_loc) * N_SEL + slot) * (H * G) + hq
+            tl.store(PO + prow[:, None] * DV + offs_dv[None, :], o.to(PO.dtype.element_ty),
+                     mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+            tl.store(PL + prow, lse2, mask=row_ok)
+            if PREFETCH:
+                ent = ent_n
+                q = q_n
+                row_ok = ok_n
