@@ -43,7 +43,8 @@ def _model(nsa_model, backend, cfg_kw, device, dtype):
 
 
 def _sync():
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _train_step(compiled, opt, batch, vocab):
@@ -59,8 +60,9 @@ def measure(nsa_model, backend, T, cfg_kw, steps, device, dtype):
     """Training tokens/s, first-step loss, prefill ms and peak GiB, or OOM, for one (backend, T)."""
     out = {"backend": backend, "T": T}
     torch._dynamo.reset()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     try:
         cfg, model, compiled = _model(nsa_model, backend, cfg_kw, device, dtype)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -78,7 +80,7 @@ def measure(nsa_model, backend, T, cfg_kw, steps, device, dtype):
         dt = (time.perf_counter() - t0) / steps
         out["train_ms"] = dt * 1e3
         out["train_tok_s"] = T / dt
-        out["train_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        out["train_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
         del opt
         model.eval()
         with torch.no_grad():
@@ -93,7 +95,8 @@ def measure(nsa_model, backend, T, cfg_kw, steps, device, dtype):
         out["oom"] = True
     finally:
         torch._dynamo.reset()
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return out
 
 
@@ -130,7 +133,16 @@ def main(argv=None) -> int:
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--plot", help="save a plot (PNG) of tokens/s vs T here")
+    ap.add_argument("--cpu-smoke", action="store_true", help="a tiny model on the CPU (checks the script, measures nothing)")
     args = ap.parse_args(argv)
+    if args.cpu_smoke:
+        cfg_kw = dict(dim=64, layers=1, heads=4, kv_heads=2, head_dim=16, block_size=16, n=4, window=32,
+                      cmp_block=8, cmp_stride=4)
+        nsa_model = _examples()
+        results = [measure(nsa_model, b, T, cfg_kw, 1, torch.device("cpu"), torch.float32)
+                   for T in (64, 128) for b in ("eager", "fsa")]
+        print(table(results, [64, 128], ["eager", "fsa"]))
+        return 0 if all("prefill_ms" in r for r in results) else 1
     if not torch.cuda.is_available():
         print("bench --e2e needs a CUDA GPU (none found); the examples run on the CPU: "
               "python examples/train.py --tiny", file=sys.stderr)

@@ -42,3 +42,9 @@ def test_e2e_bench_needs_a_gpu(capsys):
 
     assert bench_e2e.main(["--T", "1024"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_e2e_bench_script_runs_on_a_tiny_cpu_model():
+    from fsa_compile import bench_e2e
+
+    assert bench_e2e.main(["--cpu-smoke"]) == 0

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# GPU run for issue 5/6: the 50-step loss curve (eager vs fsa) and the end-to-end table.
+# Usage on the device machine: bash benchmarks/e2e_gpu.sh "<T list>" [layers]
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH=$PWD
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+TS=${1:-4096,8192}
+LAYERS=${2:-2}
+if [ "${LOSS_CURVE:-1}" = 1 ]; then
+  for b in eager fsa; do
+    python examples/train.py --backend $b --steps 50 --T 2048 --layers 2 --dim 512 --log-json "$OUT/loss_$b.json" 2>&1 | tail -1
+  done
+  python - "$OUT" <<'PY'
+import json, sys
+e = json.load(open(f"{sys.argv[1]}/loss_eager.json"))["losses"]
+f = json.load(open(f"{sys.argv[1]}/loss_fsa.json"))["losses"]
+d = [abs(a - b) for a, b in zip(e, f)]
+print(f"loss curve, 50 steps, T=2048, bf16: eager {e[0]:.4f} -> {e[-1]:.4f}, fsa {f[0]:.4f} -> {f[-1]:.4f}, "
+      f"max |diff| {max(d):.4f}, mean |diff| {sum(d)/len(d):.4f}")
+for i in (0, 9, 19, 29, 39, 49):
+    print(f"  step {i+1:2d}: eager {e[i]:.4f}  fsa {f[i]:.4f}")
+PY
+fi
+python -m fsa_compile bench --e2e --T "$TS" --layers "$LAYERS" --steps 3 --json "$OUT/e2e.json" --plot "$OUT/e2e.png"
