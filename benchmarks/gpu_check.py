@@ -200,7 +200,8 @@ def part2(T, Gs, names, dists):
             pf = plan_for("fsa128", B, T, H, G, D, D, n, bs, torch.bfloat16, True)
             C = min(pf.chunk, T)
             nc = (T + C - 1) // C
-            ims, _ = bench_once(lambda: build_block_index(idx.view(B * nc, C, H, n), (T + bs - 1) // bs, pf.fsa_tile_q))
+            ipad = torch.cat([idx, idx.new_full((B, nc * C - T, H, n), -1)], 1)
+            ims, _ = bench_once(lambda: build_block_index(ipad.view(B * nc, C, H, n), (T + bs - 1) // bs, pf.fsa_tile_q))
             ums, _ = bench_once(lambda: tile_block_union(idx, 4, bs, True))
             print(f"   pieces: fsa index build {ims:.3f} ms (chunk {C}), union(4) build {ums:.3f} ms", flush=True)
             rows.append((G, dist, dms, res))
