@@ -74,7 +74,8 @@ def _specialize(gm: fx.GraphModule, m) -> None:
         node = getattr(m, role)
         ev = example_value(node)
         layout = m.layouts[role][1]
-        for dim_role in ("t", "b"):
+        # with one block (T <= block size) the sample cannot tell the block size: keep T fixed too
+        for dim_role in ("t", "b") if m.T > m.block_size else ("b",):
             if isinstance(ev, torch.Tensor) and dim_role in layout:
                 size = ev.shape[layout.index(dim_role)]
                 if isinstance(size, torch.SymInt):

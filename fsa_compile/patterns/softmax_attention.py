@@ -400,9 +400,12 @@ class Analysis:
             raise NearMiss("queries, keys or values come from different tensors at different positions")
         (self.q, self.k, self.v) = nodes.pop()
         self.D, self.S = samples[0][5], samples[0][6]
-        self._layouts(samples)
+        self.layout_options = self._layouts(samples)
 
     def _layouts(self, samples):
+        """Every assignment of layouts consistent with the samples (when sizes coincide, e.g.
+        T == heads, several are; the semantic check picks the one that is the contract)."""
+        options, shifted = [], False
         qs, ks, vs = shape_of(self.q), shape_of(self.k), shape_of(self.v)
         for (kn, kl), (vn, vl), (qn, ql), (on, ol), (sn, sl) in product(
             L.KEY.items(), L.KEY.items(), L.QUERY.items(), L.QUERY.items(), L.SELECTION.items()
@@ -431,12 +434,14 @@ class Analysis:
             if (sz["b"], sz["t"], sz["h"]) != (B, T, H) or len(sl) != len(self.sel_shape):
                 continue
             if all(self._consistent(s, kl, vl, ql, ol, G) for s in samples):
-                self.layouts = {"q": (qn, ql), "k": (kn, kl), "v": (vn, vl), "o": (on, ol), "selection": (sn, sl)}
-                self.B, self.T, self.H, self.G, self.Dv = B, T, H, G, vz["d"]
-                self.n = sz["i"]
-                return
-            if all(self._consistent(s, kl, vl, ql, ol, G, same_v=False) for s in samples):
-                raise NearMiss("values are not read at the same positions as the keys")
+                layouts = {"q": (qn, ql), "k": (kn, kl), "v": (vn, vl), "o": (on, ol), "selection": (sn, sl)}
+                options.append((layouts, (B, T, H, G, vz["d"], sz["i"])))
+            elif all(self._consistent(s, kl, vl, ql, ol, G, same_v=False) for s in samples):
+                shifted = True
+        if options:
+            return options
+        if shifted:
+            raise NearMiss("values are not read at the same positions as the keys")
         raise LayoutMiss(
             "could not read q, k, v and the output as [B, T, H, D] or [B, H, T, D] tensors "
             f"(q {list(qs)}, k {list(ks)}, v {list(vs)}, output {list(self.out_shape)}, "
@@ -597,7 +602,7 @@ class Analysis:
             if node.op == "placeholder" and isinstance(example_value(node), (int, torch.SymInt)):
                 index_ops.append(int(concrete(example_value(node))))
         for c in index_ops + other:
-            if 1 <= c <= self.T and c not in out:
+            if 1 <= c <= 1 << 16 and c not in out:
                 out.append(c)
         return out[:12]
 
@@ -649,12 +654,23 @@ class Analysis:
         self.scale = self.scales.pop()
         self.causal = surv[0][0]
         self.count_duplicates = surv[0][1] if not self.trusted else True
-        if {o[1] for o in surv} == {True, False} and not self.trusted:
+        if {o[1] for o in surv} == {True, False} and not self.trusted and self.n > 1:
+            # (with one slot per row there are no duplicates, so both readings agree)
             raise NearMiss("could not tell whether duplicate block indices count once or twice")
 
     def run(self) -> Match:
         self.structure()
-        self.semantics()
+        first = None
+        for layouts, (B, T, H, G, Dv, n) in self.layout_options:
+            self.layouts = layouts
+            self.B, self.T, self.H, self.G, self.Dv, self.n = B, T, H, G, Dv, n
+            try:
+                self.semantics()
+                break
+            except NearMiss as e:
+                first = first or e
+        else:
+            raise first
         if self.anchor.kind == "sdpa":
             form = "sdpa"
         else:

@@ -1,0 +1,148 @@
+"""Hypothesis properties: for any shapes and selections, compiled == eager (forward and backward),
+and attention that is not selected attention is never rewritten.
+
+Compiled functions are reused across examples (one per form): Dynamo recompiles when a guarded
+size changes (heads, head dim, block size, n: the rewrite bakes them) and treats B and T as
+dynamic after the first change, so the suite stays within a few minutes on two CPU cores.
+"""
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fsa_compile.patterns.forms import FORMS, from_layout, to_layout
+from fsa_compile.testing import RewriteCounter, Shape, assert_compiled_matches_eager, make_inputs, shapes
+
+FAST = {"inner": "aot_eager"}
+SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+_COMPILED: dict = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _many_recompiles():
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    old = getattr(cfg, name)
+    setattr(cfg, name, 1024)
+    torch._dynamo.reset()
+    yield
+    setattr(cfg, name, old)
+    torch._dynamo.reset()
+
+
+def compiled(key, fn):
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(fn, backend="fsa", options=FAST)
+    return _COMPILED[key]
+
+
+def _args(form, shape, kind, seed, grad):
+    if form.layout == "thd":
+        shape = Shape(1, *(getattr(shape, f) for f in ("T", "H", "G", "D", "block_size", "n", "dtype")))
+    q, k, v, idx, bs = make_inputs(shape, kind, seed, requires_grad=grad)
+    return (*to_layout(form.layout, q, k, v, idx), bs)
+
+
+def _check_rewrites(counter):
+    for res in counter.results:
+        assert len(res.rewrites) == 1, "; ".join(str(m) for m in res.misses) or "no candidate found"
+
+
+FORM_NAMES = sorted(FORMS)
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(name=st.sampled_from(FORM_NAMES), shape=shapes(), kind=st.sampled_from(["unique", "padding", "duplicates"]),
+       seed=st.integers(0, 2**20))
+def test_every_form_matches_eager_forward_and_backward(name, shape, kind, seed):
+    form = FORMS[name]
+    args = _args(form, shape, kind, seed, grad=False)
+    with RewriteCounter() as c:
+        assert_compiled_matches_eager(form.fn, *args, compiled=compiled(name, form.fn), grad=True)
+    _check_rewrites(c)
+
+
+@settings(max_examples=30, **SETTINGS)
+@given(name=st.sampled_from(["gather_index_einsum", "gather_index_select", "mask_scatter_repeat", "mask_sdpa",
+                             "gather_take_per_token"]),
+       shape=shapes(T=(1, 32), G=(1, 4), dtypes=(torch.float16, torch.bfloat16)),
+       kind=st.sampled_from(["unique", "padding", "duplicates"]), seed=st.integers(0, 2**20))
+def test_low_precision_matches_eager_within_dtype_tolerance(name, shape, kind, seed):
+    form = FORMS[name]
+    args = _args(form, shape, kind, seed, grad=False)
+    with RewriteCounter() as c:
+        assert_compiled_matches_eager(form.fn, *args, compiled=compiled(name, form.fn), grad=True)
+    _check_rewrites(c)
+
+
+@settings(max_examples=30, **SETTINGS)
+@given(name=st.sampled_from(FORM_NAMES), shape=shapes(T=(2, 40)), seed=st.integers(0, 2**20))
+def test_rows_with_nothing_visible_match_eager(name, shape, seed):
+    """NaN rows (softmax of nothing) in the softmax forms, zero rows in SDPA, exactly where eager has them."""
+    form = FORMS[name]
+    args = _args(form, shape, "empty_rows", seed, grad=False)
+    eager = form.fn(*args)
+    with RewriteCounter() as c:
+        out = compiled(name, form.fn)(*args)
+    _check_rewrites(c)
+    assert torch.equal(out.isnan(), eager.isnan())
+    torch.testing.assert_close(out, eager, equal_nan=True, rtol=1e-4, atol=1e-5)
+
+
+# -- attention that is not selected attention -----------------------------------------------------------
+
+
+def dense_causal(q, k, v, window: int, mask):
+    s = torch.einsum("bthd,bshd->bhts", q, k) * q.shape[-1] ** -0.5
+    T = q.shape[1]
+    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    return torch.einsum("bhts,bshd->bthd", s.softmax(-1), v)
+
+
+def sliding_window(q, k, v, window: int, mask):
+    T = q.shape[1]
+    pos = torch.arange(T)
+    allowed = (pos.view(T, 1) >= pos.view(1, T)) & (pos.view(T, 1) - pos.view(1, T) < window)
+    s = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(q.shape[-1])
+    s = torch.where(allowed, s, float("-inf"))
+    return torch.einsum("bhts,bshd->bthd", torch.softmax(s, dim=-1), v)
+
+
+def unrelated_mask(q, k, v, window: int, mask):
+    s = (q.transpose(1, 2) @ k.transpose(1, 2).transpose(-1, -2)) * q.shape[-1] ** -0.5
+    s = s.masked_fill(~mask, float("-inf"))
+    return (s.softmax(-1) @ v.transpose(1, 2)).transpose(1, 2)
+
+
+def sdpa_causal(q, k, v, window: int, mask):
+    o = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                         is_causal=True)
+    return o.transpose(1, 2)
+
+
+def block_causal_by_index(q, k, v, window: int, mask):
+    """Block-diagonal causal attention computed from positions (an integer tensor, but no selection)."""
+    T = q.shape[1]
+    pos = torch.arange(T)
+    allowed = (pos.view(T, 1) // window == pos.view(1, T) // window) & (pos.view(T, 1) >= pos.view(1, T))
+    s = torch.einsum("bthd,bshd->bhts", q, k) * q.shape[-1] ** -0.5
+    return torch.einsum("bhts,bshd->bthd", s.masked_fill(~allowed, float("-inf")).softmax(-1), v)
+
+
+NEGATIVES = {f.__name__: f for f in (dense_causal, sliding_window, unrelated_mask, sdpa_causal, block_causal_by_index)}
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(name=st.sampled_from(sorted(NEGATIVES)), B=st.integers(1, 2), T=st.integers(1, 40), H=st.integers(1, 3),
+       D=st.sampled_from([4, 8, 16]), window=st.integers(1, 16), seed=st.integers(0, 2**20))
+def test_attention_that_is_not_selected_attention_is_never_rewritten(name, B, T, H, D, window, seed):
+    fn = NEGATIVES[name]
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, T, H, D, generator=g) for _ in range(3))
+    mask = torch.rand(B, H, T, T, generator=g) < 0.6
+    with RewriteCounter() as c:
+        out = compiled("neg-" + name, fn)(q, k, v, window, mask)
+    assert c.rewrites == [], [str(r) for r in c.rewrites]
+    torch.testing.assert_close(out, fn(q, k, v, window, mask), equal_nan=True, rtol=1e-4, atol=1e-5)
