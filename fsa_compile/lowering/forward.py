@@ -121,7 +121,8 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
     idx_c = idx_main
     if nc * C != T:
         idx_c = torch.cat([idx_main, idx.new_full((B, nc * C - T, H, n), -1)], 1)
-    bi = build_block_index(idx_c.view(B * nc, C, H, n), NB, tile_q * plan.fsa_tpp)
+    bi = build_block_index(idx_c.view(B * nc, C, H, n), NB, tile_q * plan.fsa_tpp,
+                           tile_map=plan.fsa_tile_map)
     grid0 = bi.max_tiles if nc > 0 else 0
     elen = bi.entries.shape[-1]
     pdt = torch.float32 if q.dtype == torch.float32 else q.dtype
@@ -136,10 +137,12 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
     for c in range(nc):
         c0 = c * C
         fsa_fwd_kernel[(grid0, B * H)](
-            q, k, v, bi.offsets, bi.entries, bi.tile_offsets, po, pl,
+            q, k, v, bi.offsets, bi.entries, bi.tile_offsets,
+            bi.tile_block if plan.fsa_tile_map else bi.tile_offsets, po, pl,
             *q.stride(), *k.stride(), *v.stride(),
-            T, H, C, c0, nc, c, NB, elen, scale * LOG2E,
-            G=G, N_SEL=n, TILE_Q=tile_q, TPP=plan.fsa_tpp, PREFETCH=plan.fsa_prefetch, BLOCK_R=rows, SEARCH=search, CAUSAL=causal,
+            T, H, C, c0, nc, c, NB, elen, grid0, scale * LOG2E,
+            G=G, N_SEL=n, TILE_Q=tile_q, TPP=plan.fsa_tpp, PREFETCH=plan.fsa_prefetch, TILE_MAP=plan.fsa_tile_map,
+            BLOCK_R=rows, SEARCH=search, CAUSAL=causal,
             num_warps=plan.fsa_warps, num_stages=plan.fsa_stages, **common,
         )
         if plan.fsa_local:

@@ -50,6 +50,7 @@ class Plan:
     fsa_stages: int = 1
     fsa_tpp: int = 1  # sub-tiles per program (K/V loaded once for all of them)
     fsa_prefetch: bool = False  # issue the next sub-tile's gathers before this one's math
+    fsa_tile_map: bool = False  # programs read their block from a tile->block map (one load)
     chunk: int = 16384  # query tokens per inverted-loop pass (bounds the partial buffer)
     merge_rows: int = 8
     fsa_local: bool = False  # the merge attends to block 0 and the local blocks itself

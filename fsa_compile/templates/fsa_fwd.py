@@ -23,13 +23,13 @@ from .common import mma
 
 @triton.jit
 def fsa_fwd_kernel(
-    Q, K, V, OFFS, ENTRIES, TOFFS, PO, PL,
+    Q, K, V, OFFS, ENTRIES, TOFFS, TMAP, PO, PL,
     sqb, sqt, sqh, sqd,
     skb, skt, skh, skd,
     svb, svt, svh, svd,
-    T, H, C, c0, NCHUNK, chunk, NB, ELEN, scale_log2,
+    T, H, C, c0, NCHUNK, chunk, NB, ELEN, MAXT, scale_log2,
     G: tl.constexpr, N_SEL: tl.constexpr, TILE_Q: tl.constexpr, TPP: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, TILE_MAP: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BS: tl.constexpr, BLOCK_N: tl.constexpr, SEARCH: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -41,14 +41,18 @@ def fsa_fwd_kernel(
     h = pid_bh % H
     ib = (b * NCHUNK + chunk) * H + h  # (index batch row, head)
     toff = TOFFS + ib.to(tl.int64) * (NB + 1)
-    ntiles = tl.load(toff + NB)
-    if pid < ntiles:
+    if TILE_MAP:  # the index carries every tile id's block: one load
+        j = tl.load(TMAP + ib.to(tl.int64) * MAXT + pid)
+        live = j < NB
+    else:
+        live = pid < tl.load(toff + NB)
         # block j = #{j' in [1, NB] : tile_offsets[j'] <= pid}
         j = tl.full([], 0, tl.int32)
         for s0 in range(1, NB + 1, SEARCH):
             offs = s0 + tl.arange(0, SEARCH)
             to = tl.load(toff + offs, mask=offs <= NB, other=2147483647)
             j += tl.sum((to <= pid).to(tl.int32), axis=0)
+    if live:
         k_in_blk = pid - tl.load(toff + j)
         offb = OFFS + ib.to(tl.int64) * (NB + 1)
         start0 = tl.load(offb + j) + k_in_blk * (TILE_Q * TPP)

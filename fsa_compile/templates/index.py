@@ -27,6 +27,9 @@ class BlockIndex:
     tile_offsets: torch.Tensor
     tile: int
     num_blocks: int
+    # optional (``tile_map=True``): ``[B, H, max_tiles]`` int32, the block of every tile id
+    # (``num_blocks`` past the last real tile), so a program finds its block with one load
+    tile_block: torch.Tensor | None = None
 
     @property
     def max_tiles(self) -> int:
@@ -38,7 +41,7 @@ def max_tiles(num_entries: int, num_blocks: int, tile: int) -> int:
     return num_entries // tile + min(num_blocks, num_entries)
 
 
-def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int) -> BlockIndex:
+def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: bool = False) -> BlockIndex:
     """``idx``: canonical ``[B, T, H, n]`` int32 indices (negative = nothing, all < num_blocks).
 
     One flat stable sort of 32-bit keys ``segment * (num_blocks + 1) + block`` (a segment is one
@@ -66,4 +69,11 @@ def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int) -> BlockInd
     offsets = torch.cat([zero, torch.cumsum(counts, -1, dtype=torch.int32)], -1)
     tiles = (counts + (tile - 1)) // tile
     tile_offsets = torch.cat([zero, torch.cumsum(tiles, -1, dtype=torch.int32)], -1)
-    return BlockIndex(offsets.contiguous(), entries.contiguous(), tile_offsets.contiguous(), tile, num_blocks)
+    tile_block = None
+    if tile_map:
+        mt = max_tiles(L, num_blocks, tile)
+        ids = torch.arange(mt, device=dev, dtype=torch.int32).expand(nseg, mt).contiguous()
+        tile_block = torch.searchsorted(tile_offsets.view(nseg, nb1)[:, 1:].contiguous(), ids,
+                                        right=True, out_int32=True).view(B, H, mt)
+    return BlockIndex(offsets.contiguous(), entries.contiguous(), tile_offsets.contiguous(), tile,
+                      num_blocks, tile_block)
