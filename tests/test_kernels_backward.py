@@ -155,6 +155,14 @@ def test_deterministic():
         assert torch.equal(x, y)
 
 
+def test_64bit_addressing_path(monkeypatch):
+    # the path taken for tensors past 2**31 elements, forced on a tiny case
+    monkeypatch.setattr(bw, "FORCE_IDX64", True)
+    monkeypatch.setattr(bw, "DQ_PART_BUDGET", 3000)
+    args, ref = _case(2, 40, 1, 2, 16, 16, 3, torch.float16, True, seed=13)
+    _check(_run(args), ref, torch.float16, args)
+
+
 def test_dlse_gradient():
     args, _ = _case(1, 40, 1, 2, 16, 16, 3, torch.float32, True, seed=10, empty_rows=True)
     do, q, k, v, o, lse, idx, bs, scale, causal = args

@@ -27,6 +27,18 @@ DKV_PART_BUDGET = 512 * 2**20
 # Test hook: when True, every output and scratch buffer is filled with NaN before the kernels
 # run, so an element that no kernel writes (or a partial read before it is written) shows up.
 POISON_FOR_TESTS = False
+# Test hook: use 64-bit address arithmetic even when every tensor is small.
+FORCE_IDX64 = False
+
+
+def _needs_idx64(*ts) -> bool:
+    """Whether an element offset of any of these tensors (or of the gradients, allocated with
+    the same sizes) can reach 2**31."""
+    for t in ts:
+        span = sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()) if s > 0)
+        if max(span, t.numel()) >= 2**31 - 1:
+            return True
+    return False
 
 
 def _interpret() -> bool:
@@ -142,6 +154,8 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
     nb = -(-T // block_size)
     BH = B * H
 
+    i64 = FORCE_IDX64 or _needs_idx64(q, k, v, do, o) or B * H * nb * block_size * D >= 2**31 - 1
+
     # 1. delta and base-2 lse in [B, H, T, G].
     delta = _alloc((B, H, T, G), torch.float32, dev)
     lse2 = _alloc((B, H, T, G), torch.float32, dev)
@@ -150,7 +164,7 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
     bwd_preprocess_kernel[(triton_cdiv(R, block_r),)](
         do, o, lse, lse if dlse is None else dlse, delta, lse2,
         *do.stride(), *o.stride(), *lse.stride(), *(lse if dlse is None else dlse).stride(),
-        R, T, H=H, G=G, D=D, D_PAD=d_pad, BLOCK_R=block_r, HAS_DLSE=dlse is not None, num_warps=4,
+        R, T, H=H, G=G, D=D, D_PAD=d_pad, BLOCK_R=block_r, HAS_DLSE=dlse is not None, IDX64=i64, num_warps=4,
     )
 
     dq = _alloc((B, T, HQ, D), q.dtype, dev)
@@ -208,19 +222,20 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
             DIRECT=bool(cfg.direct), USE_ACC=use_acc, LAST=(c == nchunks - 1), num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
             EV_KEEP="evict_last" if cfg.evict else "", EV_STREAM="evict_first" if cfg.evict else "",
+            IDX64=i64,
         )
         bwd_dkdv_reduce_kernel[(nb, BH * nsub)](
             dk_part, dv_part, tile_offsets, dk_acc, dv_acc, dk, dv,
             *dk.stride(), *dv.stride(),
             T, nb, max_tiles,
             H=H, BS=block_size, BLOCK_N=bn, NSUB=nsub, D=D, D_PAD=d_pad,
-            USE_ACC=use_acc, LAST=(c == nchunks - 1), DIRECT=bool(cfg.direct), num_warps=4,
+            USE_ACC=use_acc, LAST=(c == nchunks - 1), DIRECT=bool(cfg.direct), IDX64=i64, num_warps=4,
         )
         bwd_dq_reduce_kernel[(t1 - t0, B, triton_cdiv(HQ, block_hq))](
             dq_part, idx, dq,
             *idx.stride(), *dq.stride(),
             t0, Tc, n,
-            H=H, G=G, NSUB=nsub, D=D, D_PAD=d_pad, BLOCK_HQ=block_hq, num_warps=4,
+            H=H, G=G, NSUB=nsub, D=D, D_PAD=d_pad, BLOCK_HQ=block_hq, IDX64=i64, num_warps=4,
         )
     return dq, dk, dv
 

@@ -42,6 +42,7 @@ def bwd_inverted_kernel(
     CH: tl.constexpr, LOG_NB: tl.constexpr, CAUSAL: tl.constexpr, WRITE_DQ: tl.constexpr,
     PREC: tl.constexpr, DOT_F32: tl.constexpr, ST: tl.constexpr, DIRECT: tl.constexpr,
     USE_ACC: tl.constexpr, LAST: tl.constexpr, EV_KEEP: tl.constexpr, EV_STREAM: tl.constexpr,
+    IDX64: tl.constexpr,
 ):
     # DOT_F32: the Triton interpreter (3.9) multiplies bfloat16 tiles wrongly, so there the
     # operands are widened to float32 after being rounded exactly as on the GPU.
@@ -54,6 +55,9 @@ def bwd_inverted_kernel(
     sub = bhs % NSUB
     b = bh // H
     h = bh % H
+    if IDX64:  # tensors past 2**31 elements: 64-bit address arithmetic
+        b = b.to(tl.int64)
+        bhs = bhs.to(tl.int64)
 
     to_base = TILE_OFFSETS + bh * (NB + 1)
     total = tl.load(to_base + NB)
@@ -73,6 +77,8 @@ def bwd_inverted_kernel(
 
         koff = sub * BLOCK_N + tl.arange(0, BLOCK_N)
         kpos = j * BS + koff
+        if IDX64:
+            kpos = kpos.to(tl.int64)
         kvalid = (koff < BS) & (kpos < T)
         d = tl.arange(0, D_PAD)
         dmask = d < D
@@ -97,6 +103,8 @@ def bwd_inverted_kernel(
             rvalid = ei < e_end
             ent = tl.load(ent_base + ei, mask=rvalid, other=0)
             t = ent_t0 + ent // n_sel
+            if IDX64:
+                t = t.to(tl.int64)
             slot = ent % n_sel
             t_loc = t - t0
             rm = rvalid[:, None] & dmask[None, :]
@@ -184,7 +192,7 @@ def bwd_dkdv_reduce_kernel(
     T, NB, MAX_TILES,
     H: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr, NSUB: tl.constexpr,
     D: tl.constexpr, D_PAD: tl.constexpr, USE_ACC: tl.constexpr, LAST: tl.constexpr,
-    DIRECT: tl.constexpr,
+    DIRECT: tl.constexpr, IDX64: tl.constexpr,
 ):
     j = tl.program_id(0)
     bhs = tl.program_id(1)
@@ -192,6 +200,9 @@ def bwd_dkdv_reduce_kernel(
     sub = bhs % NSUB
     b = bh // H
     h = bh % H
+    if IDX64:
+        b = b.to(tl.int64)
+        bhs = bhs.to(tl.int64)
     i0 = tl.load(TILE_OFFSETS + bh * (NB + 1) + j)
     i1 = tl.load(TILE_OFFSETS + bh * (NB + 1) + j + 1)
     work = LAST or (i1 > i0)
@@ -216,6 +227,8 @@ def bwd_dkdv_reduce_kernel(
         if LAST:
             koff = sub * BLOCK_N + rows
             kpos = j * BS + koff
+            if IDX64:
+                kpos = kpos.to(tl.int64)
             om = ((koff < BS) & (kpos < T))[:, None] & (d[None, :] < D)
             tl.store(DK + b * s_dk_b + kpos[:, None] * s_dk_t + h * s_dk_h + d[None, :] * s_dk_d,
                      dk.to(DK.dtype.element_ty), mask=om)

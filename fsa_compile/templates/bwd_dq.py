@@ -16,7 +16,7 @@ def bwd_dq_reduce_kernel(
     s_dq_b, s_dq_t, s_dq_h, s_dq_d,
     t0, Tc, n_sel,
     H: tl.constexpr, G: tl.constexpr, NSUB: tl.constexpr, D: tl.constexpr,
-    D_PAD: tl.constexpr, BLOCK_HQ: tl.constexpr,
+    D_PAD: tl.constexpr, BLOCK_HQ: tl.constexpr, IDX64: tl.constexpr,
 ):
     HQ: tl.constexpr = H * G
     t_loc = tl.program_id(0)
@@ -26,6 +26,9 @@ def bwd_dq_reduce_kernel(
     d = tl.arange(0, D_PAD)
     dmask = d < D
     t = t0 + t_loc
+    if IDX64:
+        b = b.to(tl.int64)
+        t = t.to(tl.int64)
     acc = tl.zeros([BLOCK_HQ, D_PAD], dtype=tl.float32)
     ibase = IDX + b * s_i_b + t * s_i_t + (hq // G) * s_i_h
     for s in range(n_sel):

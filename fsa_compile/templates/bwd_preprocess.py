@@ -19,11 +19,13 @@ def bwd_preprocess_kernel(
     s_dl_b, s_dl_t, s_dl_h,
     R, T,
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-    BLOCK_R: tl.constexpr, HAS_DLSE: tl.constexpr,
+    BLOCK_R: tl.constexpr, HAS_DLSE: tl.constexpr, IDX64: tl.constexpr,
 ):
     LOG2E: tl.constexpr = 1.4426950408889634
     HQ: tl.constexpr = H * G
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    if IDX64:
+        r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < R
     hq = r % HQ
     t = (r // HQ) % T
