@@ -91,7 +91,7 @@ def _fsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over) -> Plan:
     # was 40% slower at G=1 than 16K-token chunks)
     chunk = min(1 << (fit.bit_length() - 1), t_bucket(T))
     kw = dict(fsa_tile_q=tile_q, fsa_rows=rows, fsa_warps=8 if (rows >= 128 or big_d) else 4,
-              fsa_stages=1, fsa_tpp=4, chunk=chunk, t_bucket=t_bucket(T))
+              fsa_stages=1, fsa_tpp=4, fsa_tile_map=True, chunk=chunk, t_bucket=t_bucket(T))
     kw.update(over)
     return Plan("fsa", **kw)
 
