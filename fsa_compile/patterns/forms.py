@@ -282,6 +282,26 @@ def mask_bias_manual_softmax(q, k, v, block_indices, block_size):
     return torch.einsum("bths,bshd->bthd", p, v.repeat_interleave(G, dim=2))
 
 
+def mask_index_put(q, k, v, block_indices, block_size):
+    """Block mask by index assignment ``mask[b, t, h, idx] = True``, expanded by ``pos // bs``."""
+    B, T, HQ, D = q.shape
+    H, n = k.shape[2], block_indices.shape[-1]
+    G = HQ // H
+    nb = (T + block_size - 1) // block_size
+    idx = torch.where(block_indices < 0, nb, block_indices)  # padding -> a spare column
+    blocks = torch.zeros(B, T, H, nb + 1, dtype=torch.bool, device=q.device)
+    b_i = torch.arange(B, device=q.device).view(B, 1, 1, 1)
+    t_i = torch.arange(T, device=q.device).view(1, T, 1, 1)
+    h_i = torch.arange(H, device=q.device).view(1, 1, H, 1)
+    blocks[b_i, t_i, h_i, idx] = True
+    pos = torch.arange(T, device=q.device)
+    allowed = blocks[..., pos // block_size] & (pos.view(1, T, 1, 1) >= pos.view(1, 1, 1, T))
+    allowed = allowed.repeat_interleave(G, dim=2)
+    scores = torch.einsum("bthd,bshd->bths", q, k.repeat_interleave(G, dim=2)) * D**-0.5
+    p = scores.masked_fill(~allowed, NEG_INF).softmax(dim=-1)
+    return torch.einsum("bths,bshd->bthd", p, v.repeat_interleave(G, dim=2))
+
+
 @dataclass(frozen=True)
 class Form:
     name: str
@@ -310,6 +330,7 @@ FORMS = {
         (mask_scatter_index_pos, "bthd", "mask"),
         (mask_sdpa, "bhtd", "mask"),
         (mask_bias_manual_softmax, "bthd", "mask"),
+        (mask_index_put, "bthd", "mask"),
     ]
 }
 

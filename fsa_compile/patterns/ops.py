@@ -16,7 +16,7 @@ _FUNCTIONS: dict[Any, str] = {
     torch.matmul: "matmul", operator.matmul: "matmul", torch.bmm: "matmul",
     torch.einsum: "einsum",
     torch.softmax: "softmax", F.softmax: "softmax", torch.special.softmax: "softmax",
-    operator.getitem: "getitem",
+    operator.getitem: "getitem", operator.setitem: "setitem",
     torch.arange: "arange",
     operator.add: "add", torch.add: "add", operator.iadd: "add",
     operator.sub: "sub", torch.sub: "sub", torch.subtract: "sub",

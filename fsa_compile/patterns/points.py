@@ -14,6 +14,7 @@ that would fail on an out-of-range block from one that clamps and masks it.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from dataclasses import dataclass
@@ -60,12 +61,19 @@ def mutations(node: Any) -> list:
     """The in-place updates of ``node`` (``mask.scatter_(...)``), in graph order."""
     if not isinstance(node, fx.Node):
         return []
-    return [u for u in node.users if u.op == "call_method" and u.target in INPLACE and u.args and u.args[0] is node]
+    return [u for u in node.users if _is_update(u) and u.args[0] is node]
+
+
+def _is_update(node: fx.Node) -> bool:
+    return bool(node.args) and (
+        (node.op == "call_method" and node.target in INPLACE)
+        or (node.op == "call_function" and node.target is operator.setitem)
+    )
 
 
 def _mutated_base(node: fx.Node):
     """The tensor an in-place update writes into, if ``node`` is one."""
-    if node.op == "call_method" and node.target in INPLACE and node.args and isinstance(node.args[0], fx.Node):
+    if _is_update(node) and isinstance(node.args[0], fx.Node):
         return node.args[0]
     return None
 
@@ -178,7 +186,8 @@ class Evaluator:
         self.leaves = set(leaves)
         self.module = module
         self.cache: dict = {}
-        self._state: dict = {}  # tensor updated in place -> getter of its value before the update being evaluated
+        self._state: dict = {}
+        self._writes: dict = {}  # tensor updated in place -> getter of its value before the update being evaluated
 
     # -- values of non-tensor arguments ---------------------------------------------------------
     def scalar(self, x: Any) -> Any:
@@ -448,6 +457,39 @@ class Evaluator:
             if not 0 <= c[d] < shp[d]:
                 return value
         return self.at(src, tuple(c))
+
+    def _op_setitem(self, node, call, coords):
+        """``x[i0, i1, ..] = value`` with one integer index tensor per dim (an index assignment of a
+        mask): element ``c`` is written if some index position maps to it. The map from written
+        places to values is built once per evaluator (every index entry is read, as eager does)."""
+        base, idx, value = call.args
+        written = self._writes.get(node)
+        if written is None:
+            written = self._writes[node] = self._index_put_map(base, idx, value)
+        if coords in written:
+            return written[coords]
+        return self._self(base, coords)
+
+    def _index_put_map(self, base, idx, value):
+        shape = self.shape(base)
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if len(idx) != len(shape) or not all(isinstance(i, fx.Node) and shape_of(i) is not None for i in idx):
+            raise Unsupported("an index assignment other than one integer index tensor per dim")
+        if any(example_value(i).dtype == torch.bool for i in idx):
+            raise Unsupported("an index assignment by boolean mask")
+        bshape = tuple(torch.broadcast_shapes(*(shape_of(i) for i in idx)))
+        if math.prod(bshape) > 1 << 18:
+            raise Unsupported("an index assignment too large to check")
+        tensor_value = isinstance(value, fx.Node) and shape_of(value) is not None
+        out: dict = {}
+        for p in itertools.product(*(range(s) for s in bshape)):
+            c = tuple(self._checked(self.at(i, _bcast(p, shape_of(i))), size, allow_negative=True)
+                      for i, size in zip(idx, shape))
+            val = self.at(value, _bcast(p, shape_of(value))) if tensor_value else self.scalar(value)
+            if c in out and out[c] != val:
+                raise Unsupported("an index assignment of different values to one place")
+            out[c] = val
+        return out
 
     # attention in one call ----------------------------------------------------------------------------
     def _sdpa_args(self, node):
