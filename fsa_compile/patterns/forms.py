@@ -201,6 +201,24 @@ def gather_noncausal(q, k, v, block_indices, block_size):
     return torch.einsum("bths,bthsd->bthd", scores.softmax(-1), v_sel)
 
 
+def gather_inplace(q, k, v, block_indices, block_size):
+    """In-place updates (``s *= scale``, ``s.masked_fill_``), GQA by q.view, F.softmax(dtype=float32)."""
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size, device=q.device)).flatten(-2)
+    masked = block_indices.lt(0).repeat_interleave(block_size, -1) | (tok > torch.arange(T, device=q.device).view(1, T, 1, 1))
+    safe = tok.clamp(0, T - 1)
+    b_idx = torch.arange(B, device=q.device).view(B, 1, 1, 1)
+    h_idx = torch.arange(H, device=q.device).view(1, 1, H, 1)
+    k_sel, v_sel = k[b_idx, safe, h_idx], v[b_idx, safe, h_idx]  # [B, T, H, S, D]
+    s = torch.einsum("bthgd,bthsd->bthgs", q.view(B, T, H, G, D), k_sel)
+    s *= D**-0.5
+    s.masked_fill_(masked.unsqueeze(3), NEG_INF)
+    p = F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.einsum("bthgs,bthsd->bthgd", p, v_sel).flatten(2, 3)
+
+
 # -- dense-mask forms -----------------------------------------------------------------------------------
 
 
@@ -326,6 +344,7 @@ FORMS = {
         (gather_manual_softmax, "bthd", "gather"),
         (gather_unbatched, "thd", "gather"),
         (gather_noncausal, "bthd", "gather"),
+        (gather_inplace, "bthd", "gather"),
         (mask_scatter_repeat, "bhtd", "mask"),
         (mask_scatter_index_pos, "bthd", "mask"),
         (mask_sdpa, "bhtd", "mask"),
