@@ -70,6 +70,8 @@ class BwdConfig:
 def supported(q, k, v, idx, block_size) -> str | None:
     """None when the templates cover this call, else the reason they don't."""
     D, Dv = q.shape[-1], v.shape[-1]
+    if q.numel() == 0 or idx.shape[-1] == 0:
+        return "empty input or no selected blocks"
     if k.shape[-1] != D or Dv != D:
         return "value head dim differs from the query/key head dim"
     if D > 256:
