@@ -186,8 +186,7 @@ class Evaluator:
         self.leaves = set(leaves)
         self.module = module
         self.cache: dict = {}
-        self._state: dict = {}
-        self._writes: dict = {}  # tensor updated in place -> getter of its value before the update being evaluated
+        self._state: dict = {}  # tensor updated in place -> getter of its value before the update being evaluated
 
     # -- values of non-tensor arguments ---------------------------------------------------------
     def scalar(self, x: Any) -> Any:
@@ -460,17 +459,12 @@ class Evaluator:
 
     def _op_setitem(self, node, call, coords):
         """``x[i0, i1, ..] = value`` with one integer index tensor per dim (an index assignment of a
-        mask): element ``c`` is written if some index position maps to it. The map from written
-        places to values is built once per evaluator (every index entry is read, as eager does)."""
+        mask): element ``c`` is written if some index position ``p`` has ``i_d[p] == c[d]`` for
+        every dim ``d``. The positions are found by a join over the index tensors, smallest first,
+        so a query reads about ``sum of their sizes`` entries, not their broadcast product. (Like
+        scatter here, only the entries of the queried row are read: an out-of-range entry is seen
+        when a row holding one is sampled.)"""
         base, idx, value = call.args
-        written = self._writes.get(node)
-        if written is None:
-            written = self._writes[node] = self._index_put_map(base, idx, value)
-        if coords in written:
-            return written[coords]
-        return self._self(base, coords)
-
-    def _index_put_map(self, base, idx, value):
         shape = self.shape(base)
         idx = idx if isinstance(idx, tuple) else (idx,)
         if len(idx) != len(shape) or not all(isinstance(i, fx.Node) and shape_of(i) is not None for i in idx):
@@ -478,18 +472,31 @@ class Evaluator:
         if any(example_value(i).dtype == torch.bool for i in idx):
             raise Unsupported("an index assignment by boolean mask")
         bshape = tuple(torch.broadcast_shapes(*(shape_of(i) for i in idx)))
-        if math.prod(bshape) > 1 << 18:
-            raise Unsupported("an index assignment too large to check")
+        partial = [dict()]
+        order = sorted(range(len(idx)), key=lambda d: math.prod(shape_of(idx[d])))
+        for d in order:
+            ishape = (1,) * (len(bshape) - len(shape_of(idx[d]))) + shape_of(idx[d])
+            own = [a for a, sz in enumerate(ishape) if sz > 1]
+            grown = []
+            for asg in partial:
+                free = [a for a in own if a not in asg]
+                for vals in itertools.product(*(range(bshape[a]) for a in free)):
+                    full = {**asg, **dict(zip(free, vals))}
+                    p = tuple(full.get(a, 0) if ishape[a] > 1 else 0 for a in range(len(bshape)))
+                    j = self._checked(self.at(idx[d], p[len(bshape) - len(shape_of(idx[d])):]), shape[d], allow_negative=True)
+                    if j == coords[d]:
+                        grown.append(full)
+            partial = grown
+            if not partial:
+                return self._self(base, coords)
         tensor_value = isinstance(value, fx.Node) and shape_of(value) is not None
-        out: dict = {}
-        for p in itertools.product(*(range(s) for s in bshape)):
-            c = tuple(self._checked(self.at(i, _bcast(p, shape_of(i))), size, allow_negative=True)
-                      for i, size in zip(idx, shape))
-            val = self.at(value, _bcast(p, shape_of(value))) if tensor_value else self.scalar(value)
-            if c in out and out[c] != val:
-                raise Unsupported("an index assignment of different values to one place")
-            out[c] = val
-        return out
+        vals = set()
+        for asg in partial:
+            p = tuple(asg.get(a, 0) for a in range(len(bshape)))
+            vals.add(self.at(value, _bcast(p, shape_of(value))) if tensor_value else self.scalar(value))
+        if len(vals) > 1 or any(is_symbolic(v) for v in vals):
+            raise Unsupported("an index assignment of different values to one place")
+        return vals.pop()
 
     # attention in one call ----------------------------------------------------------------------------
     def _sdpa_args(self, node):
