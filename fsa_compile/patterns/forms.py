@@ -219,6 +219,23 @@ def gather_inplace(q, k, v, block_indices, block_size):
     return torch.einsum("bthgs,bthsd->bthgd", p, v_sel).flatten(2, 3)
 
 
+def gather_einsum_ellipsis(q, k, v, block_indices, block_size):
+    """``einsum`` with ``...`` and a size-1 group dim broadcast against ``q.view(B, T, H, G, D)``."""
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    tok, pad = _token_indices(block_indices, block_size)
+    masked = pad | (tok > torch.arange(T, device=q.device).view(T, 1, 1))
+    safe = tok.clamp(0, T - 1)
+    b_idx = torch.arange(B, device=q.device).view(B, 1, 1, 1)
+    h_idx = torch.arange(H, device=q.device).view(1, 1, H, 1)
+    k_sel = k[b_idx, safe, h_idx].unsqueeze(3)  # [B, T, H, 1, S, D]
+    v_sel = v[b_idx, safe, h_idx].unsqueeze(3)
+    s = torch.einsum("...gd,...gsd->...gs", q.view(B, T, H, G, D), k_sel) * D**-0.5
+    s = s.masked_fill(masked.unsqueeze(-2), NEG_INF)
+    return torch.einsum("...gs,...gsd->...gd", s.softmax(-1), v_sel).reshape(B, T, HQ, D)
+
+
 # -- dense-mask forms -----------------------------------------------------------------------------------
 
 
@@ -345,6 +362,7 @@ FORMS = {
         (gather_unbatched, "thd", "gather"),
         (gather_noncausal, "bthd", "gather"),
         (gather_inplace, "bthd", "gather"),
+        (gather_einsum_ellipsis, "bthd", "gather"),
         (mask_scatter_repeat, "bhtd", "mask"),
         (mask_scatter_index_pos, "bthd", "mask"),
         (mask_sdpa, "bhtd", "mask"),

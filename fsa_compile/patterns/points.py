@@ -723,21 +723,29 @@ class Evaluator:
         operands = call.args[1:]
         if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
             operands = tuple(operands[0])
-        if len(operands) != 2 or "..." in eq:
-            raise Unsupported("einsum with other than two operands or with '...'")
+        if len(operands) != 2 or "->" not in eq:
+            raise Unsupported("einsum with other than two operands or without '->'")
         lhs, out = eq.replace(" ", "").split("->")
         ins = lhs.split(",")
+        if "..." in eq:  # name the broadcast dims (right-aligned) with letters the equation does not use
+            spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in eq]
+            n_ell = max(len(self.shape(o)) - (len(spec) - 3) for o, spec in zip(operands, ins) if "..." in spec)
+            names = "".join(spare[:n_ell])
+            ins = [spec.replace("...", names[n_ell - (len(self.shape(o)) - (len(spec) - 3)):]) for o, spec in zip(operands, ins)]
+            out = out.replace("...", names)
         pos = dict(zip(out, coords))
         summed = [c for c in dict.fromkeys(ins[0] + ins[1]) if c not in out]
         if len(summed) != 1 or not all(summed[0] in s for s in ins):
             raise Unsupported("einsum that is not one contraction")
         (red,) = summed
         size = self.shape(operands[0])[ins[0].index(red)]
+        shapes = [self.shape(o) for o in operands]
 
         def side(k):
             def f(i):
                 env = dict(pos, **{red: i})
-                return self.at(operands[k], tuple(env[c] for c in ins[k]))
+                # a size-1 dim broadcasts against the output
+                return self.at(operands[k], tuple(0 if sz == 1 else env[c] for c, sz in zip(ins[k], shapes[k])))
 
             return f
 
