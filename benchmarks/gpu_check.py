@@ -53,6 +53,8 @@ VARIANTS = {
     "fsa64t4pm": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=4, fsa_prefetch=True, fsa_tile_map=True)),
     "fsa64t8pm": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=8, fsa_prefetch=True, fsa_tile_map=True)),
     "fsa64t2": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=2)),
+    "nsa1q4": ("nsa", dict(nsa_seq=4)),
+    "nsa1q16": ("nsa", dict(nsa_seq=16)),
     "nsa1s3": ("nsa", dict(nsa_stages=3)),
     "nsa1w2": ("nsa", dict(nsa_warps=2)),
     "fsa64t4L": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=4, fsa_local=True)),

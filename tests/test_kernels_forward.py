@@ -21,7 +21,8 @@ TOL = {torch.float32: 2e-4, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
 # (name, strategy, plan overrides)
 VARIANTS = [
     ("nsa", "nsa", {}),
-    ("nsa-union", "nsa", dict(tok=4)),
+    ("nsa-union", "nsa", dict(tok=4, nsa_seq=2)),
+    ("nsa-seq", "nsa", dict(nsa_seq=3)),
     ("fsa", "fsa", dict(chunk=16)),  # several chunks even at tiny T
     # several sub-tiles per program, sub-tiles of 2 entries x G heads
     ("fsa-tpp", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=3)),

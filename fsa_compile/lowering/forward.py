@@ -93,11 +93,11 @@ def _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse):
         ulen = ulist.shape[-1]
     else:
         ulist, ucnt, ulen = idx, idx, 0
-    nsa_fwd_kernel[(NT, B * H)](
+    nsa_fwd_kernel[(triton.cdiv(NT, plan.nsa_seq), B * H)](
         q, k, v, idx, ulist, ucnt, o, lse,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *idx.stride(),
         T, H, NT, ulen, scale * LOG2E,
-        G=G, TOK=tok, BLOCK_R=rows, N_SEL=n, BLOCK_SEL=_p2(n), CAUSAL=causal, UNION=union,
+        G=G, TOK=tok, SEQ=plan.nsa_seq, BLOCK_R=rows, N_SEL=n, BLOCK_SEL=_p2(n), CAUSAL=causal, UNION=union,
         num_warps=plan.nsa_warps, num_stages=plan.nsa_stages, **_common(q, k, v, block_size),
     )
 

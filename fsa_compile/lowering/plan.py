@@ -43,6 +43,7 @@ class Plan:
     nsa_rows: int = 16
     nsa_warps: int = 4
     nsa_stages: int = 2
+    nsa_seq: int = 1  # tiles one program walks one after the other (L1 reuse of shared blocks)
     # inverted loop: tiles of fsa_tile_q (query, slot) entries x G heads
     fsa_tile_q: int = 64
     fsa_rows: int = 64
@@ -67,7 +68,8 @@ class Plan:
                     + (f"local merge" if self.fsa_local else f"merge {self.merge_rows} rows"))
         if self.strategy == "nsa":
             union = " union" if self.nsa_tok > 1 else ""
-            return (f"nsa: tile {self.nsa_rows}x({self.nsa_tok} tok x heads){union}, "
+            seq = f" x{self.nsa_seq} in sequence" if self.nsa_seq > 1 else ""
+            return (f"nsa: tile {self.nsa_rows}x({self.nsa_tok} tok x heads){union}{seq}, "
                     f"warps {self.nsa_warps}, stages {self.nsa_stages}")
         return self.strategy
 

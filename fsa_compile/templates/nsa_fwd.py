@@ -32,7 +32,7 @@ def nsa_fwd_kernel(
     sob, sot, soh, sod,
     sib, sit, sih, sis,
     T, H, NT, ULEN, scale_log2,
-    G: tl.constexpr, TOK: tl.constexpr, BLOCK_R: tl.constexpr,
+    G: tl.constexpr, TOK: tl.constexpr, SEQ: tl.constexpr, BLOCK_R: tl.constexpr,
     N_SEL: tl.constexpr, BLOCK_SEL: tl.constexpr,
     BS: tl.constexpr, BLOCK_N: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -42,77 +42,82 @@ def nsa_fwd_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    t0 = pid_t * TOK
+    # SEQ consecutive tiles one after the other: blocks they share (block 0, the local blocks)
+    # are then re-read from this SM's L1 rather than from L2
+    for si in range(SEQ):
+        pt = pid_t * SEQ + si
+        if pt < NT:
+            t0 = pt * TOK
 
-    rows = tl.arange(0, BLOCK_R)
-    tok = t0 + rows // G
-    hq = h * G + rows % G
-    row_ok = (rows < TOK * G) & (tok < T)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    offs_n = tl.arange(0, BLOCK_N)
+            rows = tl.arange(0, BLOCK_R)
+            tok = t0 + rows // G
+            hq = h * G + rows % G
+            row_ok = (rows < TOK * G) & (tok < T)
+            offs_d = tl.arange(0, BLOCK_D)
+            offs_dv = tl.arange(0, BLOCK_DV)
+            offs_n = tl.arange(0, BLOCK_N)
 
-    b64 = b.to(tl.int64)
-    tok64 = tok.to(tl.int64)
-    q_ptrs = (Q + b64 * sqb + tok64[:, None] * sqt + hq[:, None] * sqh
-              + offs_d[None, :] * sqd)
-    q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+            b64 = b.to(tl.int64)
+            tok64 = tok.to(tl.int64)
+            q_ptrs = (Q + b64 * sqb + tok64[:, None] * sqt + hq[:, None] * sqh
+                      + offs_d[None, :] * sqd)
+            q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
 
-    m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_R], tl.float32)
-    acc = tl.zeros([BLOCK_R, BLOCK_DV], tl.float32)
+            m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
+            l_i = tl.zeros([BLOCK_R], tl.float32)
+            acc = tl.zeros([BLOCK_R, BLOCK_DV], tl.float32)
 
-    k_base = K + b64 * skb + h * skh
-    v_base = V + b64 * svb + h * svh
-    if UNION:
-        # Every row's own selection, to weigh each listed block by its multiplicity.
-        offs_s = tl.arange(0, BLOCK_SEL)
-        sel = tl.load(IDX + b64 * sib + tok64[:, None] * sit + h * sih + offs_s[None, :] * sis,
-                      mask=row_ok[:, None] & (offs_s[None, :] < N_SEL), other=-1)
-        lst = ULIST + (pid_bh.to(tl.int64) * NT + pid_t) * ULEN
-        count = tl.load(UCNT + pid_bh.to(tl.int64) * NT + pid_t)
-    else:
-        lst = IDX + b64 * sib + t0.to(tl.int64) * sit + h * sih
-        count = N_SEL
+            k_base = K + b64 * skb + h * skh
+            v_base = V + b64 * svb + h * svh
+            if UNION:
+                # Every row's own selection, to weigh each listed block by its multiplicity.
+                offs_s = tl.arange(0, BLOCK_SEL)
+                sel = tl.load(IDX + b64 * sib + tok64[:, None] * sit + h * sih + offs_s[None, :] * sis,
+                              mask=row_ok[:, None] & (offs_s[None, :] < N_SEL), other=-1)
+                lst = ULIST + (pid_bh.to(tl.int64) * NT + pt) * ULEN
+                count = tl.load(UCNT + pid_bh.to(tl.int64) * NT + pt)
+            else:
+                lst = IDX + b64 * sib + t0.to(tl.int64) * sit + h * sih
+                count = N_SEL
 
-    for i in range(0, count):
-        if UNION:
-            blk = tl.load(lst + i)
-            w = tl.sum((sel == blk).to(tl.float32), axis=1)
-            row_sel = w > 0
-        else:
-            blk = tl.load(lst + i * sis)
-            w = tl.full([BLOCK_R], 1.0, tl.float32)
-            row_sel = row_ok
-        kpos = blk * BS + offs_n
-        kmask = (offs_n < BS) & (kpos < T) & (kpos >= 0)  # kpos < 0: padding slot
-        kpos64 = kpos.to(tl.int64)
-        k = tl.load(k_base + kpos64[:, None] * skt + offs_d[None, :] * skd,
-                    mask=kmask[:, None] & (offs_d[None, :] < D), other=0.0)
-        s = mma(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
-        valid = row_sel[:, None] & kmask[None, :]
-        if CAUSAL:
-            valid = valid & (kpos[None, :] <= tok[:, None])
-        s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        if UNION:
-            p = p * w[:, None]
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + kpos64[:, None] * svt + offs_dv[None, :] * svd,
-                    mask=kmask[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, PRECISION, UPCAST)
-        m_i = m_new
+            for i in range(0, count):
+                if UNION:
+                    blk = tl.load(lst + i)
+                    w = tl.sum((sel == blk).to(tl.float32), axis=1)
+                    row_sel = w > 0
+                else:
+                    blk = tl.load(lst + i * sis)
+                    w = tl.full([BLOCK_R], 1.0, tl.float32)
+                    row_sel = row_ok
+                kpos = blk * BS + offs_n
+                kmask = (offs_n < BS) & (kpos < T) & (kpos >= 0)  # kpos < 0: padding slot
+                kpos64 = kpos.to(tl.int64)
+                k = tl.load(k_base + kpos64[:, None] * skt + offs_d[None, :] * skd,
+                            mask=kmask[:, None] & (offs_d[None, :] < D), other=0.0)
+                s = mma(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
+                valid = row_sel[:, None] & kmask[None, :]
+                if CAUSAL:
+                    valid = valid & (kpos[None, :] <= tok[:, None])
+                s = tl.where(valid, s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, axis=1))
+                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = tl.exp2(m_i - m_use)
+                p = tl.exp2(s - m_use[:, None])
+                if UNION:
+                    p = p * w[:, None]
+                l_i = l_i * alpha + tl.sum(p, axis=1)
+                v = tl.load(v_base + kpos64[:, None] * svt + offs_dv[None, :] * svd,
+                            mask=kmask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+                acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, PRECISION, UPCAST)
+                m_i = m_new
 
-    has = l_i > 0
-    o = acc / tl.where(has, l_i, 1.0)[:, None]
-    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453,
-                   float("-inf"))
-    o_ptrs = O + b64 * sob + tok64[:, None] * sot + hq[:, None] * soh + offs_dv[None, :] * sod
-    tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < DV))
-    tl.store(LSE + (b64 * T + tok64) * (H * G) + hq, lse, mask=row_ok)
+            has = l_i > 0
+            o = acc / tl.where(has, l_i, 1.0)[:, None]
+            lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453,
+                           float("-inf"))
+            o_ptrs = O + b64 * sob + tok64[:, None] * sot + hq[:, None] * soh + offs_dv[None, :] * sod
+            tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+            tl.store(LSE + (b64 * T + tok64) * (H * G) + hq, lse, mask=row_ok)
 
 
 def tile_block_union(idx: torch.Tensor, tok: int, block_size: int, causal: bool):
