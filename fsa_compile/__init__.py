@@ -5,6 +5,9 @@ rewrote and why not), and the backend name ``"fsa"`` for ``torch.compile``.
 """
 from .op import selected_attention
 from .explain import explain, Report
+from .backend import register_by_name as _register_by_name
+
+_register_by_name()
 
 BACKEND = "fsa"
 __version__ = "0.1.0"

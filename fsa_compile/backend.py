@@ -69,3 +69,13 @@ def fsa_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None,
 
         opts = {**list_mode_options(mode), **opts}
     return compile_fx(gm, example_inputs, config_patches=opts or None)
+
+
+def register_by_name() -> None:
+    """Make ``backend="fsa"`` resolve even where the package's entry point is not installed
+    (a checkout on ``PYTHONPATH``); with the entry point installed this does nothing."""
+    from torch._dynamo import list_backends
+    from torch._dynamo.backends.registry import register_backend
+
+    if "fsa" not in list_backends(exclude_tags=()):
+        register_backend(fsa_backend, name="fsa")
