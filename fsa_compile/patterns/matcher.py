@@ -108,6 +108,10 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None) -> PassResult:
                 miss = miss or (output, e)
             except softmax_attention.NearMiss as e:
                 miss = (output, e) if miss is None or isinstance(miss[1], softmax_attention.LayoutMiss) else miss
+            except Exception as e:  # never fail the user's compile: leave the subgraph alone, say why
+                log.debug("fsa_compile: analysis failed", exc_info=True)
+                err = softmax_attention.NearMiss(f"the pattern pass could not analyse this subgraph ({type(e).__name__}: {e})")
+                miss = (output, err) if miss is None or isinstance(miss[1], softmax_attention.LayoutMiss) else miss
         if m is None:
             if miss is not None:
                 output, e = miss

@@ -553,8 +553,20 @@ class Analysis:
     def _check(self, kind, options, rows):
         """Options (causal, count_duplicates) consistent with every sampled row of one table kind.
 
-        Returns the surviving options, or the string "raises" if eager fails on this table.
+        Small graphs have few distinct rows, so they get more random tables: the evidence is
+        (table, row) pairs, and a wrong reading (a block size, a mask) must fail on some of them.
+        Returns the surviving options, or the string "raises" if eager fails on a table.
         """
+        n_rows = math.prod(self.out_shape) // max(1, self.out_shape[-1])
+        reps = 1 if n_rows >= 1024 else 2 if n_rows >= 128 else 6
+        survivors = list(options)
+        for _ in range(reps):
+            survivors = self._check_table(kind, survivors, rows)
+            if survivors == "raises" or not survivors:
+                return survivors
+        return survivors
+
+    def _check_table(self, kind, options, rows):
         table = self._table(kind)
         probe = _Probe(self.gm, self.anchor, self.output, self.selection, table)
         survivors = list(options)
@@ -588,7 +600,7 @@ class Analysis:
         constants of the graph (a dense mask's row holds all T keys; its block size is one of the
         constants its construction uses); each is verified, none is assumed."""
         out = []
-        if self.S % self.n == 0:
+        if self.S % self.n == 0 and self.S != self.T:
             out.append(self.S // self.n)
         index_ops, other = [], []
         for node in self.gm.graph.nodes:
@@ -601,6 +613,8 @@ class Analysis:
                         bucket.append(x)
             if node.op == "placeholder" and isinstance(example_value(node), (int, torch.SymInt)):
                 index_ops.append(int(concrete(example_value(node))))
+        if self.S % self.n == 0 and self.S == self.T:
+            index_ops.append(self.S // self.n)  # a row of T keys: a gather of n blocks that fill T, or a mask
         for c in index_ops + other:
             if 1 <= c <= 1 << 16 and c not in out:
                 out.append(c)
