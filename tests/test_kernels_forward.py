@@ -25,7 +25,9 @@ VARIANTS = [
     ("nsa-seq", "nsa", dict(nsa_seq=3)),
     ("fsa", "fsa", dict(chunk=16)),  # several chunks even at tiny T
     # several sub-tiles per program, sub-tiles of 2 entries x G heads
-    ("fsa-tpp", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=3)),
+    ("fsa-tpp", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=3, fsa_evict=True)),
+    ("fsa-entall", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=4, fsa_ent_all=True,
+                               fsa_tile_map=True)),
     ("fsa-prefetch", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=3, fsa_prefetch=True,
                                  fsa_tile_map=True)),
     # local selections attended in the merge; merge tiles of 3 tokens (not aligned to blocks)

@@ -142,6 +142,10 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
             *q.stride(), *k.stride(), *v.stride(),
             T, H, C, c0, nc, c, NB, elen, grid0, scale * LOG2E,
             G=G, N_SEL=n, TILE_Q=tile_q, TPP=plan.fsa_tpp, PREFETCH=plan.fsa_prefetch, TILE_MAP=plan.fsa_tile_map,
+            ENT_ALL=plan.fsa_ent_all and not plan.fsa_prefetch
+            and plan.fsa_tpp == triton.next_power_of_2(plan.fsa_tpp),
+            Q_EVICT="evict_last" if plan.fsa_evict else "",
+            P_EVICT="evict_first" if plan.fsa_evict else "",
             BLOCK_R=rows, SEARCH=search, CAUSAL=causal,
             num_warps=plan.fsa_warps, num_stages=plan.fsa_stages, **common,
         )
@@ -161,5 +165,5 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
                 *idx.stride(), *o.stride(),
                 T, C, c0, HQ,
                 G=G, N_SEL=n, BLOCK_SEL=_p2(n), BLOCK_M=mrows, DV=Dv, BLOCK_DV=_p2(Dv),
-                num_warps=plan.merge_warps,
+                P_EVICT="evict_first" if plan.fsa_evict else "", num_warps=plan.merge_warps,
             )

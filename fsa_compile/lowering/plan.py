@@ -52,6 +52,8 @@ class Plan:
     fsa_tpp: int = 1  # sub-tiles per program (K/V loaded once for all of them)
     fsa_prefetch: bool = False  # issue the next sub-tile's gathers before this one's math
     fsa_tile_map: bool = False  # programs read their block from a tile->block map (one load)
+    fsa_ent_all: bool = False  # one load of all sub-tiles' entries per program (tpp pow2)
+    fsa_evict: bool = False  # L2 hints: keep gathered queries (evict_last), stream partials
     chunk: int = 16384  # query tokens per inverted-loop pass (bounds the partial buffer)
     merge_rows: int = 8
     fsa_local: bool = False  # the merge attends to block 0 and the local blocks itself
@@ -64,6 +66,8 @@ class Plan:
             return (f"fsa: tile {self.fsa_rows}x({self.fsa_tile_q} sel x "
                     f"{self.fsa_rows // self.fsa_tile_q} heads) x{self.fsa_tpp} per program, "
                     f"warps {self.fsa_warps}, " + ("prefetch, " if self.fsa_prefetch else "")
+                    + ("entries at once, " if self.fsa_ent_all else "")
+                    + ("L2 hints, " if self.fsa_evict else "")
                     + f"stages {self.fsa_stages}, chunk {self.chunk}, "
                     + (f"local merge" if self.fsa_local else f"merge {self.merge_rows} rows"))
         if self.strategy == "nsa":
@@ -93,7 +97,8 @@ def _fsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over) -> Plan:
     # was 40% slower at G=1 than 16K-token chunks)
     chunk = min(1 << (fit.bit_length() - 1), t_bucket(T))
     kw = dict(fsa_tile_q=tile_q, fsa_rows=rows, fsa_warps=8 if (rows >= 128 or big_d) else 4,
-              fsa_stages=1, fsa_tpp=4, fsa_tile_map=True, chunk=chunk, t_bucket=t_bucket(T))
+              fsa_stages=1, fsa_tpp=4, fsa_tile_map=True, fsa_ent_all=True, fsa_evict=True,
+              chunk=chunk, t_bucket=t_bucket(T))
     kw.update(over)
     return Plan("fsa", **kw)
 

@@ -29,7 +29,7 @@ def fsa_fwd_kernel(
     svb, svt, svh, svd,
     T, H, C, c0, NCHUNK, chunk, NB, ELEN, MAXT, scale_log2,
     G: tl.constexpr, N_SEL: tl.constexpr, TILE_Q: tl.constexpr, TPP: tl.constexpr,
-    PREFETCH: tl.constexpr, TILE_MAP: tl.constexpr,
+    PREFETCH: tl.constexpr, TILE_MAP: tl.constexpr, ENT_ALL: tl.constexpr, Q_EVICT: tl.constexpr, P_EVICT: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BS: tl.constexpr, BLOCK_N: tl.constexpr, SEARCH: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -74,29 +74,44 @@ def fsa_fwd_kernel(
                     mask=kmask[:, None] & (offs_dv[None, :] < DV), other=0.0)
         kt = tl.trans(k)
         nsub = (end - start0 + TILE_Q - 1) // TILE_Q
-        # sub-tile 0's entries and queries; in the loop the next sub-tile's gathers are issued
-        # before this one's arithmetic (PREFETCH), so their latency hides behind it
-        e = start0 + rows // G
-        row_ok = (rows < TILE_Q * G) & (e < end)
-        ent = tl.load(ENTRIES + ib.to(tl.int64) * ELEN + e, mask=row_ok, other=0)
-        q = tl.load(Q + b64 * sqb + (c0 + ent // N_SEL).to(tl.int64)[:, None] * sqt
-                    + hq[:, None] * sqh + offs_d[None, :] * sqd,
-                    mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+        ebase = ENTRIES + ib.to(tl.int64) * ELEN
+        if ENT_ALL:
+            # the entries of all TPP sub-tiles in one load; sub-tile st's are picked out of
+            # registers, so a sub-tile costs one dependent round trip (its query gather), not two
+            tp = tl.arange(0, TPP)
+            e_all = start0 + tp[:, None] * TILE_Q + (rows // G)[None, :]
+            ok_all = (rows < TILE_Q * G)[None, :] & (e_all < end)
+            ent_all = tl.load(ebase + e_all, mask=ok_all, other=0)
+        if PREFETCH:
+            # sub-tile 0's entries and queries; in the loop the next sub-tile's gathers are issued
+            # before this one's arithmetic, so their latency hides behind it
+            e = start0 + rows // G
+            row_ok = (rows < TILE_Q * G) & (e < end)
+            ent = tl.load(ebase + e, mask=row_ok, other=0)
+            q = tl.load(Q + b64 * sqb + (c0 + ent // N_SEL).to(tl.int64)[:, None] * sqt
+                        + hq[:, None] * sqh + offs_d[None, :] * sqd,
+                        mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0,
+                        eviction_policy=Q_EVICT)
         for st in range(0, nsub):
             if PREFETCH:
                 e_n = start0 + (st + 1) * TILE_Q + rows // G
                 ok_n = (rows < TILE_Q * G) & (e_n < end)
-                ent_n = tl.load(ENTRIES + ib.to(tl.int64) * ELEN + e_n, mask=ok_n, other=0)
+                ent_n = tl.load(ebase + e_n, mask=ok_n, other=0)
                 q_n = tl.load(Q + b64 * sqb + (c0 + ent_n // N_SEL).to(tl.int64)[:, None] * sqt
                               + hq[:, None] * sqh + offs_d[None, :] * sqd,
-                              mask=ok_n[:, None] & (offs_d[None, :] < D), other=0.0)
+                              mask=ok_n[:, None] & (offs_d[None, :] < D), other=0.0,
+                              eviction_policy=Q_EVICT)
             else:
                 e = start0 + st * TILE_Q + rows // G
                 row_ok = (rows < TILE_Q * G) & (e < end)
-                ent = tl.load(ENTRIES + ib.to(tl.int64) * ELEN + e, mask=row_ok, other=0)
+                if ENT_ALL:
+                    ent = tl.sum(tl.where(tp[:, None] == st, ent_all, 0), axis=0)
+                else:
+                    ent = tl.load(ebase + e, mask=row_ok, other=0)
                 q = tl.load(Q + b64 * sqb + (c0 + ent // N_SEL).to(tl.int64)[:, None] * sqt
                             + hq[:, None] * sqh + offs_d[None, :] * sqd,
-                            mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+                            mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0,
+                            eviction_policy=Q_EVICT)
             t_loc = ent // N_SEL
             slot = ent % N_SEL
             tok = c0 + t_loc
@@ -116,8 +131,8 @@ def fsa_fwd_kernel(
             # partials: PO [B, C, N_SEL, HQ, DV], PL [B, C, N_SEL, HQ]
             prow = ((b64 * C + t_loc) * N_SEL + slot) * (H * G) + hq
             tl.store(PO + prow[:, None] * DV + offs_dv[None, :], o.to(PO.dtype.element_ty),
-                     mask=row_ok[:, None] & (offs_dv[None, :] < DV))
-            tl.store(PL + prow, lse2, mask=row_ok)
+                     mask=row_ok[:, None] & (offs_dv[None, :] < DV), eviction_policy=P_EVICT)
+            tl.store(PL + prow, lse2, mask=row_ok, eviction_policy=P_EVICT)
             if PREFETCH:
                 ent = ent_n
                 q = q_n

@@ -21,7 +21,7 @@ def merge_fwd_kernel(
     sob, sot, soh, sod,
     T, C, c0, HQ,
     G: tl.constexpr, N_SEL: tl.constexpr, BLOCK_SEL: tl.constexpr, BLOCK_M: tl.constexpr,
-    DV: tl.constexpr, BLOCK_DV: tl.constexpr,
+    DV: tl.constexpr, BLOCK_DV: tl.constexpr, P_EVICT: tl.constexpr = "",
 ):
     """``BLOCK_M`` rows per program; all ``n`` partial rows of a row are loaded at once as one
     ``[BLOCK_M, BLOCK_SEL, BLOCK_DV]`` tile (every load in flight together)."""
@@ -40,7 +40,7 @@ def merge_fwd_kernel(
                   mask=row_ok[:, None] & (offs_s[None, :] < N_SEL), other=-1)
     used = sel >= 0
     prow = ((b64 * C + t_loc) * N_SEL)[:, None] * HQ + offs_s[None, :] * HQ + hq[:, None]
-    ls = tl.load(PL + prow, mask=used, other=float("-inf"))
+    ls = tl.load(PL + prow, mask=used, other=float("-inf"), eviction_policy=P_EVICT)
     m = tl.max(ls, axis=1)
     m_use = tl.where(m == float("-inf"), 0.0, m)
     w = tl.exp2(ls - m_use[:, None])
@@ -49,7 +49,8 @@ def merge_fwd_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     ok = used & (w > 0)
     o_s = tl.load(PO + prow[:, :, None] * DV + offs_dv[None, None, :],
-                  mask=ok[:, :, None] & (offs_dv[None, None, :] < DV), other=0.0)
+                  mask=ok[:, :, None] & (offs_dv[None, None, :] < DV), other=0.0,
+                  eviction_policy=P_EVICT)
     acc = tl.sum(w[:, :, None] * o_s.to(tl.float32), axis=1)
     o = acc / tl.where(has, l, 1.0)[:, None]
     lse = tl.where(has, (m_use + tl.log2(tl.where(has, l, 1.0))) * 0.6931471805599453,
