@@ -4,14 +4,20 @@ Works on one chunk of query tokens ``[c0, c0 + C)`` at a time (so the partial bu
 with the CSR index of :mod:`.index` built over ``[B * num_chunks, C, H, n]`` (a chunk is a batch row
 of the index, its entries are ``t_local * n + slot``).
 
-Grid: ``(max_tiles, B * H)``. Program ``pid`` of ``(b, h)`` finds its block ``j`` as the number of
-``tile_offsets[1:]`` entries ``<= pid`` (a vector count, no host sync) and exits at once when
-``pid`` is past the real number of tiles. It owns ``TILE_Q * TPP`` consecutive entries of block
+Grid: ``(max_tiles, B * H)``, an upper bound from the static shapes. Program ``pid`` of ``(b, h)``
+reads its block ``j`` from the index's tile->block map (``TILE_MAP``; otherwise it counts the
+``tile_offsets[1:]`` entries ``<= pid``), no host sync, and exits at once when ``pid`` is past the
+real number of tiles. It owns ``TILE_Q * TPP`` consecutive entries of block
 ``j``'s list (the index is built with ``tile = TILE_Q * TPP``) and walks them in ``TPP`` sub-tiles
 whose rows are ``entry x G heads`` (``row = e * G + g``, ``BLOCK_R >= TILE_Q * G``). The block's
 K and V are loaded once per program; for every row the program writes a *normalised* partial output
 ``o_j = softmax_j(s) @ v`` (in the partial dtype) and its log2-sum-exp ``lse_j`` (float32) at
 ``(t_local, slot, hq)``; :mod:`.merge` combines a query's partials.
+
+Options (constexpr, from the plan): ``ENT_ALL`` loads all sub-tiles' entries at once (a sub-tile
+then costs one dependent round trip, its query gather); ``PREFETCH`` issues the next sub-tile's
+gathers before this one's arithmetic (measured slower: registers); ``Q_EVICT`` / ``P_EVICT`` are
+L2 eviction hints for the gathered queries and the partial stores.
 """
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ def fsa_fwd_kernel(
     svb, svt, svh, svd,
     T, H, C, c0, NCHUNK, chunk, NB, ELEN, MAXT, scale_log2,
     G: tl.constexpr, N_SEL: tl.constexpr, TILE_Q: tl.constexpr, TPP: tl.constexpr,
-    PREFETCH: tl.constexpr, TILE_MAP: tl.constexpr, ENT_ALL: tl.constexpr, Q_EVICT: tl.constexpr, P_EVICT: tl.constexpr,
+    PREFETCH: tl.constexpr, TILE_MAP: tl.constexpr, ENT_ALL: tl.constexpr,
+    Q_EVICT: tl.constexpr, P_EVICT: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BS: tl.constexpr, BLOCK_N: tl.constexpr, SEARCH: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
