@@ -88,3 +88,16 @@ def test_topk_selection_inside_the_graph():
     torch.manual_seed(0)
     rep = fsa_compile.explain(layer, q, k, v, bs, options=FAST)
     assert len(rep.rewrites) == 1, str(rep)
+
+
+def test_two_attention_layers_in_one_graph_are_both_rewritten():
+    a, b = FORMS["gather_index_einsum"].fn, FORMS["mask_scatter_index_pos"].fn
+
+    def two_layers(q, k, v, idx, bs):
+        h = a(q, k, v, idx, bs)
+        return b(h, k, v, idx, bs) + h
+
+    args = _args(FORMS["gather_index_einsum"], kind="unique", seed=4)
+    rep = fsa_compile.explain(two_layers, *args, options=FAST)
+    assert len(rep.rewrites) == 2 and rep.misses == [], str(rep)
+    assert_compiled_matches_eager(two_layers, *args, backend_options=FAST, expect_rewrites=2)

@@ -158,3 +158,35 @@ def test_attention_that_is_not_selected_attention_is_never_rewritten(name, B, T,
         out = compiled("neg-" + name, fn)(q, k, v, window, mask)
     assert c.rewrites == [], [str(r) for r in c.rewrites]
     torch.testing.assert_close(out, fn(q, k, v, window, mask), equal_nan=True, rtol=1e-4, atol=1e-5)
+
+
+# -- the published strategies, used the way a user would ---------------------------------------------------
+
+from fsa_compile.testing import SELECTION_KINDS, nsa_inputs, selections  # noqa: E402
+
+
+@settings(max_examples=examples(10), **SETTINGS)
+@given(case=nsa_inputs(shapes(T=(1, 24), G=(1, 4))))
+def test_user_facing_strategy_and_helper(case):
+    q, k, v, idx, bs = case
+    fn = FORMS["gather_index_einsum"].fn
+    assert_compiled_matches_eager(fn, q, k, v, idx, bs, compiled=compiled("gather_index_einsum", fn), expect_rewrites=1)
+
+
+@settings(max_examples=examples(20), **SETTINGS)
+@given(data=st.data(), shape=shapes(T=(1, 40)))
+def test_selection_kinds_mean_what_they_say(data, shape):
+    idx = data.draw(selections(shape))
+    B, T, H, n = idx.shape
+    assert (B, T, H, n) == (shape.B, shape.T, shape.H, shape.n)
+    assert int(idx.max()) < shape.num_blocks and int(idx.min()) >= -1
+    for kind in SELECTION_KINDS:
+        from fsa_compile.testing import make_selection
+
+        sel = make_selection(shape, kind, 0)
+        own = (torch.arange(T) // shape.block_size).view(1, T, 1)
+        if kind != "empty_rows":  # the token's own block is always selected: no row is empty
+            assert (sel == own.unsqueeze(-1)).any(-1).all()
+        if kind in ("unique", "padding"):
+            srt = sel.sort(-1).values
+            assert not ((srt[..., 1:] == srt[..., :-1]) & (srt[..., 1:] >= 0)).any()

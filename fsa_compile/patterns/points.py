@@ -28,6 +28,10 @@ from .ops import INPLACE, canon, concrete, example_value, shape_of
 NEG_INF = float("-inf")
 
 
+# node.meta key of nodes the evaluator must not look into (the output of an earlier rewrite)
+OPAQUE = "fsa_compile_opaque"
+
+
 class Unsupported(Exception):
     """The evaluator cannot follow this node; the message says which, for near-miss reports."""
 
@@ -238,7 +242,7 @@ class Evaluator:
             return self.at(base, coords)  # an update's result is its tensor, read after all updates
         if base is None and node not in self._state and mutations(node):
             return self._updated(node, coords)
-        if node in self.tables or node in self.leaves or node.op == "placeholder":
+        if node in self.tables or node in self.leaves or node.op == "placeholder" or node.meta.get(OPAQUE):
             return self._leaf(node, coords)
         if node.op == "get_attr" and self.module is not None:
             t = self.module

@@ -8,6 +8,7 @@ from torch import fx
 
 from . import layouts as L
 from .ops import dtype_of
+from .points import OPAQUE
 
 # Importing the op module registers torch.ops.fsa.*; patterns refer to the op only by name.
 from .. import op as _op  # noqa: F401
@@ -20,6 +21,7 @@ def apply(graph: fx.Graph, m, strategy: str = "auto") -> fx.Node:
     ``o = 0, lse = -inf`` in the op, so the rewrite turns those rows back into NaN.
     """
     out = m.output
+    before = set(graph.nodes)
     with graph.inserting_before(out):
         q = L.to_bthd(graph, m.q, m.layouts["q"][1], m.D)
         k = L.to_bthd(graph, m.k, m.layouts["k"][1], m.D)
@@ -40,4 +42,31 @@ def apply(graph: fx.Graph, m, strategy: str = "auto") -> fx.Node:
             o = graph.call_method("to", (o, dt))
         o = L.from_bthd(graph, o, m.layouts["o"][1], m.H, m.G)
     out.replace_all_uses_with(o)
+    o.meta[OPAQUE] = True  # a later pattern reads this output as data, like any tensor it cannot see into
+    _fake_values([n for n in graph.nodes if n not in before], [m.q, m.k, m.v])
     return o
+
+
+def _fake_values(nodes, inputs) -> None:
+    """Give the inserted nodes example values (as Dynamo's nodes have), so that another pattern
+    reading them (a second attention layer fed by this one) sees their shapes."""
+    from torch.utils._pytree import tree_map
+
+    def val(a):
+        return a.meta.get("example_value", a.meta.get("val")) if isinstance(a, fx.Node) else a
+
+    # the mode the graph's own example values live in (the backend's context may hold another)
+    mode = getattr(val(inputs[0]), "fake_mode", None)
+    if mode is None:
+        return
+    try:
+        with mode:
+            for n in nodes:
+                args, kwargs = tree_map(val, n.args), tree_map(val, n.kwargs)
+                if n.op == "call_function":
+                    n.meta["example_value"] = n.target(*args, **kwargs)
+                elif n.op == "call_method":
+                    n.meta["example_value"] = getattr(args[0], n.target)(*args[1:], **kwargs)
+    except Exception:  # without example values a later pattern just cannot read these nodes
+        for n in nodes:
+            n.meta.pop("example_value", None)
