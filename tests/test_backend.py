@@ -121,3 +121,27 @@ def test_bad_backend_options():
     f = torch.compile(lambda x: x + 1, backend="fsa", options={"inner": "tvm"})
     with pytest.raises(Exception, match="inner"):
         f(torch.ones(2))
+
+
+def test_op_gets_the_dtype_the_products_read():
+    """q and k computed in fp32 (RoPE), cast to bf16 by the user, upcast again for the scores:
+    the op must get bf16, the rounding the user's code applies (and what the kernels run)."""
+    import fsa_compile.backend as backend
+
+    def f(q32, k32, v, block_indices, block_size):
+        return selected_attention_gather(q32.to(torch.bfloat16), k32.to(torch.bfloat16), v, block_indices, block_size)
+
+    q, k, v, idx, bs = _case(seed=12)
+    seen = []
+
+    def capture(gm, example_inputs):
+        backend.rewrite_graph(gm)
+        seen.extend(n for n in gm.graph.nodes if n.target is torch.ops.fsa.selected_attention.default)
+        return gm.forward
+
+    out = torch.compile(f, backend=capture)(q, k, v.bfloat16(), idx, bs)
+    assert len(seen) == 1
+    dtypes = [a.meta["example_value"].dtype for a in seen[0].args[:3]]
+    assert dtypes == [torch.bfloat16] * 3
+    eager = f(q, k, v.bfloat16(), idx, bs)
+    assert (out.float() - eager.float()).abs().max() < 2e-2

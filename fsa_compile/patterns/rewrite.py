@@ -7,7 +7,7 @@ import torch
 from torch import fx
 
 from . import layouts as L
-from .ops import dtype_of
+from .ops import canon, dtype_of
 from .points import OPAQUE
 
 # Importing the op module registers torch.ops.fsa.*; patterns refer to the op only by name.
@@ -22,10 +22,12 @@ def apply(graph: fx.Graph, m, strategy: str = "auto") -> fx.Node:
     """
     out = m.output
     before = set(graph.nodes)
+    dtype = input_dtype(m)
     with graph.inserting_before(out):
-        q = L.to_bthd(graph, m.q, m.layouts["q"][1], m.D)
-        k = L.to_bthd(graph, m.k, m.layouts["k"][1], m.D)
-        v = L.to_bthd(graph, m.v, m.layouts["v"][1], m.D)
+        q, k, v = (
+            _cast(graph, L.to_bthd(graph, leaf, m.layouts[name][1], m.D), leaf, dtype)
+            for name, leaf in (("q", m.q), ("k", m.k), ("v", m.v))
+        )
         sel = L.to_bthd(graph, m.selection, m.layouts["selection"][1])
         res = graph.call_function(
             torch.ops.fsa.selected_attention.default,
@@ -45,6 +47,57 @@ def apply(graph: fx.Graph, m, strategy: str = "auto") -> fx.Node:
     o.meta[OPAQUE] = True  # a later pattern reads this output as data, like any tensor it cannot see into
     _fake_values([n for n in graph.nodes if n not in before], [m.q, m.k, m.v])
     return o
+
+
+def _cast(graph: fx.Graph, node: fx.Node, leaf: fx.Node, dtype) -> fx.Node:
+    if dtype is None or dtype_of(leaf) == dtype:
+        return node
+    return graph.call_method("to", (node, dtype))
+
+
+def _narrowest_on_path(leaf: fx.Node, sinks: list) -> torch.dtype | None:
+    """The narrowest floating dtype ``leaf``'s values pass through before a matrix product.
+
+    The point evaluator sees through casts, so the matched leaf can be wider than what the
+    products read (an fp32 RoPE output cast to bf16, then upcast for the scores). Casting the
+    leaf to the narrowest dtype on its way reproduces the rounding the user's code applies;
+    the upcasts after it are exact.
+    """
+    ancestors, stack = set(), list(sinks)
+    while stack:
+        n = stack.pop()
+        if isinstance(n, fx.Node) and n not in ancestors:
+            ancestors.add(n)
+            stack.extend(a for a in n.all_input_nodes)
+    best = dtype_of(leaf)
+    seen, stack = {leaf}, [leaf]
+    while stack:
+        n = stack.pop()
+        call = canon(n)
+        if n is not leaf and call is not None and call.name in ("matmul", "einsum", "sdpa"):
+            continue  # what happens to the product's result is not the input's rounding
+        for u in n.users:
+            if u in ancestors and u not in seen:
+                seen.add(u)
+                dt = dtype_of(u)
+                uc = canon(u)
+                if dt is not None and dt.is_floating_point and best is not None and not (
+                    uc is not None and uc.name in ("matmul", "einsum", "sdpa")
+                ) and dt.itemsize < best.itemsize:
+                    best = dt
+                stack.append(u)
+    return best
+
+
+def input_dtype(m) -> torch.dtype | None:
+    """One dtype for q, k, v that loses nothing the matched code keeps (usually bf16/fp16)."""
+    dts = [_narrowest_on_path(leaf, [m.softmax, m.output]) for leaf in (m.q, m.k, m.v)]
+    if any(d is None for d in dts):
+        return None
+    out = dts[0]
+    for d in dts[1:]:
+        out = torch.promote_types(out, d)
+    return out
 
 
 def _fake_values(nodes, inputs) -> None:
