@@ -153,7 +153,7 @@ def gather_manual_softmax(q, k, v, block_indices, block_size):
     G = HQ // H
     tok, pad = _token_indices(block_indices, block_size)
     t_pos = torch.arange(T, device=q.device).view(1, T, 1, 1)
-    bias = torch.zeros(tok.shape, device=q.device).masked_fill(pad | (tok > t_pos), NEG_INF)
+    bias = torch.zeros(tok.shape, device=q.device, dtype=q.dtype).masked_fill(pad | (tok > t_pos), NEG_INF)
     safe = tok.clamp(0, T - 1)
     b_idx = torch.arange(B, device=q.device).view(B, 1, 1, 1)
     h_idx = torch.arange(H, device=q.device).view(1, 1, H, 1)
@@ -307,7 +307,7 @@ def mask_bias_manual_softmax(q, k, v, block_indices, block_size):
     blocks = _block_mask_scatter(block_indices, T, block_size)  # [B, T, H, nb]
     pos = torch.arange(T, device=q.device)
     allowed = blocks[..., pos // block_size] & (pos.view(1, T, 1, 1) >= pos.view(1, 1, 1, T))
-    bias = torch.where(allowed, 0.0, NEG_INF)  # [B, T, H, T]
+    bias = torch.where(allowed, 0.0, NEG_INF).to(q.dtype)  # [B, T, H, T]
     bias = bias[:, :, :, None].expand(B, T, H, G, T).reshape(B, T, HQ, T)
     qs = q / math.sqrt(D)
     scores = torch.einsum("bthd,bshd->bths", qs, k.repeat_interleave(G, dim=2)) + bias
