@@ -10,6 +10,7 @@ from torch.fx.experimental.symbolic_shapes import guard_int
 
 from . import rewrite, softmax_attention
 from .ops import example_value
+from .points import mutations
 
 log = logging.getLogger("fsa_compile")
 
@@ -80,12 +81,18 @@ def _specialize(gm: fx.GraphModule, m) -> None:
                 size = ev.shape[layout.index(dim_role)]
                 if isinstance(size, torch.SymInt):
                     free |= size.node.expr.free_symbols
-    for node in gm.graph.nodes:
-        if node.op != "placeholder":
+    # the sizes the matched subgraph computes with (its ancestors), not every input of the graph
+    seen, stack = set(), [m.output]
+    while stack:
+        node = stack.pop()
+        if node in seen:
             continue
+        seen.add(node)
         for s in _symints(example_value(node)):
             if not s.node.expr.free_symbols <= free:
                 guard_int(s)
+        stack.extend(softmax_attention._inputs(node))
+        stack.extend(mutations(node))
 
 
 def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None) -> PassResult:
