@@ -2,14 +2,7 @@
 # GPU run for issue 5/6: the 50-step loss curve (eager vs fsa) and the end-to-end table.
 # Usage on the device machine: bash benchmarks/e2e_gpu.sh "<T list>" [layers]
 set -uo pipefail
-export PYTHONUNBUFFERED=1
-# No network there: no pip install. Put the checkout on the path and give it the entry point's
-# metadata, so backend="fsa" resolves in scripts that never import fsa_compile (examples/train.py).
-EP=/tmp/fsa_ep/fsa_compile-0.1.0.dist-info; mkdir -p $EP
-printf 'Metadata-Version: 2.1\nName: fsa_compile\nVersion: 0.1.0\n' > $EP/METADATA
-printf '[torch_dynamo_backends]\nfsa = fsa_compile.backend:fsa_backend\n' > $EP/entry_points.txt
-export PYTHONPATH=$PWD:/tmp/fsa_ep
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+. benchmarks/gpu_env.sh
 TS=${1:-4096,8192}
 LAYERS=${2:-2}
 if [ "${LOSS_CURVE:-1}" = 1 ]; then

@@ -15,6 +15,19 @@ from .common import mma
 
 
 @triton.jit
+def _store_rows(O, LSE, acc, l, m_use, b64, tok64, hq, offs_dv, row_ok, T, HQ, sob, sot, soh, sod,
+                DV: tl.constexpr):
+    """Normalise merged rows (sum of weights ``l``, base-2 max ``m_use``) and store ``o``, ``lse``."""
+    has = l > 0
+    o = acc / tl.where(has, l, 1.0)[:, None]
+    lse = tl.where(has, (m_use + tl.log2(tl.where(has, l, 1.0))) * 0.6931471805599453,
+                   float("-inf"))
+    tl.store(O + b64 * sob + tok64[:, None] * sot + hq[:, None] * soh + offs_dv[None, :] * sod,
+             o.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < DV))
+    tl.store(LSE + (b64 * T + tok64) * HQ + hq, lse, mask=row_ok)
+
+
+@triton.jit
 def merge_fwd_kernel(
     PO, PL, IDX, O, LSE,
     sib, sit, sih, sis,
@@ -45,19 +58,13 @@ def merge_fwd_kernel(
     m_use = tl.where(m == float("-inf"), 0.0, m)
     w = tl.exp2(ls - m_use[:, None])
     l = tl.sum(w, axis=1)
-    has = l > 0
     offs_dv = tl.arange(0, BLOCK_DV)
     ok = used & (w > 0)
     o_s = tl.load(PO + prow[:, :, None] * DV + offs_dv[None, None, :],
                   mask=ok[:, :, None] & (offs_dv[None, None, :] < DV), other=0.0,
                   eviction_policy=P_EVICT)
     acc = tl.sum(w[:, :, None] * o_s.to(tl.float32), axis=1)
-    o = acc / tl.where(has, l, 1.0)[:, None]
-    lse = tl.where(has, (m_use + tl.log2(tl.where(has, l, 1.0))) * 0.6931471805599453,
-                   float("-inf"))
-    tl.store(O + b64 * sob + tok64[:, None] * sot + hq[:, None] * soh + offs_dv[None, :] * sod,
-             o.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < DV))
-    tl.store(LSE + (b64 * T + tok64) * HQ + hq, lse, mask=row_ok)
+    _store_rows(O, LSE, acc, l, m_use, b64, tok64, hq, offs_dv, row_ok, T, HQ, sob, sot, soh, sod, DV)
 
 
 @triton.jit
@@ -153,10 +160,4 @@ def merge_local_fwd_kernel(
         o_s = tl.load(PO + pr[:, None] * DV + offs_dv[None, :],
                       mask=ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
         acc += ws[:, None] * o_s.to(tl.float32)
-    has = l > 0
-    o = acc / tl.where(has, l, 1.0)[:, None]
-    lse = tl.where(has, (m_use + tl.log2(tl.where(has, l, 1.0))) * 0.6931471805599453,
-                   float("-inf"))
-    tl.store(O + b64 * sob + tok64[:, None] * sot + hq[:, None] * soh + offs_dv[None, :] * sod,
-             o.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < DV))
-    tl.store(LSE + (b64 * T + tok64) * HQ + hq, lse, mask=row_ok)
+    _store_rows(O, LSE, acc, l, m_use, b64, tok64, hq, offs_dv, row_ok, T, HQ, sob, sot, soh, sod, DV)
