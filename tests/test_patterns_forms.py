@@ -7,6 +7,13 @@ from fsa_compile.patterns.forms import FORMS, from_layout, to_layout
 from fsa_compile.testing import Shape, assert_compiled_matches_eager, make_inputs
 
 FAST = {"inner": "aot_eager"}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles the shared forms afresh (Dynamo's per-function recompile limit)."""
+    torch._dynamo.reset()
+    yield
 SHAPE = Shape(B=2, T=37, H=2, G=2, D=8, block_size=8, n=3)  # T not a multiple of the block size
 
 

@@ -9,6 +9,13 @@ from fsa_compile.patterns.forms import FORMS, to_layout
 from fsa_compile.testing import RewriteCounter, Shape, make_inputs
 
 FAST = {"inner": "aot_eager"}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles the shared forms afresh (Dynamo's per-function recompile limit)."""
+    torch._dynamo.reset()
+    yield
 # what materialises the [B, T, H, n*bs, D] gathers, the [T, T] scores or their gradients
 HEAVY = {"index", "gather", "index_select", "index_put", "_unsafe_index_put", "scatter_add", "bmm", "mm",
          "_unsafe_index", "index_add", "_softmax", "_softmax_backward_data"}
@@ -107,3 +114,33 @@ def test_baked_sizes_are_guarded_under_dynamic_shapes():
             args = _args(form, s, kind="padding", seed=s.D + s.block_size, grad=False)
             torch.testing.assert_close(f(*args), form.fn(*args), equal_nan=True, rtol=1e-4, atol=1e-5)
     assert len(c.results) == len(shapes) and all(len(r.rewrites) == 1 for r in c.results)
+
+
+def test_code_that_is_selected_attention_only_at_the_example_length_fixes_T():
+    """A sliding window wider than the example sequence masks nothing there, so the code verifies
+    as selected attention at T=32; at T=100 it is not. The match is re-verified at a longer T:
+    it fails there, so T is guarded and T=100 recompiles (and is left alone) instead of reusing."""
+    from test_patterns_misses import variant
+
+    def windowed(*a):
+        return variant(*a, change="sliding_window")
+
+    f = torch.compile(windowed, backend="fsa", options=FAST, dynamic=True)
+    with RewriteCounter() as c:
+        for T in (32, 100):
+            q, k, v, idx, bs = make_inputs(Shape(1, T, 2, 2, 8, 16, 3), "padding", T)
+            torch.testing.assert_close(f(q, k, v, idx, bs), windowed(q, k, v, idx, bs), equal_nan=True, rtol=1e-4, atol=1e-5)
+    assert [len(r.rewrites) for r in c.results] == [1, 0]
+    assert "not the causal (or full) keys" in c.results[1].misses[0].reason
+
+
+def test_separate_length_symbols_are_unified():
+    """With automatic dynamic shapes q, k, v and the selection get their own length symbols (the
+    gather code never compares them); the rewrite guards them equal and keeps T dynamic."""
+    form = FORMS["gather_index_einsum"]
+    f = torch.compile(form.fn, backend="fsa", options=FAST)
+    with RewriteCounter() as c:
+        for T in (24, 33, 40, 57):
+            args = _args(form, Shape(1, T, 2, 2, 8, 8, 3), kind="padding", seed=T, grad=False)
+            f(*args)
+    assert len(c.results) == 2 and all(len(r.rewrites) == 1 for r in c.results)

@@ -7,6 +7,13 @@ import fsa_compile
 from fsa_compile.testing import Shape, make_inputs
 
 FAST = {"inner": "aot_eager"}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles the shared forms afresh (Dynamo's per-function recompile limit)."""
+    torch._dynamo.reset()
+    yield
 NEG_INF = float("-inf")
 
 

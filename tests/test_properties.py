@@ -190,3 +190,27 @@ def test_selection_kinds_mean_what_they_say(data, shape):
         if kind in ("unique", "padding"):
             srt = sel.sort(-1).values
             assert not ((srt[..., 1:] == srt[..., :-1]) & (srt[..., 1:] >= 0)).any()
+
+
+# -- near misses never change what the code computes ---------------------------------------------------------
+
+from test_patterns_misses import MISSES, variant  # noqa: E402
+
+CHANGES = [None] + sorted(MISSES)
+_VARIANTS = {c: (lambda *a, _c=c: variant(*a, change=_c)) for c in CHANGES}
+
+
+@settings(max_examples=examples(30), **SETTINGS)
+@given(change=st.sampled_from(CHANGES), shape=shapes(B=(1, 1), T=(2, 40), G=(1, 4)),
+       kind=st.sampled_from(["unique", "padding", "empty_rows"]), seed=st.integers(0, 2**20))
+def test_changed_code_is_either_left_alone_or_still_matches_eager(change, shape, kind, seed):
+    """Whatever the pass decides about a variant of the gather form, the compiled result is eager's."""
+    q, k, v, idx, bs = make_inputs(shape, kind, seed)
+    if change == "float_indices":
+        idx = idx.float()
+    fn = _VARIANTS[change]
+    with RewriteCounter() as c:
+        out = compiled(("variant", change), fn)(q, k, v, idx, bs)
+    torch.testing.assert_close(out, fn(q, k, v, idx, bs), equal_nan=True, rtol=1e-4, atol=1e-5)
+    if change is not None:
+        assert c.rewrites == [], [str(r) for r in c.rewrites]

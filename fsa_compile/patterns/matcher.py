@@ -4,12 +4,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import sympy
 import torch
 from torch import fx
-from torch.fx.experimental.symbolic_shapes import guard_int
+from torch.fx.experimental.symbolic_shapes import guard_bool, guard_int
 
 from . import rewrite, softmax_attention
-from .ops import example_value
+from .ops import example_value, substituted
 from .points import mutations
 
 log = logging.getLogger("fsa_compile")
@@ -63,7 +64,57 @@ def _symints(x):
         yield from (s for s in x.shape if isinstance(s, torch.SymInt))
 
 
-def _specialize(gm: fx.GraphModule, m) -> None:
+def _unify(m) -> None:
+    """The match read q, k, v and the selection as one B and one T; under dynamic shapes Dynamo
+    may have given each its own symbol (the code never compared them): guard that they are equal,
+    as the op assumes."""
+    ref = {}
+    for role in ("q", "k", "v", "selection"):
+        ev = example_value(getattr(m, role))
+        layout = m.layouts[role][1]
+        if not isinstance(ev, torch.Tensor):
+            continue
+        for dim_role in ("b", "t"):
+            if dim_role not in layout:
+                continue
+            size = ev.shape[layout.index(dim_role)]
+            if dim_role not in ref:
+                ref[dim_role] = size
+            elif isinstance(size, torch.SymInt) or isinstance(ref[dim_role], torch.SymInt):
+                guard_bool(size == ref[dim_role])
+
+
+def _t_symbol(m):
+    ev = example_value(m.q)
+    size = ev.shape[m.layouts["q"][1].index("t")] if isinstance(ev, torch.Tensor) else None
+    return size if isinstance(size, torch.SymInt) else None
+
+
+def _same_at_another_length(gm: fx.GraphModule, anchor, m) -> bool:
+    """Under dynamic shapes the graph will run at other sequence lengths: verify the match again
+    at a longer one (past every constant of the graph, so that a window of a fixed size, say,
+    shows), with the sizes the graph computes from T. False if it does not hold there."""
+    size = _t_symbol(m)
+    if size is None:
+        return True
+    expr = size.node.shape_env.replace(size.node.expr)
+    if not isinstance(expr, sympy.Symbol):
+        return False
+    consts = [a for n in gm.graph.nodes for x in list(n.args) + list(n.kwargs.values())
+              for a in (x if isinstance(x, (list, tuple)) else (x,)) if isinstance(a, int) and not isinstance(a, bool)]
+    big = max([c for c in consts if c <= 4096] + [m.block_size, m.T])
+    alt = max(2 * m.T + 1, 2 * big + 3)
+    try:
+        with substituted({expr: alt}):
+            m2 = softmax_attention.analyze(gm, anchor, m.output)
+    except Exception:
+        return False
+    keys = ("q", "k", "v", "selection", "layouts", "H", "G", "D", "n", "block_size", "scale", "causal",
+            "count_duplicates", "on_out_of_range")
+    return m2.T == alt and all(getattr(m, a) == getattr(m2, a) for a in keys)
+
+
+def _specialize(gm: fx.GraphModule, m, keep_t: bool = True) -> None:
     """Guard every symbolic size the match depends on, except the batch and the sequence length.
 
     The match was verified at the example sizes, and the rewrite bakes some numbers into the graph
@@ -76,7 +127,7 @@ def _specialize(gm: fx.GraphModule, m) -> None:
         ev = example_value(node)
         layout = m.layouts[role][1]
         # with one block (T <= block size) the sample cannot tell the block size: keep T fixed too
-        for dim_role in ("t", "b") if m.T > m.block_size else ("b",):
+        for dim_role in ("t", "b") if keep_t and m.T > m.block_size else ("b",):
             if isinstance(ev, torch.Tensor) and dim_role in layout:
                 size = ev.shape[layout.index(dim_role)]
                 if isinstance(size, torch.SymInt):
@@ -128,7 +179,11 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None) -> PassResult:
             continue
         output = m.output
         done.add(anchor.node)
-        _specialize(gm, m)
+        _unify(m)
+        keep_t = _same_at_another_length(gm, anchor, m)
+        if not keep_t and _t_symbol(m) is not None:
+            log.info("fsa_compile: %s holds at T=%d but not at other lengths: T is fixed for this graph", output.name, m.T)
+        _specialize(gm, m, keep_t)
         shapes, options = _describe(m)
         pattern = f"{m.family} ({m.form} form)"
         rw = Rewrite(pattern, output.name, shapes, options, plan_of(m) if plan_of else "")

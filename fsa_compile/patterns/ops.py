@@ -113,9 +113,38 @@ def example_value(node: Any) -> Any:
     return node
 
 
+# symbol -> value overrides for :func:`concrete` (see :func:`substituted`)
+_SUBST: list = []
+
+
+class substituted:
+    """Within ``with substituted({sym: value}):``, sizes read by the patterns take ``value`` for
+    the symbol instead of its example value: a match is re-verified at another sequence length."""
+
+    def __init__(self, values: dict):
+        self.values = values
+
+    def __enter__(self):
+        _SUBST.append(self.values)
+
+    def __exit__(self, *exc):
+        _SUBST.pop()
+
+
 def concrete(x: Any) -> Any:
-    """A SymInt/SymFloat as the value it has for the example inputs (without adding a guard)."""
+    """A SymInt/SymFloat as the value it has for the example inputs (without adding a guard),
+    or under :class:`substituted` values."""
     if isinstance(x, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        if _SUBST:
+            env = x.node.shape_env
+            expr = env.replace(x.node.expr)
+            known = env.backed_var_to_val if hasattr(env, "backed_var_to_val") else env.var_to_val
+            values = {s: _SUBST[-1].get(s, known.get(s)) for s in expr.free_symbols}
+            if all(v is not None for v in values.values()):
+                val = expr.xreplace(values)
+                if isinstance(x, torch.SymBool):
+                    return bool(val)
+                return int(val) if isinstance(x, torch.SymInt) else float(val)
         hint = x.node.hint
         if hint is None:
             raise ValueError("symbolic size without a hint")
