@@ -92,6 +92,19 @@ def _bcast(coords: tuple, shape: tuple) -> tuple:
     return tuple(0 if s == 1 else c for c, s in zip(tail, shape))
 
 
+def _broadcast(*shapes: tuple) -> tuple:
+    """torch.broadcast_shapes for plain ints, without its symbolic-shape machinery."""
+    n = max((len(s) for s in shapes), default=0)
+    out = [1] * n
+    for s in shapes:
+        for d, size in enumerate(s, start=n - len(s)):
+            if size != 1:
+                if out[d] != 1 and out[d] != size:
+                    raise Unsupported(f"shapes {shapes} do not broadcast")
+                out[d] = size
+    return tuple(out)
+
+
 def _unravel(lin: int, shape: tuple) -> tuple:
     out = []
     for s in reversed(shape):
@@ -190,6 +203,9 @@ class Evaluator:
         self.leaves = set(leaves)
         self.module = module
         self.cache: dict = {}
+        self._shapes: dict = {}  # node -> shape: sizes are read for every point, and SymInt hints are slow
+        self._mutations: dict = {}
+        self._calls: dict = {}
         self._state: dict = {}  # tensor updated in place -> getter of its value before the update being evaluated
 
     # -- values of non-tensor arguments ---------------------------------------------------------
@@ -207,8 +223,24 @@ class Evaluator:
             return type(x)(self.scalar(a) for a in x)
         return concrete(x)
 
+    def shape_or_none(self, node: Any) -> tuple | None:
+        if not isinstance(node, fx.Node):
+            return shape_of(node)
+        try:
+            return self._shapes[node]
+        except KeyError:
+            s = self._shapes[node] = shape_of(node)
+            return s
+
+    def mutations(self, node: Any) -> list:
+        try:
+            return self._mutations[node]
+        except KeyError:
+            m = self._mutations[node] = mutations(node)
+            return m
+
     def shape(self, node: Any) -> tuple:
-        s = shape_of(node)
+        s = self.shape_or_none(node)
         if s is None:
             raise Unsupported(f"{getattr(node, 'name', node)} is not a tensor")
         return s
@@ -240,7 +272,7 @@ class Evaluator:
         base = _mutated_base(node)
         if base is not None and base not in self._state:
             return self.at(base, coords)  # an update's result is its tensor, read after all updates
-        if base is None and node not in self._state and mutations(node):
+        if base is None and node not in self._state and self.mutations(node):
             return self._updated(node, coords)
         if node in self.tables or node in self.leaves or node.op == "placeholder" or node.meta.get(OPAQUE):
             return self._leaf(node, coords)
@@ -251,7 +283,10 @@ class Evaluator:
             if isinstance(t, torch.Tensor) and not t.dtype.is_floating_point:
                 return t[_bcast(coords, tuple(t.shape))].item()
             return Leaf(node, coords)
-        call = canon(node)
+        try:
+            call = self._calls[node]
+        except KeyError:
+            call = self._calls[node] = canon(node)
         if call is None:
             return self._leaf(node, coords)
         handler = getattr(self, "_op_" + call.name, None)
@@ -263,7 +298,7 @@ class Evaluator:
 
     def _updated(self, node: fx.Node, coords: tuple) -> Any:
         """A tensor updated in place: its value after every update (all reads must follow them)."""
-        muts = mutations(node)
+        muts = self.mutations(node)
         last = muts[-1]
         order = {n: i for i, n in enumerate(node.graph.nodes)}
         for u in list(node.users) + [r for m in muts for r in m.users]:
@@ -304,8 +339,8 @@ class Evaluator:
         return call.kwargs.get(name, default)
 
     def _operand(self, x: Any, coords: tuple) -> Any:
-        if isinstance(x, fx.Node) and shape_of(x) is not None:
-            return self.at(x, _bcast(coords, shape_of(x)))
+        if isinstance(x, fx.Node) and self.shape_or_none(x) is not None:
+            return self.at(x, _bcast(coords, self.shape_or_none(x)))
         return self.scalar(x)
 
     def _binary(self, node, call, coords):
@@ -436,7 +471,7 @@ class Evaluator:
                 p = tuple(p)
                 j = self._checked(self.at(index, p), out_shape[dim], allow_negative=False)
                 if j == coords[dim]:
-                    tensor_src = isinstance(src, fx.Node) and shape_of(src) is not None
+                    tensor_src = isinstance(src, fx.Node) and self.shape_or_none(src) is not None
                     written.append(self.at(src, p) if tensor_src else self.scalar(src))
         if not written:
             return self._self(call.args[0], coords)
@@ -471,15 +506,15 @@ class Evaluator:
         base, idx, value = call.args
         shape = self.shape(base)
         idx = idx if isinstance(idx, tuple) else (idx,)
-        if len(idx) != len(shape) or not all(isinstance(i, fx.Node) and shape_of(i) is not None for i in idx):
+        if len(idx) != len(shape) or not all(isinstance(i, fx.Node) and self.shape_or_none(i) is not None for i in idx):
             raise Unsupported("an index assignment other than one integer index tensor per dim")
         if any(example_value(i).dtype == torch.bool for i in idx):
             raise Unsupported("an index assignment by boolean mask")
-        bshape = tuple(torch.broadcast_shapes(*(shape_of(i) for i in idx)))
+        bshape = tuple(_broadcast(*(self.shape_or_none(i) for i in idx)))
         partial = [dict()]
-        order = sorted(range(len(idx)), key=lambda d: math.prod(shape_of(idx[d])))
+        order = sorted(range(len(idx)), key=lambda d: math.prod(self.shape_or_none(idx[d])))
         for d in order:
-            ishape = (1,) * (len(bshape) - len(shape_of(idx[d]))) + shape_of(idx[d])
+            ishape = (1,) * (len(bshape) - len(self.shape_or_none(idx[d]))) + self.shape_or_none(idx[d])
             own = [a for a, sz in enumerate(ishape) if sz > 1]
             grown = []
             for asg in partial:
@@ -487,17 +522,17 @@ class Evaluator:
                 for vals in itertools.product(*(range(bshape[a]) for a in free)):
                     full = {**asg, **dict(zip(free, vals))}
                     p = tuple(full.get(a, 0) if ishape[a] > 1 else 0 for a in range(len(bshape)))
-                    j = self._checked(self.at(idx[d], p[len(bshape) - len(shape_of(idx[d])):]), shape[d], allow_negative=True)
+                    j = self._checked(self.at(idx[d], p[len(bshape) - len(self.shape_or_none(idx[d])):]), shape[d], allow_negative=True)
                     if j == coords[d]:
                         grown.append(full)
             partial = grown
             if not partial:
                 return self._self(base, coords)
-        tensor_value = isinstance(value, fx.Node) and shape_of(value) is not None
+        tensor_value = isinstance(value, fx.Node) and self.shape_or_none(value) is not None
         vals = set()
         for asg in partial:
             p = tuple(asg.get(a, 0) for a in range(len(bshape)))
-            vals.add(self.at(value, _bcast(p, shape_of(value))) if tensor_value else self.scalar(value))
+            vals.add(self.at(value, _bcast(p, self.shape_or_none(value))) if tensor_value else self.scalar(value))
         if len(vals) > 1 or any(is_symbolic(v) for v in vals):
             raise Unsupported("an index assignment of different values to one place")
         return vals.pop()
@@ -598,7 +633,7 @@ class Evaluator:
         src = call.args[0]
         reps = self._arg(call, 1, "repeats")
         dim = self._arg(call, 2, "dim")
-        if dim is None or isinstance(reps, fx.Node) and shape_of(reps) is not None:
+        if dim is None or isinstance(reps, fx.Node) and self.shape_or_none(reps) is not None:
             raise Unsupported("repeat_interleave without a dim or with tensor repeats")
         reps = self.scalar(reps)
         dim = _dim(self.scalar(dim), len(coords))
@@ -646,7 +681,7 @@ class Evaluator:
 
     def _op_getitem(self, node, call, coords):
         src, idx = call.args
-        if shape_of(src) is None:  # a tuple result (topk, max, ...): the element is an opaque leaf
+        if self.shape_or_none(src) is None:  # a tuple result (topk, max, ...): the element is an opaque leaf
             return self._leaf(node, coords)
         if not isinstance(idx, tuple):
             idx = (idx,)
@@ -664,15 +699,15 @@ class Evaluator:
                 expanded.append(i)
         while sum(1 for i in expanded if i is not None) < len(src_shape):
             expanded.append(slice(None))
-        adv_pos = [p for p, i in enumerate(expanded) if isinstance(i, fx.Node) and shape_of(i) is not None]
+        adv_pos = [p for p, i in enumerate(expanded) if isinstance(i, fx.Node) and self.shape_or_none(i) is not None]
         for p in adv_pos:
             ev = example_value(expanded[p])
             if ev.dtype == torch.bool:
                 raise Unsupported("boolean mask indexing")
         adv_shape: tuple = ()
         if adv_pos:
-            shapes = [shape_of(expanded[p]) for p in adv_pos]
-            adv_shape = tuple(torch.broadcast_shapes(*shapes))
+            shapes = [self.shape_or_none(expanded[p]) for p in adv_pos]
+            adv_shape = tuple(_broadcast(*shapes))
         contiguous = not adv_pos or adv_pos == list(range(adv_pos[0], adv_pos[-1] + 1))
         out_first = adv_pos[0] if adv_pos and contiguous else 0
         # Walk the index tuple and assign output dims to source dims.
@@ -693,7 +728,7 @@ class Evaluator:
                 continue
             size = src_shape[sdim]
             if p in adv_pos:
-                ic = _bcast(adv_coords, shape_of(i))
+                ic = _bcast(adv_coords, self.shape_or_none(i))
                 src_c.append(self._checked(self.at(i, ic), size, allow_negative=True))
             elif isinstance(i, slice):
                 start, stop, step = (self.scalar(v) if v is not None else None for v in (i.start, i.stop, i.step))
