@@ -24,7 +24,8 @@ def plan_for(q: Tensor, k: Tensor, v: Tensor, block_indices: Tensor, block_size:
     """The plan the op will run for these ``[B, T, H, D]`` arguments."""
     B, T, HQ, D = q.shape
     H = k.shape[2]
-    if strategy == "reference" or not kernels_available(q.device):
+    # Nothing to compute (no query, or no selected block): the reference returns the empty result.
+    if strategy == "reference" or not kernels_available(q.device) or q.numel() == 0 or block_indices.shape[-1] == 0:
         from .lowering.plan import Plan
 
         return Plan("reference")

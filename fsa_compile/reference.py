@@ -140,7 +140,10 @@ def reference_forward(
         qc = q[:, t0:t1].to(kg.dtype).reshape(B, t1 - t0, H, G, D).permute(0, 2, 1, 3, 4)
         s = torch.einsum("bhcgd,bhcsd->bhcgs", qc, kg) * scale
         s = s.masked_fill(~vis.unsqueeze(3), -math.inf)
-        m = s.amax(-1, keepdim=True)
+        if s.shape[-1] == 0:  # n = 0: nothing selected anywhere (amax has no identity)
+            m = s.new_full((*s.shape[:-1], 1), -math.inf)
+        else:
+            m = s.amax(-1, keepdim=True)
         m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
         p = torch.exp(s - m)
         l = p.sum(-1, keepdim=True)

@@ -62,6 +62,19 @@ def test_rows_with_nothing_visible_give_zero_and_minus_inf():
     assert (o[:, 24:].double() - ro[:, 24:]).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("strategy", ["auto", "fsa", "nsa"])
+def test_no_selected_block_at_all(strategy, monkeypatch):
+    """n = 0 (an empty selection) is valid: every row sees nothing, gradients are zero."""
+    monkeypatch.setenv("FSA_COMPILE_INTERPRET", "1")
+    q, k, v, _ = _inputs(1, 20, 2, 2, 8, seed=3, grad=True)
+    idx = torch.empty(1, 20, 2, 0, dtype=torch.long)
+    o, lse = fsa_compile.selected_attention(q, k, v, idx, 8, return_lse=True, strategy=strategy)
+    assert o.shape == (1, 20, 4, 8) and torch.all(o == 0) and torch.all(torch.isneginf(lse))
+    w = torch.randn(o.shape)
+    for grad in torch.autograd.grad((o * w).sum(), (q, k, v)):
+        assert torch.all(grad == 0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_bhtd_layout_and_dtypes(dtype):
     B, T, H, G, D, bs, n = 2, 33, 2, 2, 16, 8, 2
