@@ -2,8 +2,8 @@
 
 Each function is plain PyTorch (nothing here calls fsa_compile's op): the tests compile them with
 ``backend="fsa"`` and check that the pattern pass rewrites them and that compiled == eager, and
-``docs/patterns.md`` quotes them. Every form takes ``(q, k, v, block_indices, block_size)`` in its
-own layout (``FORMS[name].layout``):
+the README ("Recognised forms") quotes them. Every form takes
+``(q, k, v, block_indices, block_size)`` in its own layout (``FORMS[name].layout``):
 
 - ``"bthd"``: q ``[B, T, HQ, D]``, k/v ``[B, T, H, D]``, block_indices ``[B, T, H, n]``;
 - ``"bhtd"``: q ``[B, HQ, T, D]``, k/v ``[B, H, T, D]``, block_indices ``[B, H, T, n]``;
@@ -236,6 +236,21 @@ def gather_einsum_ellipsis(q, k, v, block_indices, block_size):
     return torch.einsum("...gs,...gsd->...gd", s.softmax(-1), v_sel).reshape(B, T, HQ, D)
 
 
+def _rope_interleaved(x):
+    """Rotary embedding on interleaved pairs (GPT-J style): ``stack([..], -1).flatten(-2)``."""
+    T, D = x.shape[-3], x.shape[-1]
+    inv = 10000.0 ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)
+    ang = torch.arange(T, device=x.device, dtype=torch.float32)[:, None] * inv  # [T, D/2]
+    cos, sin = ang.cos()[:, None, :], ang.sin()[:, None, :]
+    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).to(x.dtype)
+
+
+def gather_rope_interleaved(q, k, v, block_indices, block_size):
+    """The gather form on q and k that an interleaved RoPE just built by ``stack`` + ``flatten``."""
+    return gather_index_einsum(_rope_interleaved(q), _rope_interleaved(k), v, block_indices, block_size)
+
+
 # -- dense-mask forms -----------------------------------------------------------------------------------
 
 
@@ -363,6 +378,7 @@ FORMS = {
         (gather_noncausal, "bthd", "gather"),
         (gather_inplace, "bthd", "gather"),
         (gather_einsum_ellipsis, "bthd", "gather"),
+        (gather_rope_interleaved, "bthd", "gather"),
         (mask_scatter_repeat, "bhtd", "mask"),
         (mask_scatter_index_pos, "bthd", "mask"),
         (mask_sdpa, "bhtd", "mask"),

@@ -295,15 +295,15 @@ def _unscale(x):
 class _Probe:
     """Point evaluation of one candidate under one selection table."""
 
-    def __init__(self, gm, anchor, output, selection, table):
+    def __init__(self, gm, anchor, output, selection, table, leaves=frozenset()):
         self.anchor, self.softmax, self.output = anchor, anchor.node, output
         self.pre = anchor.pre
         if anchor.kind == "sdpa":
             self.dim = len(shape_of(anchor.node)) - 1
-            self.ev = Evaluator({selection: table}, module=gm)
+            self.ev = Evaluator({selection: table}, leaves=leaves, module=gm)
         else:
             self.dim = anchor.dim % len(shape_of(anchor.node))
-            self.ev = Evaluator({selection: table}, leaves={anchor.node}, module=gm)
+            self.ev = Evaluator({selection: table}, leaves={anchor.node, *leaves}, module=gm)
 
     def product(self, point):
         val = self.ev.at(self.output, point)
@@ -357,8 +357,9 @@ def _leaf_of(x, what):
 
 
 class Analysis:
-    def __init__(self, gm: fx.GraphModule, anchor: Anchor, output: fx.Node, seed: int = 0):
+    def __init__(self, gm: fx.GraphModule, anchor: Anchor, output: fx.Node, seed: int = 0, leaves=frozenset()):
         self.gm, self.anchor, self.softmax, self.output = gm, anchor, anchor.node, output
+        self.leaves = frozenset(leaves)  # nodes read as tensors even where the evaluator could see through them
         self.rng = random.Random(seed)
         leaves = [n for n in integer_leaves(output, anchor) if len(shape_of(n)) in (3, 4)]
         if not leaves:
@@ -373,7 +374,7 @@ class Analysis:
     # stage 1 + 2: structure and layouts, on an all-zeros selection (block 0 only)
     def structure(self):
         zeros = torch.zeros(self.sel_shape, dtype=torch.long)
-        probe = _Probe(self.gm, self.anchor, self.output, self.selection, zeros)
+        probe = _Probe(self.gm, self.anchor, self.output, self.selection, zeros, self.leaves)
         samples = []
         for _ in range(6):
             point = tuple(self.rng.randrange(s) for s in self.out_shape)
@@ -568,7 +569,7 @@ class Analysis:
 
     def _check_table(self, kind, options, rows):
         table = self._table(kind)
-        probe = _Probe(self.gm, self.anchor, self.output, self.selection, table)
+        probe = _Probe(self.gm, self.anchor, self.output, self.selection, table, self.leaves)
         survivors = list(options)
         example = None
         for point in self._rows(rows):
@@ -722,10 +723,38 @@ def _float_index_miss(output, casts) -> NearMiss:
     )
 
 
+_RESHAPES = ("reshape", "flatten", "unflatten")
+
+
+def _view_users(nodes) -> frozenset:
+    """For tensors the layouts cannot read, the view each one is read through, if it has exactly
+    one (``torch.stack([x1, x2], -1).flatten(-2)`` in an interleaved RoPE: q is the flattened view,
+    not the 5-D stack)."""
+    out = set()
+    for n in nodes:
+        views = [u for u in n.users if (c := canon(u)) is not None and c.name in _RESHAPES]
+        if len(views) == 1:
+            out.add(views[0])
+    return frozenset(out)
+
+
 def analyze(gm: fx.GraphModule, anchor: Anchor, output: fx.Node) -> Match:
     """A verified match, or raises NearMiss (with the reason) / LookupError (not attention)."""
     try:
-        return Analysis(gm, anchor, output).run()
+        analysis = Analysis(gm, anchor, output)
+        try:
+            return analysis.run()
+        except LayoutMiss as miss:
+            # Tensors built by an op the evaluator does not follow (stack, cat) and then viewed:
+            # read them as their views. Only as a fallback, since seeing through a view is what
+            # makes merged layouts such as [B, T, H*D] readable.
+            lifted = _view_users({getattr(analysis, a, None) for a in "qkv"} - {None})
+            if not lifted:
+                raise
+            try:
+                return Analysis(gm, anchor, output, leaves=lifted).run()
+            except (NearMiss, LookupError, Unsupported):
+                raise miss from None  # the first reading's reason (and the matcher tries the next output)
     except Unsupported as e:
         casts = _float_index_casts(output)
         if casts:
