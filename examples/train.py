@@ -1,7 +1,12 @@
 """Train the NSA model (examples/nsa_model.py) on synthetic tokens under a chosen backend.
 
     python examples/train.py --backend fsa --steps 50 [--T 4096] [--save ckpt.pt] [--resume ckpt.pt]
-    torchrun --nproc-per-node 2 examples/train.py --backend fsa      # DDP, one process per GPU
+    torchrun --nproc-per-node 2 examples/train.py --backend fsa               # DDP, one process per GPU
+    torchrun --nproc-per-node 2 examples/train.py --backend fsa --dist fsdp   # FSDP2 (fully_shard)
+
+Under torchrun every rank draws the same global batch of ``--batch x world size`` sequences and
+trains on its share, so N processes with ``--batch b`` follow one process with ``--batch N*b``
+(the printed loss is the mean over ranks). Without CUDA the ranks talk through gloo on the CPU.
 
 The data is a synthetic copy task (random segments repeated later in the sequence), so the loss
 falls as the model learns to look back: attention that drops keys would show in the curve. The
@@ -70,9 +75,12 @@ def main(argv=None):
     ap.add_argument("--save", help="write a checkpoint here at the end")
     ap.add_argument("--resume", help="start from this checkpoint")
     ap.add_argument("--log-json", help="write the loss curve here")
+    ap.add_argument("--dist", choices=["ddp", "fsdp"], default="ddp",
+                    help="under torchrun: DistributedDataParallel or FSDP2 (fully_shard)")
     args = ap.parse_args(argv)
 
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world > 1
     rank = 0
     if distributed:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -91,50 +99,90 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     cfg = config_for(args)
     model = NSAModel(cfg).to(device=device, dtype=dtype)
+    fsdp = distributed and args.dist == "fsdp"
+    if fsdp:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(device.type, (world,))
+        for block in model.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     start = 0
     if args.resume:
         ckpt = torch.load(args.resume, map_location=device)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
+        _load_state(model, opt, ckpt, fsdp)
         start = ckpt["step"]
     train_model = model
-    if distributed:
+    if distributed and not fsdp:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     compiled = compile_model(train_model, args.backend, args.inner)
     if rank == 0:
-        print(f"{num_params(model) / 1e6:.1f}M parameters, T={T}, batch {args.batch}, {device}, {dtype}, backend {args.backend}", flush=True)
+        how = f", {world} processes ({args.dist}, batch {args.batch} each)" if distributed else ""
+        print(f"{num_params(model) / 1e6:.1f}M parameters, T={T}, batch {args.batch * world}{how}, {device}, {dtype}, "
+              f"backend {args.backend}", flush=True)
 
-    gen = torch.Generator().manual_seed(args.seed + 1000 * rank + start)
+    gen = torch.Generator().manual_seed(args.seed + start)
     losses = []
     t_start = time.perf_counter()
     tokens_done = 0
     for step in range(start, start + args.steps):
-        batch = synthetic_batch(args.batch, T, cfg.vocab, gen, device)
+        batch = synthetic_batch(args.batch * world, T, cfg.vocab, gen, device)[rank * args.batch:(rank + 1) * args.batch]
         logits = compiled(batch[:, :-1])
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, cfg.vocab), batch[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
+        shown = loss.detach()
+        if distributed:
+            torch.distributed.all_reduce(shown, op=torch.distributed.ReduceOp.AVG if device.type == "cuda" else torch.distributed.ReduceOp.SUM)
+            if device.type != "cuda":  # gloo has no AVG
+                shown = shown / world
+        losses.append(shown.item())
         tokens_done += args.batch * T
         if rank == 0:
             el = time.perf_counter() - t_start
             done = step - start + 1
             bar = "#" * (20 * done // args.steps)
-            print(f"\rstep {step + 1:4d} [{bar:<20}] loss {losses[-1]:.4f}  {tokens_done / el:,.0f} tok/s", end="", flush=True)
+            per = " per process" if distributed else ""
+            print(f"\rstep {step + 1:4d} [{bar:<20}] loss {losses[-1]:.4f}  {tokens_done / el:,.0f} tok/s{per}",
+                  end="", flush=True)
+    state = _full_state(model, opt, fsdp) if args.save else None  # every rank takes part in the gather
     if rank == 0:
         print()
         if args.save:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": start + args.steps,
-                        "config": vars(cfg)}, args.save)
+            torch.save({**state, "step": start + args.steps, "config": vars(cfg)}, args.save)
             print(f"saved {args.save}")
         if args.log_json:
             with open(args.log_json, "w") as f:
-                json.dump({"backend": args.backend, "T": T, "losses": losses}, f)
+                json.dump({"backend": args.backend, "T": T, "world": world, "dist": args.dist if distributed else None,
+                           "losses": losses}, f)
     if distributed:
         torch.distributed.destroy_process_group()
     return losses
+
+
+def _full_state(model, opt, fsdp):
+    """Model and optimizer state as plain tensors (FSDP2 shards are gathered), for torch.save."""
+    if not fsdp:
+        return {"model": model.state_dict(), "opt": opt.state_dict()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    o = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return {"model": get_model_state_dict(model, options=o), "opt": get_optimizer_state_dict(model, opt, options=o)}
+
+
+def _load_state(model, opt, ckpt, fsdp):
+    if not fsdp:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    o = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, ckpt["model"], options=o)
+    set_optimizer_state_dict(model, opt, ckpt["opt"], options=o)
 
 
 if __name__ == "__main__":

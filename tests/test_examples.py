@@ -21,6 +21,33 @@ def test_training_loss_curve_matches_eager(tmp_path):
     assert len(resumed) == 2 and all(torch.isfinite(torch.tensor(resumed)))
 
 
+@pytest.mark.parametrize("dist", ["ddp", "fsdp"])
+def test_two_processes_follow_one_process(dist, tmp_path):
+    """Under torchrun (gloo on the CPU) with DDP or FSDP2, two ranks of batch 1 train like one
+    process of batch 2, the attention rewritten in each rank."""
+    import json
+    import subprocess
+
+    import train
+
+    script = os.path.join(os.path.dirname(__file__), "..", "examples", "train.py")
+    common = ["--tiny", "--steps", "3", "--T", "96", "--inner", "aot_eager", "--backend", "fsa"]
+    one = train.main(common + ["--batch", "2"])
+    log = tmp_path / "two.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", script, *common,
+         "--batch", "1", "--dist", dist, "--log-json", str(log), "--save", str(tmp_path / "ck.pt")],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "rewrote softmax-attention" in run.stdout + run.stderr
+    two = json.loads(log.read_text())
+    assert two["world"] == 2 and two["dist"] == dist
+    assert max(abs(a - b) for a, b in zip(one, two["losses"])) < 1e-4, (one, two["losses"])
+    assert (tmp_path / "ck.pt").exists()
+
+
 def test_prefill_runs_and_agrees():
     import prefill
 
