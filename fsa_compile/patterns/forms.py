@@ -7,7 +7,9 @@ the README ("Recognised forms") quotes them. Every form takes
 
 - ``"bthd"``: q ``[B, T, HQ, D]``, k/v ``[B, T, H, D]``, block_indices ``[B, T, H, n]``;
 - ``"bhtd"``: q ``[B, HQ, T, D]``, k/v ``[B, H, T, D]``, block_indices ``[B, H, T, n]``;
-- ``"thd"``: the batch dim squeezed away (one sequence): q ``[T, HQ, D]``, ... ``[T, H, n]``.
+- ``"thd"``: the batch dim squeezed away (one sequence): q ``[T, HQ, D]``, ... ``[T, H, n]``;
+- ``"tbhd"``: sequence first: q ``[T, B, HQ, D]``, k/v ``[T, B, H, D]``, ``[T, B, H, n]``;
+- ``"(bh)td"``: batch and heads merged: q ``[B*HQ, T, D]``, k/v ``[B*H, T, D]``, ``[B*H, T, n]``.
 
 Negative block indices are padding. Gather forms count a block listed twice twice, mask forms
 once; rows whose selected blocks all lie in the future give NaN, as eager softmax does.
@@ -251,6 +253,39 @@ def gather_rope_interleaved(q, k, v, block_indices, block_size):
     return gather_index_einsum(_rope_interleaved(q), _rope_interleaved(k), v, block_indices, block_size)
 
 
+def gather_seq_first(q, k, v, block_indices, block_size):
+    """Sequence-first tensors (Megatron's ``[T, B, H, D]``), GQA by repeat_interleave, matmul."""
+    T, B, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    tok, pad = _token_indices(block_indices, block_size)  # [T, B, H, S]
+    masked = pad | (tok > torch.arange(T, device=q.device).view(T, 1, 1, 1))
+    safe = tok.clamp(0, T - 1)
+    b_idx = torch.arange(B, device=q.device).view(1, B, 1, 1)
+    h_idx = torch.arange(H, device=q.device).view(1, 1, H, 1)
+    k_sel = k[safe, b_idx, h_idx].repeat_interleave(G, dim=2)  # [T, B, HQ, S, D]
+    v_sel = v[safe, b_idx, h_idx].repeat_interleave(G, dim=2)
+    scores = torch.matmul(k_sel, q.unsqueeze(-1)).squeeze(-1) * D**-0.5  # [T, B, HQ, S]
+    scores = scores.masked_fill(masked.repeat_interleave(G, dim=2), NEG_INF)
+    return torch.matmul(scores.softmax(-1).unsqueeze(-2), v_sel).squeeze(-2)
+
+
+def gather_bmm_merged_heads(q, k, v, block_indices, block_size):
+    """Batch and heads merged into one dim (``[B*HQ, T, D]``, ``[B*H, T, n]``), products by bmm."""
+    BHQ, T, D = q.shape
+    BH = k.shape[0]
+    G = BHQ // BH
+    tok, pad = _token_indices(block_indices, block_size)  # [B*H, T, S]
+    masked = pad | (tok > torch.arange(T, device=q.device).view(1, T, 1))
+    safe = tok.clamp(0, T - 1)
+    rows = torch.arange(BH, device=q.device).view(BH, 1, 1)
+    k_sel = k[rows, safe].repeat_interleave(G, 0).flatten(0, 1)  # [B*HQ*T, S, D]
+    v_sel = v[rows, safe].repeat_interleave(G, 0).flatten(0, 1)
+    scores = torch.bmm(q.reshape(BHQ * T, 1, D), k_sel.transpose(1, 2)).view(BHQ, T, -1) * D**-0.5
+    p = scores.masked_fill(masked.repeat_interleave(G, 0), NEG_INF).softmax(-1)
+    return torch.bmm(p.view(BHQ * T, 1, -1), v_sel).view(BHQ, T, D)
+
+
 # -- dense-mask forms -----------------------------------------------------------------------------------
 
 
@@ -356,7 +391,7 @@ def mask_index_put(q, k, v, block_indices, block_size):
 class Form:
     name: str
     fn: Callable
-    layout: str  # "bthd", "bhtd" or "thd"
+    layout: str  # "bthd", "bhtd", "thd", "tbhd" or "(bh)td"
     family: str  # "gather" or "mask"
     causal: bool = True
 
@@ -379,6 +414,8 @@ FORMS = {
         (gather_inplace, "bthd", "gather"),
         (gather_einsum_ellipsis, "bthd", "gather"),
         (gather_rope_interleaved, "bthd", "gather"),
+        (gather_seq_first, "tbhd", "gather"),
+        (gather_bmm_merged_heads, "(bh)td", "gather"),
         (mask_scatter_repeat, "bhtd", "mask"),
         (mask_scatter_index_pos, "bthd", "mask"),
         (mask_sdpa, "bhtd", "mask"),
@@ -397,13 +434,21 @@ def to_layout(layout: str, q, k, v, block_indices):
     if layout == "thd":
         assert q.shape[0] == 1, "the thd layout holds one sequence"
         return tuple(t[0] for t in (q, k, v, block_indices))
+    if layout == "tbhd":
+        return tuple(t.transpose(0, 1) for t in (q, k, v, block_indices))
+    if layout == "(bh)td":
+        return tuple(t.transpose(1, 2).flatten(0, 1) for t in (q, k, v, block_indices))
     raise ValueError(layout)
 
 
-def from_layout(layout: str, o):
-    """The output of a form back to ``[B, T, HQ, D]``."""
+def from_layout(layout: str, o, batch: int = 1):
+    """The output of a form back to ``[B, T, HQ, D]`` (``batch``: B, for the merged layout)."""
     if layout == "bhtd":
         return o.transpose(1, 2)
     if layout == "thd":
         return o.unsqueeze(0)
+    if layout == "tbhd":
+        return o.transpose(0, 1)
+    if layout == "(bh)td":
+        return o.unflatten(0, (batch, -1)).transpose(1, 2)
     return o

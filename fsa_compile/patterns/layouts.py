@@ -15,6 +15,8 @@ QUERY = {  # also the layouts of the attention output
     "bthgd": ("b", "t", "h", "g", "d"),
     "bhgtd": ("b", "h", "g", "t", "d"),
     "bt(hd)": ("b", "t", "hq*d"),  # a projection's output before its view into heads
+    "tbhd": ("t", "b", "hq", "d"),  # sequence first (Megatron's [s, b, h, d])
+    "tb(hd)": ("t", "b", "hq*d"),
     # one sequence with the batch dim squeezed away (B = 1)
     "thd": ("t", "hq", "d"),
     "htd": ("hq", "t", "d"),
@@ -23,11 +25,12 @@ QUERY = {  # also the layouts of the attention output
 }
 KEY = {
     "bthd": ("b", "t", "h", "d"), "bhtd": ("b", "h", "t", "d"), "bt(hd)": ("b", "t", "h*d"),
+    "tbhd": ("t", "b", "h", "d"), "tb(hd)": ("t", "b", "h*d"),
     "thd": ("t", "h", "d"), "htd": ("h", "t", "d"), "t(hd)": ("t", "h*d"),
 }
 MERGED = {"hq*d": ("hq", "d"), "h*d": ("h", "d")}
 SELECTION = {
-    "bthn": ("b", "t", "h", "i"), "bhtn": ("b", "h", "t", "i"),
+    "bthn": ("b", "t", "h", "i"), "bhtn": ("b", "h", "t", "i"), "tbhn": ("t", "b", "h", "i"),
     "thn": ("t", "h", "i"), "htn": ("h", "t", "i"),
 }
 
@@ -62,6 +65,8 @@ def to_bthd(graph: fx.Graph, node: fx.Node, layout: tuple, D: int = 1) -> fx.Nod
         node = graph.call_method("unsqueeze", (node, 0))
         layout = ("b",) + tuple(layout)
     names = "".join(r.replace("hq", "q") for r in layout)
+    if names[:2] == "tb":  # sequence first: a transposed view, then as batch first
+        return to_bthd(graph, graph.call_method("transpose", (node, 0, 1)), ("b", "t") + tuple(layout[2:]), D)
     if names in ("btq*d", "bth*d"):
         return graph.call_method("unflatten", (node, 2, (-1, D)))
     if names in ("bthd", "btqd", "bthi"):
@@ -81,6 +86,9 @@ def from_bthd(graph: fx.Graph, node: fx.Node, layout: tuple, H: int, G: int) -> 
     if "b" not in layout:
         return graph.call_method("squeeze", (from_bthd(graph, node, ("b",) + tuple(layout), H, G), 0))
     names = "".join(r.replace("hq", "q") for r in layout)
+    if names[:2] == "tb":
+        batch_first = from_bthd(graph, node, ("b", "t") + tuple(layout[2:]), H, G)
+        return graph.call_method("transpose", (batch_first, 0, 1))
     if names == "btq*d":
         return graph.call_method("flatten", (node, 2, 3))
     if names == "btqd":

@@ -360,6 +360,7 @@ class Analysis:
     def __init__(self, gm: fx.GraphModule, anchor: Anchor, output: fx.Node, seed: int = 0, leaves=frozenset()):
         self.gm, self.anchor, self.softmax, self.output = gm, anchor, anchor.node, output
         self.leaves = frozenset(leaves)  # nodes read as tensors even where the evaluator could see through them
+        self.swapped = False  # the score product has the keys on the left
         self.rng = random.Random(seed)
         leaves = [n for n in integer_leaves(output, anchor) if len(shape_of(n)) in (3, 4)]
         if not leaves:
@@ -389,8 +390,7 @@ class Analysis:
                     continue
                 coef, sdot = sc
                 dd = self.rng.randrange(sdot.size)
-                qc, ql = _leaf_of(sdot.left(dd), "query")
-                kc, kl = _leaf_of(sdot.right(dd), "key")
+                (qc, ql), (kc, kl) = self._query_key(sdot, dd)
                 vl = probe.value(dot, j)
                 samples.append((point, dd, ql, kl, vl, sdot.size, S, coef * qc * kc))
                 break
@@ -401,7 +401,25 @@ class Analysis:
             raise NearMiss("queries, keys or values come from different tensors at different positions")
         (self.q, self.k, self.v) = nodes.pop()
         self.D, self.S = samples[0][5], samples[0][6]
-        self.layout_options = self._layouts(samples)
+        try:
+            self.layout_options = self._layouts(samples)
+        except LayoutMiss as miss:
+            # Maybe the scores were written keys first (k_sel @ q): read the product the other way.
+            self.swapped = True
+            self.q, self.k = self.k, self.q
+            try:
+                self.layout_options = self._layouts([(p, dd, kl, ql, *rest) for p, dd, ql, kl, *rest in samples])
+            except LayoutMiss:
+                self.swapped = False
+                self.q, self.k = self.k, self.q
+                raise miss from None
+
+    def _query_key(self, sdot, dd):
+        """(coef, leaf) of the query and of the key side of one term of a score product."""
+        a, b = sdot.left(dd), sdot.right(dd)
+        if self.swapped:
+            a, b = b, a
+        return _leaf_of(a, "query"), _leaf_of(b, "key")
 
     def _layouts(self, samples):
         """Every assignment of layouts consistent with the samples (when sizes coincide, e.g.
@@ -512,8 +530,7 @@ class Analysis:
                 continue
             coef, sdot = sc
             for dd in {0, self.D - 1}:
-                qc, ql_ = _leaf_of(sdot.left(dd), "query")
-                kc, kl_ = _leaf_of(sdot.right(dd), "key")
+                (qc, ql_), (kc, kl_) = self._query_key(sdot, dd)
                 q = L.decode(ql, ql_.coords, self.G, self.D)
                 k = L.decode(kl, kl_.coords, 1, self.D)
                 if ql_.node is not self.q or kl_.node is not self.k:
