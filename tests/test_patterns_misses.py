@@ -142,3 +142,58 @@ def test_attention_with_an_unrelated_mask_is_left_alone_silently():
     mask = torch.rand(1, 2, 16, 16) < 0.7
     rep = _explain(masked_attention, q, k, v, mask)
     assert rep.misses == []
+
+
+def _gather(q, k, v, tok, pad_from, T, D):
+    """The gather form's tail, on token indices ``tok`` and padding from ``pad_from``."""
+    bs = tok.shape[-1] // pad_from.shape[-1]
+    pad = (pad_from < 0).unsqueeze(-1).expand(*pad_from.shape, bs).flatten(-2)
+    masked = pad | (tok > torch.arange(T).view(1, T, 1, 1))
+    safe = tok.clamp(0, T - 1)
+    b = torch.arange(q.shape[0]).view(-1, 1, 1, 1)
+    h = torch.arange(k.shape[2]).view(1, 1, -1, 1)
+    s = torch.einsum("bthd,bthsd->bths", q, k[b, safe, h]) * D**-0.5
+    return torch.einsum("bths,bthsd->bthd", s.masked_fill(masked, NEG_INF).softmax(-1), v[b, safe, h])
+
+
+def test_two_selection_tensors_are_a_near_miss():
+    def two_selections(q, k, v, block_indices, padding, block_size):
+        tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size)).flatten(-2)
+        return _gather(q, k, v, tok, padding, q.shape[1], q.shape[-1])
+
+    q, k, v, idx, bs = make_inputs(Shape(1, 40, 2, 1, 8, 8, 3), "padding", 0)
+    rep = _explain(two_selections, q, k, v, idx, idx.clone(), bs)
+    assert len(rep.misses) == 1 and "more than one integer tensor feeds the attention" in rep.misses[0].reason, str(rep)
+
+
+def test_code_that_fails_on_valid_indices_is_a_near_miss():
+    """Keys of a short last block read past the end (no upper clamp): eager fails once a query
+    selects that block; on this example nobody does, so eager runs, and the pass says why not."""
+    def no_upper_clamp(q, k, v, block_indices, block_size):
+        B, T, HQ, D = q.shape
+        tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size)).flatten(-2)
+        pad = (block_indices < 0).unsqueeze(-1).expand(*block_indices.shape, block_size).flatten(-2)
+        masked = pad | (tok > torch.arange(T).view(1, T, 1, 1))
+        safe = tok.clamp(min=0)
+        b = torch.arange(B).view(B, 1, 1, 1)
+        h = torch.arange(k.shape[2]).view(1, 1, -1, 1)
+        s = torch.einsum("bthd,bthsd->bths", q, k[b, safe, h]) * D**-0.5
+        return torch.einsum("bths,bthsd->bthd", s.masked_fill(masked, NEG_INF).softmax(-1), v[b, safe, h])
+
+    q, k, v, idx, bs = make_inputs(Shape(1, 37, 2, 1, 8, 8, 3), "padding", 0)
+    idx = idx.clamp(max=3)  # block 4 (keys 32..39 of 37) is never selected in the example
+    rep = _explain(no_upper_clamp, q, k, v, idx, bs)
+    assert len(rep.misses) == 1 and "fails (index out of range) on valid block indices" in rep.misses[0].reason, str(rep)
+
+
+def test_an_unreadable_layout_is_a_near_miss():
+    """q, k, v stored head dim before heads (``[B, T, D, H]``): no layout reads them."""
+    def head_dim_first(q, k, v, block_indices, block_size):
+        T, D = q.shape[1], q.shape[2]
+        tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size)).flatten(-2)
+        return _gather(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3), tok, block_indices, T, D)
+
+    q, k, v, idx, bs = make_inputs(Shape(1, 40, 2, 1, 8, 8, 3), "padding", 0)
+    q, k, v = (t.transpose(2, 3).contiguous() for t in (q, k, v))
+    rep = _explain(head_dim_first, q, k, v, idx, bs)
+    assert len(rep.misses) == 1 and "could not read q, k, v and the output" in rep.misses[0].reason, str(rep)
