@@ -103,27 +103,30 @@ class NSAAttention(nn.Module):
         return o.transpose(1, 2)
 
     def sliding(self, q, k, v):
-        """Causal attention over the last ``window`` keys, in chunks of ``window`` queries."""
+        """Causal attention over the last ``window`` keys: queries in chunks of ``window``, each
+        chunk against its own and the previous chunk's keys, as one 4-D SDPA call (chunks in the
+        batch dim) so that the fused attention kernels take it."""
         c = self.c
         B, T, HQ, D = q.shape
         G = HQ // c.kv_heads
         w = min(c.window, T)
         pad = (-T) % w
-        qp = F.pad(q, (0, 0, 0, 0, 0, pad))
-        kp = F.pad(k, (0, 0, 0, 0, w, pad))  # one empty chunk in front
-        vp = F.pad(v, (0, 0, 0, 0, w, pad))
         nc = (T + pad) // w
-        qc = qp.view(B, nc, w, HQ, D).permute(0, 3, 1, 2, 4)  # [B, HQ, nc, w, D]
-        kc = kp.unfold(1, 2 * w, w).permute(0, 2, 1, 4, 3).repeat_interleave(G, 1)  # [B, HQ, nc, 2w, D]
-        vc = vp.unfold(1, 2 * w, w).permute(0, 2, 1, 4, 3).repeat_interleave(G, 1)
+        qc = F.pad(q, (0, 0, 0, 0, 0, pad)).view(B * nc, w, HQ, D).transpose(1, 2)  # [B*nc, HQ, w, D]
+
+        def two_chunks(x):  # [B, T, H, D] -> [B*nc, HQ, 2w, D]: chunk i's keys are chunks i-1 and i
+            x = F.pad(x, (0, 0, 0, 0, w, pad))  # one empty chunk in front
+            x = x.unfold(1, 2 * w, w).transpose(-1, -2).reshape(B * nc, c.kv_heads, 2 * w, D)
+            return x.repeat_interleave(G, 1)
+
         i = torch.arange(w, device=q.device).view(w, 1)
         j = torch.arange(2 * w, device=q.device).view(1, 2 * w)
         band = (j <= i + w) & (j > i)  # key j of the two chunks is within the window of query i
         first = band & (j >= w)  # the first chunk has nothing before it
-        chunk = torch.arange(nc, device=q.device).view(nc, 1, 1)
-        mask = torch.where(chunk == 0, first, band)
-        o = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask)  # [B, HQ, nc, w, D]
-        return o.permute(0, 2, 3, 1, 4).reshape(B, nc * w, HQ, D)[:, :T]
+        chunk = torch.arange(nc, device=q.device).repeat(B).view(B * nc, 1, 1, 1)
+        mask = torch.where(chunk == 0, first, band)  # [B*nc, 1, w, 2w]
+        o = F.scaled_dot_product_attention(qc, two_chunks(k), two_chunks(v), attn_mask=mask)
+        return o.transpose(1, 2).reshape(B, nc * w, HQ, D)[:, :T]
 
     def forward(self, x):
         c = self.c

@@ -48,6 +48,22 @@ def test_two_processes_follow_one_process(dist, tmp_path):
     assert (tmp_path / "ck.pt").exists()
 
 
+@pytest.mark.parametrize("B,T,window", [(2, 100, 32), (1, 256, 32), (3, 300, 64), (2, 20, 32)])
+def test_model_sliding_branch_is_causal_window_attention(B, T, window):
+    from nsa_model import NSAAttention, NSAConfig
+
+    attn = NSAAttention(NSAConfig(dim=64, heads=4, kv_heads=2, head_dim=16, window=window))
+    g = torch.Generator().manual_seed(T)
+    q = torch.randn(B, T, 4, 16, generator=g)
+    k, v = torch.randn(B, T, 2, 16, generator=g), torch.randn(B, T, 2, 16, generator=g)
+    kk, vv = k.repeat_interleave(2, 2), v.repeat_interleave(2, 2)
+    t = torch.arange(T)
+    near = (t.view(T, 1) >= t.view(1, T)) & (t.view(T, 1) - t.view(1, T) < window)
+    s = torch.einsum("bthd,bshd->bhts", q, kk) * 16**-0.5
+    want = torch.einsum("bhts,bshd->bthd", s.masked_fill(~near, float("-inf")).softmax(-1), vv)
+    torch.testing.assert_close(attn.sliding(q, k, v), want, rtol=1e-5, atol=1e-5)
+
+
 def test_prefill_runs_and_agrees():
     import prefill
 
