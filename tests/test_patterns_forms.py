@@ -108,3 +108,18 @@ def test_two_attention_layers_in_one_graph_are_both_rewritten():
     rep = fsa_compile.explain(two_layers, *args, options=FAST)
     assert len(rep.rewrites) == 2 and rep.misses == [], str(rep)
     assert_compiled_matches_eager(two_layers, *args, backend_options=FAST, expect_rewrites=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", sorted(FORMS))
+def test_form_on_the_gpu_runs_the_kernels_and_matches_eager(name, dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    form = FORMS[name]
+    args = _args(form, shape=Shape(1, 300, 2, 2, 64, 32, 4, dtype), kind="unique", seed=7)
+    args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+    rep = fsa_compile.explain(form.fn, *args)
+    assert len(rep.rewrites) == 1 and "reference" not in rep.rewrites[0].plan, str(rep)
+    torch._dynamo.reset()
+    assert_compiled_matches_eager(form.fn, *args, expect_rewrites=1)
