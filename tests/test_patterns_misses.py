@@ -197,3 +197,11 @@ def test_an_unreadable_layout_is_a_near_miss():
     q, k, v = (t.transpose(2, 3).contiguous() for t in (q, k, v))
     rep = _explain(head_dim_first, q, k, v, idx, bs)
     assert len(rep.misses) == 1 and "could not read q, k, v and the output" in rep.misses[0].reason, str(rep)
+
+
+def test_clamping_is_caught_where_only_the_last_query_sees_the_last_block():
+    """T = 5, block 4: the clamped-to block (keys 4..4) is visible to query 4 alone; the out-of-range
+    probe puts an entry in every row, so the sampled rows meet one (this was rewritten as 'drop')."""
+    q, k, v, idx, bs = make_inputs(Shape(1, 5, 1, 3, 12, 4, 3), "padding", 3)
+    rep = _explain(lambda *a: variant(*a, change="clamp_block_indices"), q, k, v, idx, bs)
+    assert len(rep.misses) == 1 and MISSES["clamp_block_indices"] in rep.misses[0].reason, str(rep)

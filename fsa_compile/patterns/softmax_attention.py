@@ -497,10 +497,17 @@ class Analysis:
             return keys if shape[-1] <= nb else table
         dup = torch.rand(shape, generator=g) < 0.2
         table = torch.where(dup, table.roll(1, -1), table)
-        if kind == "padding":
-            table = torch.where(torch.rand(shape, generator=g) < 0.3, torch.full_like(table, -1), table)
-        elif kind == "out_of_range":
-            table = torch.where(torch.rand(shape, generator=g) < 0.25, nb + torch.randint(0, 3, shape, generator=g), table)
+        if kind in ("padding", "out_of_range"):
+            if kind == "padding":
+                odd = torch.full_like(table, -1)
+                table = torch.where(torch.rand(shape, generator=g) < 0.3, odd, table)
+            else:
+                odd = nb + torch.randint(0, 3, shape, generator=g)
+                table = torch.where(torch.rand(shape, generator=g) < 0.25, odd, table)
+            # at least one such entry in every row: the few rows sampled must meet one (a code that
+            # clamps instead of dropping differs only where the entry is visible, e.g. at t = T-1)
+            slot = torch.randint(0, shape[-1], (*shape[:-1], 1), generator=g)
+            table = table.scatter(-1, slot, odd.gather(-1, slot))
         return table
 
     def _rows(self, count):
