@@ -123,3 +123,14 @@ def test_form_on_the_gpu_runs_the_kernels_and_matches_eager(name, dtype):
     assert len(rep.rewrites) == 1 and "reference" not in rep.rewrites[0].plan, str(rep)
     torch._dynamo.reset()
     assert_compiled_matches_eager(form.fn, *args, expect_rewrites=1)
+
+
+def test_duplicate_policy_is_found_when_few_rows_show_a_duplicate():
+    """Block 2, n = 2, 30 heads: the sampled rows of the random tables met no visible duplicate, so
+    the pass could not tell a mask (once) from a gather (twice) and gave up; it now asks again
+    with tables where every row lists its own block twice."""
+    form = FORMS["mask_bias_manual_softmax"]
+    args = _args(form, shape=Shape(1, 39, 2, 15, 12, 2, 2), kind="empty_rows", seed=1)
+    rep = fsa_compile.explain(form.fn, *args, options=FAST)
+    assert len(rep.rewrites) == 1 and rep.rewrites[0].options["count_duplicates"] is False, str(rep)
+    torch.testing.assert_close(rep.output, form.fn(*args), equal_nan=True, rtol=1e-4, atol=1e-5)

@@ -508,6 +508,11 @@ class Analysis:
             # clamps instead of dropping differs only where the entry is visible, e.g. at t = T-1)
             slot = torch.randint(0, shape[-1], (*shape[:-1], 1), generator=g)
             table = table.scatter(-1, slot, odd.gather(-1, slot))
+        elif kind == "duplicates" and shape[-1] > 1:
+            # two slots of every row hold the query's own block, which it always sees
+            slots = torch.rand(shape, generator=g).argsort(-1)[..., :2]
+            own = (tpos // self.block_size).gather(-1, slots)
+            table = table.scatter(-1, slots, own)
         return table
 
     def _rows(self, count):
@@ -688,6 +693,17 @@ class Analysis:
                 raise NearMiss("block indices >= ceil(T / block_size) are neither rejected nor dropped by this code")
         else:
             self.on_out_of_range = "assert"
+        if {o[1] for o in surv} == {True, False} and not self.trusted and self.n > 1:
+            # no sampled row met a visible duplicate: ask again with tables where every row has one
+            dup = self._check("duplicates", surv, rows)
+            if dup == "raises":
+                raise NearMiss("the code fails (index out of range) on valid block indices")
+            if not dup:
+                raise NearMiss(
+                    "the keys each query attends to are not the causal (or full) keys of its selected blocks: "
+                    + self.last_failure
+                )
+            surv = dup
         if len(self.scales) != 1:
             raise NearMiss(f"the score scale is not one constant (saw {sorted(self.scales)[:3]})")
         self.scale = self.scales.pop()
