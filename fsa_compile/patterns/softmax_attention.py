@@ -660,12 +660,10 @@ class Analysis:
                 first = first or e
         raise first or NearMiss("could not find the block size")
 
-    def _semantics(self):
-        self.scales = set()
-        self.last_failure = ""
-        rows = 8 if self.S <= 256 else 4
-        options = list(product((True, False), (True, False)))
-        surv = self._check("valid", options, rows)
+    def _check_valid(self, kind, options, rows):
+        """The options that survive tables of valid selections (``kind`` "valid" or "duplicates"),
+        or the near miss that says why none does."""
+        surv = self._check(kind, options, rows)
         if surv == "raises":
             raise NearMiss("the code fails (index out of range) on valid block indices")
         if not surv:
@@ -673,6 +671,14 @@ class Analysis:
                 "the keys each query attends to are not the causal (or full) keys of its selected blocks: "
                 + self.last_failure
             )
+        return surv
+
+    def _semantics(self):
+        self.scales = set()
+        self.last_failure = ""
+        rows = 8 if self.S <= 256 else 4
+        options = list(product((True, False), (True, False)))
+        surv = self._check_valid("valid", options, rows)
         if not self.trusted:
             pad = self._check("padding", surv, rows)
             if pad == "raises":
@@ -695,15 +701,7 @@ class Analysis:
             self.on_out_of_range = "assert"
         if {o[1] for o in surv} == {True, False} and not self.trusted and self.n > 1:
             # no sampled row met a visible duplicate: ask again with tables where every row has one
-            dup = self._check("duplicates", surv, rows)
-            if dup == "raises":
-                raise NearMiss("the code fails (index out of range) on valid block indices")
-            if not dup:
-                raise NearMiss(
-                    "the keys each query attends to are not the causal (or full) keys of its selected blocks: "
-                    + self.last_failure
-                )
-            surv = dup
+            surv = self._check_valid("duplicates", surv, rows)
         if len(self.scales) != 1:
             raise NearMiss(f"the score scale is not one constant (saw {sorted(self.scales)[:3]})")
         self.scale = self.scales.pop()
