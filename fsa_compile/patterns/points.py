@@ -223,21 +223,21 @@ class Evaluator:
             return type(x)(self.scalar(a) for a in x)
         return concrete(x)
 
+    @staticmethod
+    def _memo(cache: dict, node: Any, compute: Callable) -> Any:
+        try:
+            return cache[node]
+        except KeyError:
+            value = cache[node] = compute(node)
+            return value
+
     def shape_or_none(self, node: Any) -> tuple | None:
         if not isinstance(node, fx.Node):
             return shape_of(node)
-        try:
-            return self._shapes[node]
-        except KeyError:
-            s = self._shapes[node] = shape_of(node)
-            return s
+        return self._memo(self._shapes, node, shape_of)
 
     def mutations(self, node: Any) -> list:
-        try:
-            return self._mutations[node]
-        except KeyError:
-            m = self._mutations[node] = mutations(node)
-            return m
+        return self._memo(self._mutations, node, mutations)
 
     def shape(self, node: Any) -> tuple:
         s = self.shape_or_none(node)
@@ -283,10 +283,7 @@ class Evaluator:
             if isinstance(t, torch.Tensor) and not t.dtype.is_floating_point:
                 return t[_bcast(coords, tuple(t.shape))].item()
             return Leaf(node, coords)
-        try:
-            call = self._calls[node]
-        except KeyError:
-            call = self._calls[node] = canon(node)
+        call = self._memo(self._calls, node, canon)
         if call is None:
             return self._leaf(node, coords)
         handler = getattr(self, "_op_" + call.name, None)
