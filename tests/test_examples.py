@@ -21,18 +21,27 @@ def test_training_loss_curve_matches_eager(tmp_path):
     assert len(resumed) == 2 and all(torch.isfinite(torch.tensor(resumed)))
 
 
+TRAIN_TINY = ["--tiny", "--steps", "3", "--T", "96", "--inner", "aot_eager", "--backend", "fsa"]
+
+
+@pytest.fixture(scope="module")
+def one_process_batch_2():
+    """The loss curve the distributed runs must follow (trained once for both)."""
+    import train
+
+    return train.main(TRAIN_TINY + ["--batch", "2"])
+
+
 @pytest.mark.parametrize("dist", ["ddp", "fsdp"])
-def test_two_processes_follow_one_process(dist, tmp_path):
+def test_two_processes_follow_one_process(dist, tmp_path, one_process_batch_2):
     """Under torchrun (gloo on the CPU) with DDP or FSDP2, two ranks of batch 1 train like one
     process of batch 2, the attention rewritten in each rank."""
     import json
     import subprocess
 
-    import train
-
     script = os.path.join(os.path.dirname(__file__), "..", "examples", "train.py")
-    common = ["--tiny", "--steps", "3", "--T", "96", "--inner", "aot_eager", "--backend", "fsa"]
-    one = train.main(common + ["--batch", "2"])
+    common = TRAIN_TINY
+    one = one_process_batch_2
     log = tmp_path / "two.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run = subprocess.run(

@@ -144,12 +144,16 @@ def test_attention_with_an_unrelated_mask_is_left_alone_silently():
     assert rep.misses == []
 
 
-def _gather(q, k, v, tok, pad_from, T, D):
-    """The gather form's tail, on token indices ``tok`` and padding from ``pad_from``."""
-    bs = tok.shape[-1] // pad_from.shape[-1]
-    pad = (pad_from < 0).unsqueeze(-1).expand(*pad_from.shape, bs).flatten(-2)
+def _gather(q, k, v, block_indices, padding, block_size, clamp_past_end=True):
+    """The gather form on ``[B, T, H, D]`` q, k, v: keys from ``block_indices``, padding masked
+    where ``padding`` is negative (the same tensor in selected attention)."""
+    from fsa_compile.patterns.forms import _token_indices
+
+    T, D = q.shape[1], q.shape[-1]
+    tok, _ = _token_indices(block_indices, block_size)
+    _, pad = _token_indices(padding, block_size)
     masked = pad | (tok > torch.arange(T).view(1, T, 1, 1))
-    safe = tok.clamp(0, T - 1)
+    safe = tok.clamp(0, T - 1) if clamp_past_end else tok.clamp(min=0)
     b = torch.arange(q.shape[0]).view(-1, 1, 1, 1)
     h = torch.arange(k.shape[2]).view(1, 1, -1, 1)
     s = torch.einsum("bthd,bthsd->bths", q, k[b, safe, h]) * D**-0.5
@@ -158,8 +162,7 @@ def _gather(q, k, v, tok, pad_from, T, D):
 
 def test_two_selection_tensors_are_a_near_miss():
     def two_selections(q, k, v, block_indices, padding, block_size):
-        tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size)).flatten(-2)
-        return _gather(q, k, v, tok, padding, q.shape[1], q.shape[-1])
+        return _gather(q, k, v, block_indices, padding, block_size)
 
     q, k, v, idx, bs = make_inputs(Shape(1, 40, 2, 1, 8, 8, 3), "padding", 0)
     rep = _explain(two_selections, q, k, v, idx, idx.clone(), bs)
@@ -170,15 +173,7 @@ def test_code_that_fails_on_valid_indices_is_a_near_miss():
     """Keys of a short last block read past the end (no upper clamp): eager fails once a query
     selects that block; on this example nobody does, so eager runs, and the pass says why not."""
     def no_upper_clamp(q, k, v, block_indices, block_size):
-        B, T, HQ, D = q.shape
-        tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size)).flatten(-2)
-        pad = (block_indices < 0).unsqueeze(-1).expand(*block_indices.shape, block_size).flatten(-2)
-        masked = pad | (tok > torch.arange(T).view(1, T, 1, 1))
-        safe = tok.clamp(min=0)
-        b = torch.arange(B).view(B, 1, 1, 1)
-        h = torch.arange(k.shape[2]).view(1, 1, -1, 1)
-        s = torch.einsum("bthd,bthsd->bths", q, k[b, safe, h]) * D**-0.5
-        return torch.einsum("bths,bthsd->bthd", s.masked_fill(masked, NEG_INF).softmax(-1), v[b, safe, h])
+        return _gather(q, k, v, block_indices, block_indices, block_size, clamp_past_end=False)
 
     q, k, v, idx, bs = make_inputs(Shape(1, 37, 2, 1, 8, 8, 3), "padding", 0)
     idx = idx.clamp(max=3)  # block 4 (keys 32..39 of 37) is never selected in the example
@@ -189,9 +184,7 @@ def test_code_that_fails_on_valid_indices_is_a_near_miss():
 def test_an_unreadable_layout_is_a_near_miss():
     """q, k, v stored head dim before heads (``[B, T, D, H]``): no layout reads them."""
     def head_dim_first(q, k, v, block_indices, block_size):
-        T, D = q.shape[1], q.shape[2]
-        tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size)).flatten(-2)
-        return _gather(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3), tok, block_indices, T, D)
+        return _gather(q.transpose(2, 3), k.transpose(2, 3), v.transpose(2, 3), block_indices, block_indices, block_size)
 
     q, k, v, idx, bs = make_inputs(Shape(1, 40, 2, 1, 8, 8, 3), "padding", 0)
     q, k, v = (t.transpose(2, 3).contiguous() for t in (q, k, v))
