@@ -262,7 +262,7 @@ def assert_compiled_matches_eager(
     outs_e, outs_c = _tensors(expected), _tensors(actual)
     if grad and outs_e and all(bool(torch.isfinite(o).all()) for o in outs_e if o.is_floating_point()):
         g = torch.Generator().manual_seed(1234)
-        ws = [torch.randn(o.shape, generator=g).to(o.dtype) for o in outs_e]
+        ws = [torch.randn(o.shape, generator=g).to(o.device, o.dtype) for o in outs_e]
         ins_e = [a for a in ea if isinstance(a, torch.Tensor) and a.requires_grad]
         ins_c = [a for a in ca if isinstance(a, torch.Tensor) and a.requires_grad]
         if ins_e:
