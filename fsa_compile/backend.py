@@ -4,7 +4,8 @@ Registered through the ``torch_dynamo_backends`` entry point, so ``torch.compile
 backend="fsa")`` works without importing fsa_compile first. Options (``torch.compile(...,
 options={...})``): ``"inner"`` picks what compiles the rewritten graph (``"inductor"``, the
 default; ``"aot_eager"``; ``"eager"``), ``"strategy"`` forces the kernel family of every rewrite
-(``"auto"``, ``"fsa"``, ``"nsa"``, ``"reference"``); the rest are Inductor config patches.
+(``"auto"``, ``"fsa"``, ``"nsa"``, ``"reference"``), ``"topk"`` (default True) rewrites
+``torch.topk`` calls to the row top-k op; the rest are Inductor config patches.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from torch import fx
 
 from .patterns import matcher
-from .patterns.ops import device_of, dtype_of
+from .patterns.ops import device_of, dtype_of, example_value
 
 log = logging.getLogger("fsa_compile")
 
@@ -37,9 +38,16 @@ def _plan_name(strategy: str):
     return plan_of
 
 
-def rewrite_graph(gm: fx.GraphModule, strategy: str = "auto") -> matcher.PassResult:
+def _topk_plan(m) -> str:
+    from .lowering.row_topk import describe
+
+    ev = example_value(m.x)
+    return describe(m.shape[m.dim], m.k, ev.dtype, ev.device)
+
+
+def rewrite_graph(gm: fx.GraphModule, strategy: str = "auto", topk: bool = True) -> matcher.PassResult:
     """Run the pattern pass on a Dynamo graph in place (also usable on its own, for tests)."""
-    result = matcher.run(gm, strategy, plan_of=_plan_name(strategy))
+    result = matcher.run(gm, strategy, plan_of=_plan_name(strategy), topk_plan_of=_topk_plan, with_topk=topk)
     for c in _collectors:
         c.append(result)
     return result
@@ -49,13 +57,16 @@ def fsa_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None,
     opts = dict(options or {})
     inner = opts.pop("inner", "inductor")
     strategy = opts.pop("strategy", "auto")
+    topk = opts.pop("topk", True)
+    if not isinstance(topk, bool):
+        raise ValueError(f"fsa backend: options['topk'] must be True or False, got {topk!r}")
     if inner not in INNER:
         raise ValueError(f"fsa backend: options['inner'] must be one of {INNER}, got {inner!r}")
     from .lowering.plan import STRATEGIES
 
     if strategy not in STRATEGIES:
         raise ValueError(f"fsa backend: options['strategy'] must be one of {STRATEGIES}, got {strategy!r}")
-    rewrite_graph(gm, strategy)
+    rewrite_graph(gm, strategy, topk)
     if inner == "eager":
         return gm.forward
     if inner == "aot_eager":

@@ -11,6 +11,7 @@ import torch
 class Report:
     rewrites: list = field(default_factory=list)
     misses: list = field(default_factory=list)
+    others: list = field(default_factory=list)
     graphs: int = 0
     output: Any = None
 
@@ -20,6 +21,8 @@ class Report:
             lines.append(f"  rewrote {r}")
         for m in self.misses:
             lines.append(f"  not rewritten: {m}")
+        for r in self.others:
+            lines.append(f"  also rewrote {r}")
         return "\n".join(lines)
 
 
@@ -28,7 +31,7 @@ def explain(fn, *args, options: dict | None = None, **kwargs) -> Report:
 
     ``report.rewrites``: one entry per rewritten subgraph (pattern, shapes, options, plan);
     ``report.misses``: subgraphs that looked like selected attention but were left alone, each with
-    the reason; ``report.output``: what the compiled call returned.
+    the reason; ``report.others``: the top-k calls put on the row top-k op (the selection's top-n); ``report.output``: what the compiled call returned.
     """
     from . import backend
 
@@ -46,4 +49,5 @@ def explain(fn, *args, options: dict | None = None, **kwargs) -> Report:
     for r in results:
         report.rewrites.extend(r.rewrites)
         report.misses.extend(r.misses)
+        report.others.extend(r.others)
     return report

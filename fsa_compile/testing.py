@@ -173,6 +173,10 @@ class RewriteCounter:
     def misses(self) -> list:
         return [m for res in self.results for m in res.misses]
 
+    @property
+    def others(self) -> list:
+        return [r for res in self.results for r in res.others]
+
 
 def _tensors(x) -> list:
     if isinstance(x, torch.Tensor):

@@ -9,7 +9,7 @@ import torch
 from torch import fx
 from torch.fx.experimental.symbolic_shapes import guard_bool, guard_int
 
-from . import rewrite, softmax_attention
+from . import rewrite, softmax_attention, topk
 from .ops import example_value, substituted
 from .points import mutations
 
@@ -43,8 +43,9 @@ class Miss:
 
 @dataclass
 class PassResult:
-    rewrites: list = field(default_factory=list)
+    rewrites: list = field(default_factory=list)  # selected attention
     misses: list = field(default_factory=list)
+    others: list = field(default_factory=list)  # row top-k (the selection's top-n)
 
 
 def _describe(m) -> tuple[dict, dict]:
@@ -146,8 +147,9 @@ def _specialize(gm: fx.GraphModule, m, keep_t: bool = True) -> None:
         stack.extend(mutations(node))
 
 
-def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None) -> PassResult:
-    """Rewrite every verified match in ``gm`` in place; ``plan_of(match)`` names the chosen plan."""
+def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None, topk_plan_of=None, with_topk: bool = True) -> PassResult:
+    """Rewrite every verified match in ``gm`` in place; ``plan_of(match)`` names the chosen plan
+    (``topk_plan_of(match)`` for a top-k). ``with_topk``: also rewrite top-k calls."""
     result = PassResult()
     done: set = set()
     for anchor in list(softmax_attention.candidates(gm.graph)):
@@ -190,7 +192,14 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None) -> PassResult:
         rewrite.apply(gm.graph, m, strategy)
         result.rewrites.append(rw)
         log.info("fsa_compile: rewrote %s", rw)
-    if result.rewrites:
+    for m in topk.find(gm.graph) if with_topk else ():
+        shapes = {"rows": "x".join(str(d) for i, d in enumerate(m.shape) if i != m.dim) or "1", "L": m.shape[m.dim]}
+        rw = Rewrite(topk.FAMILY, m.node.name, shapes, {"k": m.k, "largest": m.largest},
+                     topk_plan_of(m) if topk_plan_of else "")
+        topk.apply(gm.graph, m)
+        result.others.append(rw)
+        log.info("fsa_compile: rewrote %s", rw)
+    if result.rewrites or result.others:
         gm.graph.eliminate_dead_code()
         gm.graph.lint()
         gm.recompile()

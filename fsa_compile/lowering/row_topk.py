@@ -1,0 +1,66 @@
+"""Row top-k launches: the Triton template for short rows on a kernel device, torch.topk otherwise."""
+from __future__ import annotations
+
+import torch
+
+from .. import templates  # noqa: F401  (sets the interpreter switch before triton is imported)
+from .plan import kernels_available
+
+# Rows up to this long are held whole in registers; longer rows, larger k or other dtypes go to
+# torch.topk (what the user's code called).
+MAX_ROW = 4096
+MAX_K = 64
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def uses_kernel(x: torch.Tensor, k: int) -> bool:
+    L = x.shape[-1] if x.dim() else 1
+    return (kernels_available(x.device) and x.dtype in DTYPES and x.dim() >= 1 and 0 < k <= min(L, MAX_K)
+            and L <= MAX_ROW and x.numel() > 0)
+
+
+def describe(L, k: int, dtype, device) -> str:
+    """The plan of a row top-k over rows of ``L`` (an int, or a symbolic size) on ``device``."""
+    if not kernels_available(device):
+        return "torch.topk (Triton kernels need CUDA or FSA_COMPILE_INTERPRET=1)"
+    if dtype not in DTYPES or k > MAX_K:
+        return f"torch.topk (the kernel takes k <= {MAX_K} of float16/bfloat16/float32 rows)"
+    if not isinstance(L, int):
+        return f"kernel for rows up to {MAX_ROW} (the row length is symbolic), torch.topk above"
+    if L > MAX_ROW:
+        return f"torch.topk (rows longer than {MAX_ROW})"
+    block_l, rows, warps = tiles(L)
+    return f"kernel: {rows} rows x {block_l} per program, warps {warps}"
+
+
+def tiles(L: int) -> tuple[int, int, int]:
+    """(BLOCK_L, ROWS, num_warps): about 4K keys per program."""
+    block_l = max(16, 1 << max(0, (L - 1).bit_length()))
+    rows = max(1, min(32, 4096 // block_l))
+    return block_l, rows, 4 if block_l * rows <= 4096 else 8
+
+
+def row_topk(x: torch.Tensor, k: int, largest: bool = True, out=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(x, k, dim=-1, largest=largest, sorted=True)``; among equal values the lower
+    index comes first (torch.topk leaves that order open). ``out``: (values, indices) to write,
+    contiguous, of the result's shape (tests pass poisoned ones)."""
+    if not uses_kernel(x, k):
+        if out is not None:
+            return torch.topk(x, k, dim=-1, largest=largest, sorted=True, out=out)
+        return torch.topk(x, k, dim=-1, largest=largest, sorted=True)
+    from ..templates.row_topk import row_topk_kernel
+
+    L = x.shape[-1]
+    rows2d = x.reshape(-1, L)
+    if rows2d.stride(-1) != 1:
+        rows2d = rows2d.contiguous()
+    R = rows2d.shape[0]
+    shape = (*x.shape[:-1], k)
+    if out is None:
+        out = (x.new_empty(shape), x.new_empty(shape, dtype=torch.int64))
+    values, indices = out
+    block_l, rows, warps = tiles(L)
+    grid = (-(-R // rows),)
+    row_topk_kernel[grid](rows2d, values, indices, R, L, rows2d.stride(0), K=k, LARGEST=largest, ROWS=rows,
+                          BLOCK_L=block_l, num_warps=warps)
+    return values, indices
