@@ -61,6 +61,6 @@ def row_topk(x: torch.Tensor, k: int, largest: bool = True, out=None) -> tuple[t
     values, indices = out
     block_l, rows, warps = tiles(L)
     grid = (-(-R // rows),)
-    row_topk_kernel[grid](rows2d, values, indices, R, L, rows2d.stride(0), K=k, LARGEST=largest, ROWS=rows,
+    row_topk_kernel[grid](rows2d, values, indices, R, L, rows2d.stride(0), K=k, LARGEST=largest, NARROW=x.dtype != torch.float32, ROWS=rows,
                           BLOCK_L=block_l, num_warps=warps)
     return values, indices
