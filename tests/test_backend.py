@@ -145,3 +145,21 @@ def test_op_gets_the_dtype_the_products_read():
     assert dtypes == [torch.bfloat16] * 3
     eager = f(q, k, v.bfloat16(), idx, bs)
     assert (out.float() - eager.float()).abs().max() < 2e-2
+
+
+def test_compile_mode_reaches_inductor():
+    """mode="reduce-overhead" (CUDA graphs for short steps) is passed on to Inductor; on CPU
+    tensors Inductor skips the graph capture, and the result must still be the eager one."""
+    from torch._dynamo.utils import counters
+
+    q, k, v, idx, bs = _case(seed=13, grad=True)
+    torch._dynamo.reset()
+    counters.clear()
+    f = torch.compile(selected_attention_gather, backend="fsa", mode="reduce-overhead")
+    out = f(q, k, v, idx, bs)
+    eager = selected_attention_gather(q, k, v, idx, bs)
+    assert (out - eager).abs().max() < 1e-5
+    gq, = torch.autograd.grad(out.sum(), (q,))
+    gq_e, = torch.autograd.grad(eager.sum(), (q,))
+    assert (gq - gq_e).abs().max() < 1e-4
+    assert counters["inductor"]["cudagraph_skips"] >= 1  # the mode reached Inductor's cudagraph pass
