@@ -61,9 +61,6 @@ VARIANTS = {
     "nsa1q16": ("nsa", dict(nsa_seq=16)),
     "nsa1s3": ("nsa", dict(nsa_stages=3)),
     "nsa1w2": ("nsa", dict(nsa_warps=2)),
-    "fsa64t4L": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=4, fsa_local=True)),
-    "fsa64t8L": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=8, fsa_local=True)),
-    "fsa128t4L": ("fsa", dict(fsa_rows=128, fsa_warps=8, fsa_tpp=4, fsa_local=True)),
 }
 
 
@@ -235,7 +232,7 @@ def main():
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--T", type=int, default=65536)
     ap.add_argument("--G", default="1,2,4,8,16")
-    ap.add_argument("--variants", default="nsa1,fsa64,fsa64t4,fsa64t8,fsa64t4s2,fsa128t4,fsa32t8,fsa64t4L,fsa64t8L,fsa128t4L")
+    ap.add_argument("--variants", default="fsa,nsa")
     ap.add_argument("--dist", default="uniform,skewed")
     a = ap.parse_args()
     import triton

@@ -30,8 +30,6 @@ VARIANTS = [
                                fsa_tile_map=True)),
     ("fsa-prefetch", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=3, fsa_prefetch=True,
                                  fsa_tile_map=True)),
-    # local selections attended in the merge; merge tiles of 3 tokens (not aligned to blocks)
-    ("fsa-local", "fsa", dict(chunk=16, fsa_local=True, merge_tok=3)),
 ]
 
 

@@ -10,7 +10,7 @@ import triton  # noqa: E402
 from ..reference import reference_forward
 from ..templates.fsa_fwd import fsa_fwd_kernel
 from ..templates.index import build_block_index
-from ..templates.merge import merge_fwd_kernel, merge_local_fwd_kernel
+from ..templates.merge import merge_fwd_kernel
 from ..templates.nsa_fwd import nsa_fwd_kernel, tile_block_union
 from .plan import Plan, interpret_mode
 
@@ -113,14 +113,9 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
     tile_q = plan.fsa_tile_q
     rows = max(plan.fsa_rows, _p2(tile_q * G))
     # The index over chunks: chunk c of batch b is batch row b * nc + c of the index.
-    idx_main = idx
-    if plan.fsa_local:  # local selections are the merge's: leave them out of the index
-        cur = (torch.arange(T, device=idx.device, dtype=torch.int32) // block_size).view(1, T, 1, 1)
-        idx_main = torch.where((idx == 0) | (idx == cur) | (idx == cur - 1),
-                               torch.full_like(idx, -1), idx)
-    idx_c = idx_main
+    idx_c = idx
     if nc * C != T:
-        idx_c = torch.cat([idx_main, idx.new_full((B, nc * C - T, H, n), -1)], 1)
+        idx_c = torch.cat([idx, idx.new_full((B, nc * C - T, H, n), -1)], 1)
     bi = build_block_index(idx_c.view(B * nc, C, H, n), NB, tile_q * plan.fsa_tpp,
                            tile_map=plan.fsa_tile_map)
     grid0 = bi.max_tiles if nc > 0 else 0
@@ -149,21 +144,10 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
             BLOCK_R=rows, SEARCH=search, CAUSAL=causal,
             num_warps=plan.fsa_warps, num_stages=plan.fsa_stages, **common,
         )
-        if plan.fsa_local:
-            tokm = plan.merge_tok or max(1, 64 // _p2(G) if G <= 64 else 1)
-            mr = _p2(tokm * G)
-            merge_local_fwd_kernel[(triton.cdiv(C, tokm), B * H)](
-                q, k, v, po, pl, idx, o, lse,
-                *q.stride(), *k.stride(), *v.stride(), *idx.stride(), *o.stride(),
-                T, C, c0, H, scale * LOG2E,
-                G=G, TOKM=tokm, BLOCK_R=mr, N_SEL=n, BLOCK_SEL=_p2(n), CAUSAL=causal,
-                num_warps=plan.merge_warps, **common,
-            )
-        else:
-            merge_fwd_kernel[(triton.cdiv(C * HQ, mrows), B)](
-                po, pl, idx, o, lse,
-                *idx.stride(), *o.stride(),
-                T, C, c0, HQ,
-                G=G, N_SEL=n, BLOCK_SEL=_p2(n), BLOCK_M=mrows, DV=Dv, BLOCK_DV=_p2(Dv),
-                P_EVICT="evict_first" if plan.fsa_evict else "", num_warps=plan.merge_warps,
-            )
+        merge_fwd_kernel[(triton.cdiv(C * HQ, mrows), B)](
+            po, pl, idx, o, lse,
+            *idx.stride(), *o.stride(),
+            T, C, c0, HQ,
+            G=G, N_SEL=n, BLOCK_SEL=_p2(n), BLOCK_M=mrows, DV=Dv, BLOCK_DV=_p2(Dv),
+            P_EVICT="evict_first" if plan.fsa_evict else "", num_warps=plan.merge_warps,
+        )

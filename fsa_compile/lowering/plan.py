@@ -56,8 +56,6 @@ class Plan:
     fsa_evict: bool = False  # L2 hints: keep gathered queries (evict_last), stream partials
     chunk: int = 16384  # query tokens per inverted-loop pass (bounds the partial buffer)
     merge_rows: int = 8
-    fsa_local: bool = False  # the merge attends to block 0 and the local blocks itself
-    merge_tok: int = 0  # tokens per merge tile with fsa_local (0: 64 rows' worth)
     merge_warps: int = 4
     t_bucket: int = 0
 
@@ -69,7 +67,7 @@ class Plan:
                     + ("entries at once, " if self.fsa_ent_all else "")
                     + ("L2 hints, " if self.fsa_evict else "")
                     + f"stages {self.fsa_stages}, chunk {self.chunk}, "
-                    + (f"local merge" if self.fsa_local else f"merge {self.merge_rows} rows"))
+                    + f"merge {self.merge_rows} rows")
         if self.strategy == "nsa":
             union = " union" if self.nsa_tok > 1 else ""
             seq = f" x{self.nsa_seq} in sequence" if self.nsa_seq > 1 else ""

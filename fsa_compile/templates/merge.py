@@ -11,8 +11,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import mma
-
 
 @triton.jit
 def _store_rows(O, LSE, acc, l, m_use, b64, tok64, hq, offs_dv, row_ok, T, HQ, sob, sot, soh, sod,
@@ -64,100 +62,4 @@ def merge_fwd_kernel(
                   mask=ok[:, :, None] & (offs_dv[None, None, :] < DV), other=0.0,
                   eviction_policy=P_EVICT)
     acc = tl.sum(w[:, :, None] * o_s.to(tl.float32), axis=1)
-    _store_rows(O, LSE, acc, l, m_use, b64, tok64, hq, offs_dv, row_ok, T, HQ, sob, sot, soh, sod, DV)
-
-
-@triton.jit
-def merge_local_fwd_kernel(
-    Q, K, V, PO, PL, IDX, O, LSE,
-    sqb, sqt, sqh, sqd,
-    skb, skt, skh, skd,
-    svb, svt, svh, svd,
-    sib, sit, sih, sis,
-    sob, sot, soh, sod,
-    T, C, c0, H, scale_log2,
-    G: tl.constexpr, TOKM: tl.constexpr, BLOCK_R: tl.constexpr,
-    N_SEL: tl.constexpr, BLOCK_SEL: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
-    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-):
-    """Merge fused with the *local* selections, for tiles of ``TOKM`` tokens x ``G`` heads.
-
-    A selection ``(t, slot)`` of block ``u`` is local when ``u`` is block 0, the block holding
-    ``t`` or the one before (NSA always selects these, and every token of a tile shares them). The
-    inverted loop skips local selections (the lowering builds its index without them); this
-    kernel attends to them directly, each row weighing a block by how many of its slots name it,
-    then folds in the partials of the row's other (non-local) slots.
-    """
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    b64 = b.to(tl.int64)
-    rows = tl.arange(0, BLOCK_R)
-    t_loc = pid_t * TOKM + rows // G
-    hq = h * G + rows % G
-    tok = c0 + t_loc
-    row_ok = (rows < TOKM * G) & (t_loc < C) & (tok < T)
-    tok64 = tok.to(tl.int64)
-    offs_s = tl.arange(0, BLOCK_SEL)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    offs_n = tl.arange(0, BLOCK_N)
-    sel = tl.load(IDX + b64 * sib + tok64[:, None] * sit + h * sih + offs_s[None, :] * sis,
-                  mask=row_ok[:, None] & (offs_s[None, :] < N_SEL), other=-1)
-    cur = (tok // BS)[:, None]
-    is_loc = (sel >= 0) & ((sel == 0) | (sel == cur) | (sel == cur - 1))
-    used = (sel >= 0) & (~is_loc)
-
-    # local blocks: 0, then (first token's block - 1) .. (last token's block)
-    t_first = c0 + pid_t * TOKM
-    t_last = tl.minimum(tl.minimum(t_first + TOKM - 1, T - 1), c0 + C - 1)
-    lo = tl.maximum(t_first // BS - 1, 1)
-    nloop = 1 + tl.maximum(t_last // BS - lo + 1, 0)
-    q = tl.load(Q + b64 * sqb + tok64[:, None] * sqt + hq[:, None] * sqh + offs_d[None, :] * sqd,
-                mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-    m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_R], tl.float32)
-    acc = tl.zeros([BLOCK_R, BLOCK_DV], tl.float32)
-    for it in range(0, nloop):
-        blk = tl.where(it == 0, 0, lo + it - 1)
-        w = tl.sum((is_loc & (sel == blk)).to(tl.float32), axis=1)
-        kpos = blk * BS + offs_n
-        kmask = (offs_n < BS) & (kpos < T)
-        kpos64 = kpos.to(tl.int64)
-        k = tl.load(K + b64 * skb + h * skh + kpos64[:, None] * skt + offs_d[None, :] * skd,
-                    mask=kmask[:, None] & (offs_d[None, :] < D), other=0.0)
-        s = mma(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
-        valid = (w > 0)[:, None] & kmask[None, :]
-        if CAUSAL:
-            valid = valid & (kpos[None, :] <= tok[:, None])
-        s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None]) * w[:, None]
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(V + b64 * svb + h * svh + kpos64[:, None] * svt + offs_dv[None, :] * svd,
-                    mask=kmask[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, PRECISION, UPCAST)
-        m_i = m_new
-
-    # the partials of the other slots
-    HQ = H * G
-    prow = ((b64 * C + t_loc) * N_SEL)[:, None] * HQ + offs_s[None, :] * HQ + hq[:, None]
-    ls = tl.load(PL + prow, mask=used, other=float("-inf"))
-    m = tl.maximum(m_i, tl.max(ls, axis=1))
-    m_use = tl.where(m == float("-inf"), 0.0, m)
-    alpha = tl.exp2(m_i - m_use)
-    w = tl.exp2(ls - m_use[:, None])
-    l = l_i * alpha + tl.sum(w, axis=1)
-    acc = acc * alpha[:, None]
-    for s_ in range(N_SEL):
-        ws = tl.sum(tl.where(offs_s[None, :] == s_, w, 0.0), axis=1)
-        ok = row_ok & (ws > 0)
-        pr = ((b64 * C + t_loc) * N_SEL + s_) * HQ + hq
-        o_s = tl.load(PO + pr[:, None] * DV + offs_dv[None, :],
-                      mask=ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
-        acc += ws[:, None] * o_s.to(tl.float32)
     _store_rows(O, LSE, acc, l, m_use, b64, tok64, hq, offs_dv, row_ok, T, HQ, sob, sot, soh, sod, DV)
