@@ -53,6 +53,31 @@ def rewrite_graph(gm: fx.GraphModule, strategy: str = "auto", topk: bool = True)
     return result
 
 
+def _op_schema_pass():
+    """A post-grad pass that does nothing but put our ops' schemas into Inductor's cache keys.
+
+    Inductor's on-disk caches key a compiled graph on the graph, which names ops but not their
+    schemas: a graph compiled against an older fsa_compile would call ``fsa::*`` ops with the old
+    arguments (seen when the forward started returning its index)."""
+    import hashlib
+
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    from . import op, topk  # noqa: F401  (registers the ops)
+
+    names = ("selected_attention", "selected_attention_backward", "row_topk")
+    text = "\n".join(str(getattr(torch.ops.fsa, name).default._schema) for name in names)
+
+    class _OpSchemas(CustomGraphPass):
+        def __call__(self, graph):
+            return None
+
+        def uuid(self):
+            return hashlib.sha256(text.encode()).hexdigest()
+
+    return _OpSchemas()
+
+
 def fsa_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None, mode: str | None = None):
     opts = dict(options or {})
     inner = opts.pop("inner", "inductor")
@@ -79,7 +104,8 @@ def fsa_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None,
         from torch._inductor import list_mode_options
 
         opts = {**list_mode_options(mode), **opts}
-    return compile_fx(gm, example_inputs, config_patches=opts or None)
+    opts.setdefault("post_grad_custom_post_pass", _op_schema_pass())
+    return compile_fx(gm, example_inputs, config_patches=opts)
 
 
 def register_by_name() -> None:

@@ -163,3 +163,32 @@ def test_compile_mode_reaches_inductor():
     gq_e, = torch.autograd.grad(eager.sum(), (q,))
     assert (gq - gq_e).abs().max() < 1e-4
     assert counters["inductor"]["cudagraph_skips"] >= 1  # the mode reached Inductor's cudagraph pass
+
+
+def test_inductor_cache_keys_carry_our_op_schemas(monkeypatch):
+    """Inductor's on-disk caches key graphs on op names, not schemas: the backend adds a no-op
+    post-grad pass whose uuid is our ops' schemas, so a graph compiled against another version of
+    the ops is not reused; a pass the user set is kept."""
+    import torch._inductor.compile_fx as cfx
+
+    import fsa_compile.backend as backend
+
+    seen = []
+
+    def fake_compile_fx(gm, example_inputs, config_patches=None):
+        seen.append(config_patches)
+        return gm.forward
+
+    monkeypatch.setattr(cfx, "compile_fx", fake_compile_fx)
+    q, k, v, idx, bs = _case(seed=14)
+    torch._dynamo.reset()
+    torch.compile(selected_attention_gather, backend="fsa")(q, k, v, idx, bs)
+    p = seen[-1]["post_grad_custom_post_pass"]
+    schemas = str(torch.ops.fsa.selected_attention_backward.default._schema)
+    assert "Tensor offsets" in schemas and p.uuid() == backend._op_schema_pass().uuid()
+    assert len(p.uuid()) == 64
+    mine = object()
+    torch._dynamo.reset()
+    torch.compile(selected_attention_gather, backend="fsa",
+                  options={"post_grad_custom_post_pass": mine})(q, k, v, idx, bs)
+    assert seen[-1]["post_grad_custom_post_pass"] is mine
