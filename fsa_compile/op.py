@@ -17,7 +17,7 @@ from .checks import check_inputs
 from .lowering import backward as _kernel_backward
 from .lowering import choose_plan, kernels_available
 from .lowering import forward as _kernel_forward
-from .lowering.plan import STRATEGIES
+from .lowering.plan import STRATEGIES, resolve_strategy
 
 
 def plan_for(q: Tensor, k: Tensor, v: Tensor, block_indices: Tensor, block_size: int, causal: bool, strategy: str):
@@ -30,6 +30,18 @@ def plan_for(q: Tensor, k: Tensor, v: Tensor, block_indices: Tensor, block_size:
 
         return Plan("reference")
     return choose_plan(B, T, H, HQ // H, D, v.shape[-1], block_indices.shape[-1], block_size, q.dtype, causal, strategy, q.device)
+
+
+def _index_shapes(q: Tensor, k: Tensor, block_indices: Tensor, block_size: int, strategy: str):
+    """Shapes of the inverted-loop index the forward returns for the backward: ``offsets
+    [B, H, NB + 1]`` and ``entries [B, H, T * n]`` when the plan is the inverted loop, else empty.
+    From static facts only (not T's value), so the fake implementation gives the same answer."""
+    B, T, HQ, _ = q.shape
+    H = k.shape[2]
+    n = block_indices.shape[-1]
+    if n == 0 or H == 0 or q.numel() == 0 or resolve_strategy(strategy, HQ // H, q.device) != "fsa":
+        return (0,), (0,)
+    return (B, H, (T + block_size - 1) // block_size + 1), (B, H, T * n)
 
 
 def _canonical(block_indices, T, block_size, count_duplicates, on_out_of_range):
@@ -50,13 +62,24 @@ def _selected_attention(
     count_duplicates: bool,
     on_out_of_range: str,
     strategy: str,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(o, lse, offsets, entries)``: the last two are the inverted loop's index of the selection
+    (:func:`_index_shapes`), kept for the backward so that it does not build it again."""
     T = q.shape[1]
     idx = _canonical(block_indices, T, block_size, count_duplicates, on_out_of_range)
     plan = plan_for(q, k, v, idx, block_size, causal, strategy)
+    index = None
     if plan.strategy == "reference":
-        return reference.reference_forward(q, k, v, idx, block_size, scale, causal)
-    return _kernel_forward(q, k, v, idx, block_size, scale, causal, plan)
+        o, lse = reference.reference_forward(q, k, v, idx, block_size, scale, causal)
+    else:
+        o, lse, index = _kernel_forward(q, k, v, idx, block_size, scale, causal, plan, keep_index=True)
+    off_shape, ent_shape = _index_shapes(q, k, block_indices, block_size, strategy)
+    if off_shape == (0,):
+        none = idx.new_empty(0)
+        return o, lse, none, none.clone()
+    if index is None or tuple(index.offsets.shape) != off_shape or tuple(index.entries.shape) != ent_shape:
+        raise RuntimeError(f"fsa_compile: the forward's index does not have the shapes {off_shape}, {ent_shape}")
+    return o, lse, index.offsets, index.entries
 
 
 @_selected_attention.register_fake
@@ -64,7 +87,8 @@ def _(q, k, v, block_indices, block_size, scale, causal, count_duplicates, on_ou
     B, T, HQ, _ = q.shape
     o = q.new_empty(B, T, HQ, v.shape[-1])
     lse = q.new_empty(B, T, HQ, dtype=torch.float32)
-    return o, lse
+    off_shape, ent_shape = _index_shapes(q, k, block_indices, block_size, strategy)
+    return o, lse, q.new_empty(off_shape, dtype=torch.int32), q.new_empty(ent_shape, dtype=torch.int32)
 
 
 @torch.library.custom_op("fsa::selected_attention_backward", mutates_args=())
@@ -82,7 +106,10 @@ def _selected_attention_backward(
     causal: bool,
     count_duplicates: bool,
     strategy: str,
+    offsets: Tensor,
+    entries: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """``offsets``/``entries``: the index the forward returned (empty: none, build it)."""
     T = q.shape[1]
     # The forward already applied the out-of-range policy (raised or asserted); dropping here only
     # keeps the backward from reading past the end if it was asked to run anyway.
@@ -91,30 +118,32 @@ def _selected_attention_backward(
     # A gradient on lse (d lse / d s = p) only shifts delta = rowsum(dO * O); both paths take it.
     if plan.strategy == "reference":
         return reference.reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, dlse=dlse)
-    return _kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan, dlse=dlse)
+    index = (offsets, entries) if entries.numel() else None
+    return _kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan, dlse=dlse, index=index)
 
 
 @_selected_attention_backward.register_fake
-def _(do, dlse, q, k, v, o, lse, block_indices, block_size, scale, causal, count_duplicates, strategy):
+def _(do, dlse, q, k, v, o, lse, block_indices, block_size, scale, causal, count_duplicates, strategy, offsets, entries):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, block_indices, block_size, scale, causal, count_duplicates, on_out_of_range, strategy = inputs
-    o, lse = output
-    ctx.save_for_backward(q, k, v, block_indices, o, lse)
+    o, lse, offsets, entries = output
+    ctx.save_for_backward(q, k, v, block_indices, o, lse, offsets, entries)
     ctx.args = (block_size, scale, causal, count_duplicates, strategy)
 
 
-def _backward(ctx, do, dlse):
-    q, k, v, block_indices, o, lse = ctx.saved_tensors
+def _backward(ctx, do, dlse, _d_offsets, _d_entries):
+    q, k, v, block_indices, o, lse, offsets, entries = ctx.saved_tensors
     block_size, scale, causal, count_duplicates, strategy = ctx.args
     dq = dk = dv = None
     if any(ctx.needs_input_grad[:3]):
         if do is None:
             do = torch.zeros_like(o)
         dq, dk, dv = _selected_attention_backward(
-            do.contiguous(), dlse, q, k, v, o, lse, block_indices, block_size, scale, causal, count_duplicates, strategy
+            do.contiguous(), dlse, q, k, v, o, lse, block_indices, block_size, scale, causal, count_duplicates,
+            strategy, offsets, entries,
         )
     return dq, dk, dv, None, None, None, None, None, None, None
 
@@ -162,7 +191,7 @@ def selected_attention(
         q, k, v, block_indices = (t.transpose(1, 2) for t in (q, k, v, block_indices))
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    o, lse = _selected_attention(
+    o, lse, _, _ = _selected_attention(
         q, k, v, block_indices, block_size, float(scale), bool(causal), bool(count_duplicates), on_out_of_range, strategy
     )
     if layout == "bhtd":

@@ -31,3 +31,84 @@ def test_compiled_gather_form_runs_the_kernels(strategy):
     for a, b in zip(torch.autograd.grad((rep.output * w).sum(), (q, k, v)),
                     torch.autograd.grad((eager * w).sum(), (q, k, v))):
         assert (a - b).abs().max() < 2e-4
+
+
+def _small_case(seed, B=1, T=40, H=2, G=2, D=16, bs=16, n=3):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H * G, D, generator=g, requires_grad=True)
+    k = torch.randn(B, T, H, D, generator=g, requires_grad=True)
+    v = torch.randn(B, T, H, D, generator=g, requires_grad=True)
+    idx = random_selection(B, T, H, n, bs, pad=0.3, generator=g)
+    return q, k, v, idx, bs
+
+
+@pytest.mark.parametrize("strategy,builds", [("fsa", (1, 0)), ("nsa", (0, 1))])
+def test_forward_hands_its_index_to_the_backward(strategy, builds, monkeypatch):
+    """The inverted loop's forward returns its index and the backward uses it instead of sorting
+    the selection again; the NSA order has none, so the backward builds it."""
+    import importlib
+
+    # (the package exports functions named like its modules: fetch the modules themselves)
+    fwd_mod = importlib.import_module("fsa_compile.lowering.forward")
+    index_mod = importlib.import_module("fsa_compile.templates.index")
+
+    calls = {"forward": 0, "backward": 0}
+    real = index_mod.build_block_index
+
+    def counting(where):
+        def build(*a, **kw):
+            calls[where] += 1
+            return real(*a, **kw)
+        return build
+
+    monkeypatch.setattr(fwd_mod, "build_block_index", counting("forward"))
+    monkeypatch.setattr(index_mod, "build_block_index", counting("backward"))
+    q, k, v, idx, bs = _small_case(6)
+    o = fsa_compile.selected_attention(q, k, v, idx, bs, strategy=strategy)
+    w = torch.randn(o.shape, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad((o * w).sum(), (q, k, v))
+    assert (calls["forward"], calls["backward"]) == builds
+    ref = fsa_compile.selected_attention(q, k, v, idx, bs, strategy="reference")
+    assert (o - ref).abs().max() < 2e-4
+    for a, b in zip(grads, torch.autograd.grad((ref * w).sum(), (q, k, v))):
+        assert (a - b).abs().max() < 2e-4
+
+
+def test_saved_index_gives_the_same_gradients_bitwise():
+    """The forward's index (binned by chunk: here three chunks) in the backward gives exactly the
+    gradients of the backward's own index, at every chunking of the backward."""
+    import dataclasses
+
+    import importlib
+
+    from fsa_compile.lowering.forward import forward
+    from fsa_compile.lowering.plan import choose_plan
+    from fsa_compile.reference import canonical_indices
+
+    bwd_mod = importlib.import_module("fsa_compile.lowering.backward")
+    q, k, v, idx, bs = _small_case(8, T=45)
+    q, k, v = (t.detach() for t in (q, k, v))
+    cidx = canonical_indices(idx, 45, bs, count_duplicates=True, on_out_of_range="drop")
+    plan = choose_plan(1, 45, 2, 2, 16, 16, 3, bs, q.dtype, True, "fsa", q.device, chunk=16)
+    o, lse, bi = forward(q, k, v, cidx, bs, 0.25, True, plan, keep_index=True)
+    assert bi.chunks == 3 and bi.entries.shape == (1, 2, 45 * 3)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(2))
+    cfg = bwd_mod.backward_config(1, 45, 2, 2, 16, 3, bs, q.dtype)
+    for chunk_t in (45, 20):  # one backward chunk, then three
+        c = dataclasses.replace(cfg, chunk_t=chunk_t)
+        own = bwd_mod.kernel_backward(do, q, k, v, o, lse, cidx, bs, 0.25, True, c)
+        saved = bwd_mod.kernel_backward(do, q, k, v, o, lse, cidx, bs, 0.25, True, c,
+                                        index=(bi.offsets, bi.entries))
+        for a, b in zip(own, saved):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="saved index"):
+        bwd_mod.kernel_backward(do, q, k, v, o, lse, cidx, bs, 0.25, True, cfg,
+                                index=(bi.offsets[:, :, 1:], bi.entries))
+
+
+def test_op_registration_passes_opcheck():
+    """Schema, fake implementation (the index outputs' shapes included), autograd registration and
+    AOT dispatch of the forward op, through the kernels."""
+    q, k, v, idx, bs = _small_case(9, T=24, D=8, n=2)
+    args = (q, k, v, idx, bs, 0.3, True, True, "drop", "fsa")
+    torch.library.opcheck(torch.ops.fsa.selected_attention.default, args)

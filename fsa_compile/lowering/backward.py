@@ -132,19 +132,21 @@ def _alloc(shape, dtype, device, zero=False):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan, config=None, dlse=None):
+def backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan, config=None, dlse=None, index=None):
+    """``index``: ``(offsets, entries)`` of the forward's inverted index of ``idx``
+    (:mod:`..templates.index`), used instead of building it again; None builds it."""
     if getattr(plan, "strategy", "reference") == "reference" or supported(q, k, v, idx, block_size):
         if dlse is None:
             return reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal)
         return reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, dlse=dlse)
-    return kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config, dlse=dlse)
+    return kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config, dlse=dlse, index=index)
 
 
-def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=None, dlse=None):
+def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=None, dlse=None, index=None):
     from ..templates.bwd_preprocess import bwd_preprocess_kernel
     from ..templates.bwd_dkdv import bwd_inverted_kernel, bwd_dkdv_reduce_kernel
     from ..templates.bwd_dq import bwd_dq_reduce_kernel
-    from ..templates.index import build_block_index
+    from ..templates.index import build_block_index, retile
 
     B, T, HQ, D = q.shape
     H = k.shape[2]
@@ -192,17 +194,25 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
     block_hq = min(_next_pow2(HQ), max(1, 8192 // d_pad))
     # One index over all T; a query chunk's entries of block j are the contiguous sub-range of
     # tokens [t0, t1) of block j's list (entries are in increasing t inside a block).
-    index = build_block_index(idx, nb, cfg.ch)
-    E = index.entries.shape[-1]
-    offs = index.offsets.view(BH, nb + 1)
+    if index is None:
+        bi = build_block_index(idx, nb, cfg.ch)
+        offsets, entries, all_tiles = bi.offsets, bi.entries, bi.tile_offsets.view(B, H, nb + 1)
+    else:
+        offsets, entries = index
+        if tuple(offsets.shape) != (B, H, nb + 1) or tuple(entries.shape) != (B, H, T * n):
+            raise ValueError(f"the saved index has shapes {tuple(offsets.shape)}, {tuple(entries.shape)}; "
+                             f"expected {(B, H, nb + 1)}, {(B, H, T * n)}")
+        all_tiles = retile(offsets, cfg.ch)
+    E = entries.shape[-1]
+    offs = offsets.view(BH, nb + 1)
     if nchunks > 1:
-        key = _chunk_search_key(index, BH, nb, E)
+        key = _chunk_search_key(offs, entries, BH, nb, E)
         qbase = torch.arange(nb, device=dev, dtype=torch.int64).view(1, nb) * E
     for c in range(nchunks):
         t0 = c * Tc
         t1 = min(T, t0 + Tc)
         if nchunks == 1:
-            start, end, tile_offsets = offs[:, :-1], offs[:, 1:], index.tile_offsets
+            start, end, tile_offsets = offs[:, :-1], offs[:, 1:], all_tiles
         else:
             bounds = torch.cat([qbase + t0 * n, qbase + t1 * n], 1).expand(BH, 2 * nb).contiguous()
             se = torch.searchsorted(key, bounds).to(torch.int32)
@@ -214,7 +224,7 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
         grid = (_max_tiles((t1 - t0) * n, nb, cfg.ch), BH * nsub)
         bwd_inverted_kernel[grid](
             q, k, v, do, lse2, delta,
-            start, end, index.entries, tile_offsets,
+            start, end, entries, tile_offsets,
             dk_part, dv_part, dq_part, dk, dv, dk_acc, dv_acc,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
             T, t0, 0, Tc, nb, E, max_tiles, n, float(scale),
@@ -242,13 +252,12 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
     return dq, dk, dv
 
 
-def _chunk_search_key(index, BH, nb, E):
+def _chunk_search_key(offs, entries, BH, nb, E):
     """A sorted int64 key per index position, ``block * E + entry`` (padding tail last), so that
     a chunk's per-block entry ranges are two ``searchsorted`` calls."""
-    offs = index.offsets.view(BH, nb + 1)
     pos = torch.arange(E, device=offs.device, dtype=torch.int32).view(1, E).expand(BH, E).contiguous()
     blk = torch.searchsorted(offs[:, 1:].contiguous(), pos, right=True).to(torch.int64)  # nb for the tail
-    return blk * E + index.entries.view(BH, E).to(torch.int64)
+    return blk * E + entries.reshape(BH, E).to(torch.int64)
 
 
 def _max_tiles(num_entries, num_blocks, tile):

@@ -40,14 +40,22 @@ def _check(q, k, v, idx, block_size):
         raise ValueError("block_size must be >= 1")
 
 
-def forward(q, k, v, idx, block_size, scale, causal, plan: Plan, *, poison: bool = False):
-    """``o [B,T,HQ,Dv]`` (q's dtype) and natural-log ``lse [B,T,HQ]`` float32.
+def forward(q, k, v, idx, block_size, scale, causal, plan: Plan, *, poison: bool = False,
+            keep_index: bool = False):
+    """``o [B,T,HQ,Dv]`` (q's dtype) and natural-log ``lse [B,T,HQ]`` float32; with
+    ``keep_index`` also the inverted loop's :class:`BlockIndex` (None for the other strategies),
+    which the backward can take instead of building its own.
 
     ``poison=True`` (a test hook) fills the outputs and the partial buffers with NaN before the
     kernels run, so any element the kernels fail to write shows up.
     """
+    o, lse, index = _forward(q, k, v, idx, block_size, scale, causal, plan, poison)
+    return (o, lse, index) if keep_index else (o, lse)
+
+
+def _forward(q, k, v, idx, block_size, scale, causal, plan, poison):
     if plan.strategy == "reference":
-        return reference_forward(q, k, v, idx, block_size, scale, causal)
+        return (*reference_forward(q, k, v, idx, block_size, scale, causal), None)
     _check(q, k, v, idx, block_size)
     B, T, HQ, D = q.shape
     H, Dv = k.shape[2], v.shape[-1]
@@ -59,18 +67,17 @@ def forward(q, k, v, idx, block_size, scale, causal, plan: Plan, *, poison: bool
         o.fill_(float("nan"))
         lse.fill_(float("nan"))
     if T == 0 or B == 0 or HQ == 0:
-        return o, lse
+        return o, lse, None
     if n == 0:
         o.zero_()
         lse.fill_(-math.inf)
-        return o, lse
+        return o, lse, None
     if plan.strategy == "nsa":
         _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse)
-    elif plan.strategy == "fsa":
-        _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison)
-    else:
-        raise ValueError(f"unknown strategy {plan.strategy!r}")
-    return o, lse
+        return o, lse, None
+    if plan.strategy == "fsa":
+        return o, lse, _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison)
+    raise ValueError(f"unknown strategy {plan.strategy!r}")
 
 
 def _common(q, k, v, block_size):
@@ -112,13 +119,10 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
     nc = triton.cdiv(T, C)
     tile_q = plan.fsa_tile_q
     rows = max(plan.fsa_rows, _p2(tile_q * G))
-    # The index over chunks: chunk c of batch b is batch row b * nc + c of the index.
-    idx_c = idx
-    if nc * C != T:
-        idx_c = torch.cat([idx, idx.new_full((B, nc * C - T, H, n), -1)], 1)
-    bi = build_block_index(idx_c.view(B * nc, C, H, n), NB, tile_q * plan.fsa_tpp,
-                           tile_map=plan.fsa_tile_map)
-    grid0 = bi.max_tiles if nc > 0 else 0
+    # One index over all of T, binned by (block, chunk): each launch reads its chunk's bins, and
+    # the backward reuses the same index.
+    bi = build_block_index(idx, NB, tile_q * plan.fsa_tpp, tile_map=plan.fsa_tile_map, chunk=C)
+    grid0 = bi.max_tiles
     elen = bi.entries.shape[-1]
     pdt = torch.float32 if q.dtype == torch.float32 else q.dtype
     po = torch.empty(B, C, n, HQ, Dv, dtype=pdt, device=q.device)
@@ -128,11 +132,10 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
         pl.fill_(float("nan"))
     common = _common(q, k, v, block_size)
     search = min(1024, max(16, triton.next_power_of_2(NB)))
-    mrows = plan.merge_rows
     for c in range(nc):
         c0 = c * C
         fsa_fwd_kernel[(grid0, B * H)](
-            q, k, v, bi.offsets, bi.entries, bi.tile_offsets,
+            q, k, v, bi.bin_offsets, bi.entries, bi.tile_offsets,
             bi.tile_block if plan.fsa_tile_map else bi.tile_offsets, po, pl,
             *q.stride(), *k.stride(), *v.stride(),
             T, H, C, c0, nc, c, NB, elen, grid0, scale * LOG2E,
@@ -144,10 +147,11 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
             BLOCK_R=rows, SEARCH=search, CAUSAL=causal,
             num_warps=plan.fsa_warps, num_stages=plan.fsa_stages, **common,
         )
-        merge_fwd_kernel[(triton.cdiv(C * HQ, mrows), B)](
+        merge_fwd_kernel[(triton.cdiv(C * HQ, plan.merge_rows), B)](
             po, pl, idx, o, lse,
             *idx.stride(), *o.stride(),
             T, C, c0, HQ,
-            G=G, N_SEL=n, BLOCK_SEL=_p2(n), BLOCK_M=mrows, DV=Dv, BLOCK_DV=_p2(Dv),
+            G=G, N_SEL=n, BLOCK_SEL=_p2(n), BLOCK_M=plan.merge_rows, DV=Dv, BLOCK_DV=_p2(Dv),
             P_EVICT="evict_first" if plan.fsa_evict else "", num_warps=plan.merge_warps,
         )
+    return bi

@@ -115,13 +115,22 @@ def _nsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, tok=None, **over) -> Plan
 _AUTO_G = {1: "fsa", 2: "fsa", 4: "fsa", 8: "fsa", 16: "nsa"}  # v2 run: fsa 1.9/3.2/5.7/10.6/19.5 ms, nsa 17.4
 
 
-def choose_plan(B, T, H, G, D, Dv, n, block_size, dtype, causal, strategy, device, **over) -> Plan:
+def resolve_strategy(strategy: str, G: int, device) -> str:
+    """The kernel family a plan for ``strategy`` runs: ``"fsa"``, ``"nsa"`` or ``"reference"``.
+    Depends on G and the device only (not on T), so fake implementations can call it."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "reference" or not kernels_available(torch.device(device)):
-        return Plan("reference", t_bucket=t_bucket(T))
+        return "reference"
     if strategy == "auto":
-        strategy = _AUTO_G.get(G, "nsa" if G > 8 else "fsa")
+        return _AUTO_G.get(G, "nsa" if G > 8 else "fsa")
+    return strategy
+
+
+def choose_plan(B, T, H, G, D, Dv, n, block_size, dtype, causal, strategy, device, **over) -> Plan:
+    strategy = resolve_strategy(strategy, G, device)
+    if strategy == "reference":
+        return Plan("reference", t_bucket=t_bucket(T))
     if strategy == "fsa":
         return _fsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over)
     return _nsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over)

@@ -1,8 +1,9 @@
 """Inverted-loop (FSA) forward: one program per (KV block, tile of the queries that selected it).
 
 Works on one chunk of query tokens ``[c0, c0 + C)`` at a time (so the partial buffer is bounded),
-with the CSR index of :mod:`.index` built over ``[B * num_chunks, C, H, n]`` (a chunk is a batch row
-of the index, its entries are ``t_local * n + slot``).
+with the CSR index of :mod:`.index` built over all of T with chunk ``C`` (entries ``t * n + slot``,
+a block's entries of chunk ``c`` a contiguous bin, tile offsets and tile map per chunk): the same
+index then serves the backward, which the forward hands it.
 
 Grid: ``(max_tiles, B * H)``, an upper bound from the static shapes. Program ``pid`` of ``(b, h)``
 reads its block ``j`` from the index's tile->block map (``TILE_MAP``; otherwise it counts the
@@ -46,7 +47,8 @@ def fsa_fwd_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    ib = (b * NCHUNK + chunk) * H + h  # (index batch row, head)
+    seg = b * H + h
+    ib = seg * NCHUNK + chunk  # (batch, head, chunk) row of the per-chunk tile arrays
     toff = TOFFS + ib.to(tl.int64) * (NB + 1)
     if TILE_MAP:  # the index carries every tile id's block: one load
         j = tl.load(TMAP + ib.to(tl.int64) * MAXT + pid)
@@ -61,9 +63,10 @@ def fsa_fwd_kernel(
             j += tl.sum((to <= pid).to(tl.int32), axis=0)
     if live:
         k_in_blk = pid - tl.load(toff + j)
-        offb = OFFS + ib.to(tl.int64) * (NB + 1)
-        start0 = tl.load(offb + j) + k_in_blk * (TILE_Q * TPP)
-        end = tl.minimum(tl.load(offb + j + 1), start0 + TILE_Q * TPP)
+        # bin (j, chunk) of the index: entries [bin_offsets[bin], bin_offsets[bin + 1])
+        offb = OFFS + seg.to(tl.int64) * ((NB + 1) * NCHUNK + 1) + j * NCHUNK + chunk
+        start0 = tl.load(offb) + k_in_blk * (TILE_Q * TPP)
+        end = tl.minimum(tl.load(offb + 1), start0 + TILE_Q * TPP)
 
         rows = tl.arange(0, BLOCK_R)
         hq = h * G + rows % G
@@ -81,7 +84,7 @@ def fsa_fwd_kernel(
                     mask=kmask[:, None] & (offs_dv[None, :] < DV), other=0.0)
         kt = tl.trans(k)
         nsub = (end - start0 + TILE_Q - 1) // TILE_Q
-        ebase = ENTRIES + ib.to(tl.int64) * ELEN
+        ebase = ENTRIES + seg.to(tl.int64) * ELEN
         if ENT_ALL:
             # the entries of all TPP sub-tiles in one load; sub-tile st's are picked out of
             # registers, so a sub-tile costs one dependent round trip (its query gather), not two
@@ -95,7 +98,7 @@ def fsa_fwd_kernel(
             e = start0 + rows // G
             row_ok = (rows < TILE_Q * G) & (e < end)
             ent = tl.load(ebase + e, mask=row_ok, other=0)
-            q = tl.load(Q + b64 * sqb + (c0 + ent // N_SEL).to(tl.int64)[:, None] * sqt
+            q = tl.load(Q + b64 * sqb + (ent // N_SEL).to(tl.int64)[:, None] * sqt
                         + hq[:, None] * sqh + offs_d[None, :] * sqd,
                         mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0,
                         eviction_policy=Q_EVICT)
@@ -104,7 +107,7 @@ def fsa_fwd_kernel(
                 e_n = start0 + (st + 1) * TILE_Q + rows // G
                 ok_n = (rows < TILE_Q * G) & (e_n < end)
                 ent_n = tl.load(ebase + e_n, mask=ok_n, other=0)
-                q_n = tl.load(Q + b64 * sqb + (c0 + ent_n // N_SEL).to(tl.int64)[:, None] * sqt
+                q_n = tl.load(Q + b64 * sqb + (ent_n // N_SEL).to(tl.int64)[:, None] * sqt
                               + hq[:, None] * sqh + offs_d[None, :] * sqd,
                               mask=ok_n[:, None] & (offs_d[None, :] < D), other=0.0,
                               eviction_policy=Q_EVICT)
@@ -115,13 +118,13 @@ def fsa_fwd_kernel(
                     ent = tl.sum(tl.where(tp[:, None] == st, ent_all, 0), axis=0)
                 else:
                     ent = tl.load(ebase + e, mask=row_ok, other=0)
-                q = tl.load(Q + b64 * sqb + (c0 + ent // N_SEL).to(tl.int64)[:, None] * sqt
+                q = tl.load(Q + b64 * sqb + (ent // N_SEL).to(tl.int64)[:, None] * sqt
                             + hq[:, None] * sqh + offs_d[None, :] * sqd,
                             mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0,
                             eviction_policy=Q_EVICT)
-            t_loc = ent // N_SEL
+            tok = ent // N_SEL
             slot = ent % N_SEL
-            tok = c0 + t_loc
+            t_loc = tok - c0
             s = mma(q, kt, PRECISION, UPCAST) * scale_log2
             valid = kmask[None, :]
             if CAUSAL:

@@ -7,7 +7,8 @@ Shared by the forward and backward inverted-loop kernels. The layout is CSR per 
 - ``entries [B, H, T * n]`` int32: ``t * n + slot`` of each selection, grouped by block, in
   increasing ``t`` inside a block (the sort is stable); the tail past ``offsets[b,h,NB]`` holds
   the padding entries (negative indices) and must not be read;
-- ``tile_offsets [B, H, NB + 1]`` int32: prefix sum of ``ceil(count_j / tile)`` so that a grid of
+- ``tile_offsets [B, H, chunks, NB + 1]`` int32: per chunk of query tokens, prefix sum of
+  ``ceil(count_jc / tile)`` (``count_jc``: block ``j``'s entries in chunk ``c``) so that a grid of
   :func:`max_tiles` programs per (b, h) can find its (block, tile) by a search, with no host sync.
 
 Built from torch ops on the device; the grid sizes it implies are upper bounds known from the
@@ -27,13 +28,20 @@ class BlockIndex:
     tile_offsets: torch.Tensor
     tile: int
     num_blocks: int
-    # optional (``tile_map=True``): ``[B, H, max_tiles]`` int32, the block of every tile id
-    # (``num_blocks`` past the last real tile), so a program finds its block with one load
+    # optional (``tile_map=True``): ``[B, H, chunks, max_tiles]`` int32, the block of every tile
+    # id (``num_blocks`` past the last real tile), so a program finds its block with one load
     tile_block: torch.Tensor | None = None
+    # with ``chunk``: ``[B, H, (num_blocks + 1) * chunks + 1]`` int32, where the entries of
+    # (block j, chunk c) start: ``bin_offsets[b, h, j * chunks + c]`` (they end where the next
+    # bin starts); without chunks it is ``offsets`` plus the padding's end
+    bin_offsets: torch.Tensor | None = None
+    chunks: int = 1
+    chunk_entries: int = 0  # (token, slot) entries of one chunk: chunk * n
 
     @property
     def max_tiles(self) -> int:
-        return max_tiles(self.entries.shape[-1], self.num_blocks, self.tile)
+        """The tiles of one chunk at most (the grid of a launch over one chunk)."""
+        return max_tiles(self.chunk_entries, self.num_blocks, self.tile)
 
 
 def max_tiles(num_entries: int, num_blocks: int, tile: int) -> int:
@@ -41,39 +49,63 @@ def max_tiles(num_entries: int, num_blocks: int, tile: int) -> int:
     return num_entries // tile + min(num_blocks, num_entries)
 
 
-def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: bool = False) -> BlockIndex:
+def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: bool = False,
+                      chunk: int = 0) -> BlockIndex:
     """``idx``: canonical ``[B, T, H, n]`` int32 indices (negative = nothing, all < num_blocks).
 
-    One flat stable sort of 32-bit keys ``segment * (num_blocks + 1) + block`` (a segment is one
-    ``(b, h)``): measured on the H100 ~2-3x faster than a segmented sort of 64-bit keys.
+    One flat stable sort of 32-bit keys ``segment * bins + block * chunks + chunk_of_t`` (a
+    segment is one ``(b, h)``; measured on the H100 ~2-3x faster than a segmented sort of 64-bit
+    keys). A block's entries are contiguous and in increasing ``t`` whatever ``chunk`` is, so the
+    same index serves the forward (tiles per chunk of ``chunk`` query tokens) and the backward
+    (its own tiles, :func:`retile`).
     """
     B, T, H, n = idx.shape
     L = T * n
     nseg = B * H
     nb1 = num_blocks + 1
+    nc = -(-T // chunk) if chunk else 1
+    nbin = nb1 * nc
     dev = idx.device
-    key = idx.permute(0, 2, 1, 3).reshape(nseg, L)
+    key = idx.permute(0, 2, 1, 3)
     # Padding sorts last in its segment: it is given the key num_blocks, past every real block.
     key = torch.where(key < 0, torch.full_like(key, num_blocks), key)
+    if nc > 1:
+        t_chunk = torch.arange(T, device=dev, dtype=torch.int32).view(1, 1, T, 1) // chunk
+        key = key * nc + t_chunk
+    key = key.reshape(nseg, L)
     seg = torch.arange(nseg, device=dev, dtype=torch.int32).view(nseg, 1)
-    if nseg * nb1 < 2**31:
-        flat = (key.to(torch.int32) + seg * nb1).reshape(-1)
+    if nseg * nbin < 2**31:
+        flat = (key.to(torch.int32) + seg * nbin).reshape(-1)
     else:  # pragma: no cover - enormous B*H*NB
-        flat = (key.long() + seg.long() * nb1).reshape(-1)
+        flat = (key.long() + seg.long() * nbin).reshape(-1)
     _, order = torch.sort(flat, stable=True)
     entries = (order.view(nseg, L) - seg.long() * L).to(torch.int32).view(B, H, L)
-    counts = torch.zeros(nseg * nb1, dtype=torch.int32, device=dev)
+    counts = torch.zeros(nseg * nbin, dtype=torch.int32, device=dev)
     counts.scatter_add_(0, flat.long(), torch.ones_like(flat, dtype=torch.int32))
-    counts = counts.view(B, H, nb1)[..., :num_blocks]
-    zero = torch.zeros(B, H, 1, dtype=torch.int32, device=dev)
-    offsets = torch.cat([zero, torch.cumsum(counts, -1, dtype=torch.int32)], -1)
-    tiles = (counts + (tile - 1)) // tile
-    tile_offsets = torch.cat([zero, torch.cumsum(tiles, -1, dtype=torch.int32)], -1)
+    counts = counts.view(nseg, nb1, nc)
+    bin_offsets = torch.zeros(nseg, nbin + 1, dtype=torch.int32, device=dev)
+    torch.cumsum(counts.view(nseg, nbin), -1, dtype=torch.int32, out=bin_offsets[:, 1:])
+    offsets = bin_offsets[:, : num_blocks * nc + 1 : nc]  # where block j's first chunk starts
+    tiles = (counts[:, :num_blocks, :] + (tile - 1)) // tile
+    tile_offsets = torch.zeros(nseg, nc, nb1, dtype=torch.int32, device=dev)
+    torch.cumsum(tiles.transpose(1, 2), -1, dtype=torch.int32, out=tile_offsets[..., 1:])
     tile_block = None
+    chunk_entries = chunk * n if nc > 1 else L
     if tile_map:
-        mt = max_tiles(L, num_blocks, tile)
-        ids = torch.arange(mt, device=dev, dtype=torch.int32).expand(nseg, mt).contiguous()
-        tile_block = torch.searchsorted(tile_offsets.view(nseg, nb1)[:, 1:].contiguous(), ids,
-                                        right=True, out_int32=True).view(B, H, mt)
-    return BlockIndex(offsets.contiguous(), entries.contiguous(), tile_offsets.contiguous(), tile,
-                      num_blocks, tile_block)
+        mt = max_tiles(chunk_entries, num_blocks, tile)
+        ids = torch.arange(mt, device=dev, dtype=torch.int32).expand(nseg * nc, mt).contiguous()
+        tile_block = torch.searchsorted(tile_offsets.view(nseg * nc, nb1)[:, 1:].contiguous(), ids,
+                                        right=True, out_int32=True).view(B, H, nc, mt)
+    return BlockIndex(offsets.contiguous().view(B, H, nb1), entries.contiguous(),
+                      tile_offsets.view(B, H, nc, nb1), tile, num_blocks, tile_block,
+                      bin_offsets.view(B, H, nbin + 1), nc, chunk_entries)
+
+
+def retile(offsets: torch.Tensor, tile: int) -> torch.Tensor:
+    """``tile_offsets [B, H, NB + 1]`` for tiles of ``tile`` entries over a block CSR's
+    ``offsets [B, H, NB + 1]`` (all of T, no chunks): what the backward needs of the index the
+    forward saved."""
+    counts = offsets[..., 1:] - offsets[..., :-1]
+    out = torch.zeros_like(offsets)
+    torch.cumsum((counts + (tile - 1)) // tile, -1, dtype=torch.int32, out=out[..., 1:])
+    return out
