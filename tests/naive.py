@@ -44,3 +44,14 @@ def random_selection(B, T, H, n, bs, *, pad=0.2, dup=0.0, force_first=True, gene
     if force_first:
         idx[..., 0] = 0
     return idx
+
+
+def random_case(B=1, T=40, H=2, G=2, D=8, bs=8, n=3, seed=0, grad=False):
+    """Random ``q, k, v`` (``[B, T, H*G, D]``, ``[B, T, H, D]``) and a selection with padding,
+    for the backend tests."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H * G, D, generator=g, requires_grad=grad)
+    k = torch.randn(B, T, H, D, generator=g, requires_grad=grad)
+    v = torch.randn(B, T, H, D, generator=g, requires_grad=grad)
+    idx = random_selection(B, T, H, n, bs, pad=0.3, generator=g)
+    return q, k, v, idx, bs

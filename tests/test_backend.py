@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fsa_compile
-from naive import random_selection
+from naive import random_case
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 from nsa_selected import selected_attention_gather  # noqa: E402
@@ -16,13 +16,6 @@ from nsa_selected import selected_attention_gather  # noqa: E402
 FAST = {"inner": "aot_eager"}
 
 
-def _case(B=1, T=40, H=2, G=2, D=8, bs=8, n=3, seed=0, grad=False):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, T, H * G, D, generator=g, requires_grad=grad)
-    k = torch.randn(B, T, H, D, generator=g, requires_grad=grad)
-    v = torch.randn(B, T, H, D, generator=g, requires_grad=grad)
-    idx = random_selection(B, T, H, n, bs, pad=0.3, generator=g)
-    return q, k, v, idx, bs
 
 
 def dense_causal(q, k, v):
@@ -48,7 +41,7 @@ def test_backend_resolves_by_name_in_a_fresh_interpreter():
 
 @pytest.mark.parametrize("G", [1, 2, 4, 8])
 def test_gather_form_is_rewritten_and_matches_eager(G):
-    q, k, v, idx, bs = _case(G=G, grad=True, seed=G)
+    q, k, v, idx, bs = random_case(G=G, grad=True, seed=G)
     rep = fsa_compile.explain(selected_attention_gather, q, k, v, idx, bs, options=FAST)
     assert len(rep.rewrites) == 1, str(rep)
     rw = rep.rewrites[0]
@@ -65,14 +58,14 @@ def test_gather_form_is_rewritten_and_matches_eager(G):
 
 
 def test_plain_causal_attention_is_left_alone():
-    q, k, v, _, _ = _case(G=1)
+    q, k, v, _, _ = random_case(G=1)
     rep = fsa_compile.explain(dense_causal, q, k, v, options=FAST)
     assert rep.rewrites == [] and rep.misses == []
     assert (rep.output - dense_causal(q, k, v)).abs().max() < 1e-5
 
 
 def test_report_reads_well_and_rewrites_are_logged(caplog):
-    q, k, v, idx, bs = _case(seed=7)
+    q, k, v, idx, bs = random_case(seed=7)
     with caplog.at_level(logging.INFO, logger="fsa_compile"):
         rep = fsa_compile.explain(selected_attention_gather, q, k, v, idx, bs, options=FAST)
     text = str(rep)
@@ -99,22 +92,26 @@ def test_near_miss_has_a_reason():
         s = s.masked_fill(masked.repeat_interleave(G, 2), -1e9)
         return torch.einsum("bths,bthsd->bthd", s.softmax(-1), vs)
 
-    q, k, v, idx, bs = _case(seed=3)
+    q, k, v, idx, bs = random_case(seed=3)
     rep = fsa_compile.explain(finite_fill, q, k, v, idx, bs, options=FAST)
     assert rep.rewrites == []
     assert len(rep.misses) == 1 and "not -inf" in rep.misses[0].reason
     assert (rep.output - finite_fill(q, k, v, idx, bs)).abs().max() == 0
 
 
-def test_inductor_compiles_the_rewritten_graph():
-    q, k, v, idx, bs = _case(seed=11, grad=True)
-    f = torch.compile(selected_attention_gather, backend="fsa")
+def _compiled_matches_eager(seed, **compile_kw):
+    q, k, v, idx, bs = random_case(seed=seed, grad=True)
+    f = torch.compile(selected_attention_gather, backend="fsa", **compile_kw)
     out = f(q, k, v, idx, bs)
     eager = selected_attention_gather(q, k, v, idx, bs)
     assert (out - eager).abs().max() < 1e-5
     gq, = torch.autograd.grad(out.sum(), (q,))
     gq_e, = torch.autograd.grad(eager.sum(), (q,))
     assert (gq - gq_e).abs().max() < 1e-4
+
+
+def test_inductor_compiles_the_rewritten_graph():
+    _compiled_matches_eager(11)
 
 
 def test_bad_backend_options():
@@ -131,7 +128,7 @@ def test_op_gets_the_dtype_the_products_read():
     def f(q32, k32, v, block_indices, block_size):
         return selected_attention_gather(q32.to(torch.bfloat16), k32.to(torch.bfloat16), v, block_indices, block_size)
 
-    q, k, v, idx, bs = _case(seed=12)
+    q, k, v, idx, bs = random_case(seed=12)
     seen = []
 
     def capture(gm, example_inputs):
@@ -152,16 +149,9 @@ def test_compile_mode_reaches_inductor():
     tensors Inductor skips the graph capture, and the result must still be the eager one."""
     from torch._dynamo.utils import counters
 
-    q, k, v, idx, bs = _case(seed=13, grad=True)
     torch._dynamo.reset()
     counters.clear()
-    f = torch.compile(selected_attention_gather, backend="fsa", mode="reduce-overhead")
-    out = f(q, k, v, idx, bs)
-    eager = selected_attention_gather(q, k, v, idx, bs)
-    assert (out - eager).abs().max() < 1e-5
-    gq, = torch.autograd.grad(out.sum(), (q,))
-    gq_e, = torch.autograd.grad(eager.sum(), (q,))
-    assert (gq - gq_e).abs().max() < 1e-4
+    _compiled_matches_eager(13, mode="reduce-overhead")
     assert counters["inductor"]["cudagraph_skips"] >= 1  # the mode reached Inductor's cudagraph pass
 
 
@@ -180,7 +170,7 @@ def test_inductor_cache_keys_carry_our_op_schemas(monkeypatch):
         return gm.forward
 
     monkeypatch.setattr(cfx, "compile_fx", fake_compile_fx)
-    q, k, v, idx, bs = _case(seed=14)
+    q, k, v, idx, bs = random_case(seed=14)
     torch._dynamo.reset()
     torch.compile(selected_attention_gather, backend="fsa")(q, k, v, idx, bs)
     p = seen[-1]["post_grad_custom_post_pass"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fsa_compile
-from naive import random_selection
+from naive import random_case, random_selection
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 from nsa_selected import selected_attention_gather  # noqa: E402
@@ -33,13 +33,8 @@ def test_compiled_gather_form_runs_the_kernels(strategy):
         assert (a - b).abs().max() < 2e-4
 
 
-def _small_case(seed, B=1, T=40, H=2, G=2, D=16, bs=16, n=3):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, T, H * G, D, generator=g, requires_grad=True)
-    k = torch.randn(B, T, H, D, generator=g, requires_grad=True)
-    v = torch.randn(B, T, H, D, generator=g, requires_grad=True)
-    idx = random_selection(B, T, H, n, bs, pad=0.3, generator=g)
-    return q, k, v, idx, bs
+def _small_case(seed, T=40, D=16, n=3):
+    return random_case(T=T, D=D, bs=16, n=n, seed=seed, grad=True)
 
 
 @pytest.mark.parametrize("strategy,builds", [("fsa", (1, 0)), ("nsa", (0, 1))])
