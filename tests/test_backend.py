@@ -16,8 +16,6 @@ from nsa_selected import selected_attention_gather  # noqa: E402
 FAST = {"inner": "aot_eager"}
 
 
-
-
 def dense_causal(q, k, v):
     s = torch.einsum("bthd,bshd->bhts", q, k) * q.shape[-1] ** -0.5
     T = q.shape[1]
