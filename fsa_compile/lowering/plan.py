@@ -123,6 +123,7 @@ def resolve_strategy(strategy: str, G: int, device) -> str:
     if strategy == "reference" or not kernels_available(torch.device(device)):
         return "reference"
     if strategy == "auto":
+        G = int(G)  # a symbolic head count (dynamic=True) is specialised here: the table is per G
         return _AUTO_G.get(G, "nsa" if G > 8 else "fsa")
     return strategy
 
