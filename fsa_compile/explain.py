@@ -31,7 +31,8 @@ def explain(fn, *args, options: dict | None = None, **kwargs) -> Report:
 
     ``report.rewrites``: one entry per rewritten subgraph (pattern, shapes, options, plan);
     ``report.misses``: subgraphs that looked like selected attention but were left alone, each with
-    the reason; ``report.others``: the top-k calls put on the row top-k op (the selection's top-n); ``report.output``: what the compiled call returned.
+    the reason; ``report.others``: the top-k calls put on the row top-k op (the selection's
+    top-n); ``report.output``: what the compiled call returned.
     """
     from . import backend
 
