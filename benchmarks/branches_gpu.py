@@ -129,6 +129,112 @@ def cmp_chunks(q, kc, vc, C=4096):
     return torch.cat(outs, 2).transpose(1, 2)
 
 
+def cmp_batch(q, kc, vc, C=4096):
+    """Query chunks of C in the batch dim, each against all compressed keys under its rows of
+    the mask: the backward's dK/dV work is spread over T/C times more programs."""
+    T, Tk = q.shape[1], kc.shape[1]
+    pad = (-T) % C
+    nc = (T + pad) // C
+    qb = F.pad(q, (0, 0, 0, 0, 0, pad)).view(B * nc, C, HQ, D).transpose(1, 2)
+    m = cmp_mask(T + pad, Tk - 1, q.device).view(1, nc, 1, C, Tk).expand(B, -1, -1, -1, -1).reshape(B * nc, 1, C, Tk)
+
+    def rep(x):
+        return x[:, None].expand(B, nc, Tk, H, D).reshape(B * nc, Tk, H, D).transpose(1, 2)
+    o = F.scaled_dot_product_attention(qb, rep(kc), rep(vc), attn_mask=m, enable_gqa=True)
+    return o.transpose(1, 2).reshape(B, nc * C, HQ, D)[:, :T]
+
+
+def cmp_batch2k(q, kc, vc):
+    return cmp_batch(q, kc, vc, 2048)
+
+
+def cmp_batch8k(q, kc, vc):
+    return cmp_batch(q, kc, vc, 8192)
+
+
+def cmp_tri(q, kc, vc, parts=4, C=2048):
+    """cmp_batch on `parts` slices of the queries, each against only the keys its last row sees."""
+    T, Tk = q.shape[1], kc.shape[1]
+    outs = []
+    L = -(-T // parts)
+    for s in range(0, T, L):
+        e = min(s + L, T)
+        nk = min(Tk, 1 + max(0, (e - CB) // CS + 1))
+        n_rows = e - s
+        pad = (-n_rows) % C
+        nc = (n_rows + pad) // C
+        qb = F.pad(q[:, s:e], (0, 0, 0, 0, 0, pad)).view(B * nc, C, HQ, D).transpose(1, 2)
+        ki = torch.arange(nk, device=q.device)
+        rows = torch.arange(s, e + pad, device=q.device).view(-1, 1)
+        m = ((ki == 0) | ((ki - 1) * CS + CB - 1 <= rows)).view(1, nc, 1, C, nk).expand(B, -1, -1, -1, -1)
+        m = m.reshape(B * nc, 1, C, nk)
+
+        def rep(x):
+            return x[:, :nk, None].expand(B, nk, nc, H, D).permute(0, 2, 1, 3, 4).reshape(B * nc, nk, H, D).transpose(1, 2)
+        o = F.scaled_dot_product_attention(qb, rep(kc), rep(vc), attn_mask=m, enable_gqa=True)
+        outs.append(o.transpose(1, 2).reshape(B, nc * C, HQ, D)[:, :n_rows])
+    return torch.cat(outs, 1)
+
+
+def cmp_tri8(q, kc, vc):
+    return cmp_tri(q, kc, vc, 8, 2048)
+
+
+def cmp_tri8c1k(q, kc, vc):
+    return cmp_tri(q, kc, vc, 8, 1024)
+
+
+def cmp_tri16c1k(q, kc, vc):
+    return cmp_tri(q, kc, vc, 16, 1024)
+
+
+def cmp_tri4c1k(q, kc, vc):
+    return cmp_tri(q, kc, vc, 4, 1024)
+
+
+def cmp_flexb(q, kc, vc, C=4096):
+    """flex_attention with query chunks in the batch dim (more programs in its backward)."""
+    T, Tk = q.shape[1], kc.shape[1]
+    pad = (-T) % C
+    nc = (T + pad) // C
+    qb = F.pad(q, (0, 0, 0, 0, 0, pad)).view(B * nc, C, HQ, D).transpose(1, 2)
+
+    def visible(b, h, qi, ki):
+        return (ki == 0) | ((ki - 1) * CS + CB - 1 <= (b % nc) * C + qi)
+
+    bm = create_block_mask(visible, B * nc, None, C, Tk, device=q.device)
+
+    def rep(x):
+        return x[:, None].expand(B, nc, Tk, H, D).reshape(B * nc, Tk, H, D).transpose(1, 2)
+    o = flex_attention(qb, rep(kc), rep(vc), block_mask=bm, enable_gqa=True)
+    return o.transpose(1, 2).reshape(B, nc * C, HQ, D)[:, :T]
+
+
+def win_q(q, k, v, qc=256):
+    """Query chunks of qc against the W + qc keys before and in them (less wasted work than
+    chunks of W against 2W keys)."""
+    T = q.shape[1]
+    pad = (-T) % qc
+    nc = (T + pad) // qc
+    L = W + qc
+    qb = F.pad(q, (0, 0, 0, 0, 0, pad)).view(B * nc, qc, HQ, D).transpose(1, 2)
+
+    def keys(x):
+        x = F.pad(x, (0, 0, 0, 0, W, pad))
+        return x.unfold(1, L, qc).transpose(-1, -2).reshape(B * nc, H, L, D)
+
+    i = torch.arange(qc, device=q.device).view(qc, 1)
+    j = torch.arange(L, device=q.device).view(1, L)
+    c = torch.arange(nc, device=q.device).repeat(B).view(B * nc, 1, 1, 1)
+    mask = (j > i) & (j <= i + W) & (j >= W - c * qc)
+    o = F.scaled_dot_product_attention(qb, keys(k), keys(v), attn_mask=mask, enable_gqa=True)
+    return o.transpose(1, 2).reshape(B, nc * qc, HQ, D)[:, :T]
+
+
+def win_q128(q, k, v):
+    return win_q(q, k, v, 128)
+
+
 def win_cur(q, k, v):
     T = q.shape[1]
     w = min(W, T)
@@ -163,7 +269,9 @@ def win_flex(q, k, v):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", type=int, default=32768)
-    T = ap.parse_args().T
+    ap.add_argument("--select", action="store_true", help="also time the selection spellings")
+    a = ap.parse_args()
+    T = a.T
     dev, dt = "cuda", torch.bfloat16
     g = torch.Generator(device=dev).manual_seed(0)
     q = torch.randn(B, T, HQ, D, device=dev, dtype=dt, generator=g)
@@ -174,9 +282,10 @@ def main():
     vc = torch.randn(B, Tc + 1, H, D, device=dev, dtype=dt, generator=g)
     rows = []
     groups = [
-        ("select", [sel_topk, sel_split2, sel_split4, sel_split8], (q, k), False),
-        ("compressed", [cmp_cur, cmp_flex, cmp_chunks], (q, kc, vc), True),
-        ("sliding", [win_cur, win_flex], (q, k, v), True),
+        *([("select", [sel_topk, sel_split2, sel_split4, sel_split8], (q, k), False)] if a.select else []),
+        ("compressed", [cmp_cur, cmp_tri, cmp_tri4c1k, cmp_tri8, cmp_tri8c1k, cmp_tri16c1k, cmp_flex],
+         (q, kc, vc), True),
+        ("sliding", [win_cur, win_q, win_q128, win_flex], (q, k, v), True),
     ]
     for name, fns, args, grad in groups:
         ref = None

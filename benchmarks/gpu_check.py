@@ -46,6 +46,7 @@ VARIANTS = {
     "fsa64t4s2": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=4, fsa_stages=2)),
     "fsa128t4": ("fsa", dict(fsa_rows=128, fsa_warps=8, fsa_tpp=4)),
     "fsa32t8": ("fsa", dict(fsa_rows=32, fsa_warps=4, fsa_tpp=8)),
+    "fsa32t4": ("fsa", dict(fsa_rows=32, fsa_warps=4, fsa_tpp=4)),
     "fsa64t4w8": ("fsa", dict(fsa_rows=64, fsa_warps=8, fsa_tpp=4)),
     "fsa64t4p": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=4, fsa_prefetch=True)),
     "fsa64t8p": ("fsa", dict(fsa_rows=64, fsa_warps=4, fsa_tpp=8, fsa_prefetch=True)),

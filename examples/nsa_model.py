@@ -36,6 +36,10 @@ class NSAConfig:
     window: int = 512
     cmp_block: int = 32
     cmp_stride: int = 16
+    # How the compressed and sliding branches are cut into SDPA calls (speed only, same result):
+    cmp_slices: int = 4  # query slices, each against the summaries its last query can see
+    cmp_fold: int = 2048  # a slice's queries go into the batch dim in chunks of this many
+    win_chunk: int = 256  # sliding window: query chunks, each against window + win_chunk keys
     mlp_mult: int = 4
     attention: str = "nsa"  # "dense": causal SDPA instead of the three NSA branches (the baseline)
 
@@ -77,10 +81,17 @@ class NSAAttention(nn.Module):
         self.null_kv = nn.Parameter(torch.zeros(2, c.kv_heads, hd))
 
     def compressed(self, q, k, v):
-        """Attention over block summaries; returns the output [B, T, HQ, D]."""
+        """Attention over block summaries; returns the output [B, T, HQ, D].
+
+        Query t sees the null key and every summary whose block ends at or before t. The queries
+        are cut into ``cmp_slices`` slices and each slice attends only to the summaries its last
+        query can see, so the masked-out corner of the query x summary rectangle is mostly not
+        computed (5/8 of the rectangle is left for 4 slices). A slice's queries are folded into the
+        batch dim in chunks of ``cmp_fold``: with only T/16 keys, the attention backward otherwise
+        has too few key blocks to keep the GPU busy.
+        """
         c = self.c
         B, T, HQ, D = q.shape
-        G = HQ // c.kv_heads
         if T >= c.cmp_block:
             kb = k.unfold(1, c.cmp_block, c.cmp_stride).transpose(-1, -2)  # [B, Tc, H, cmp_block, D]
             vb = v.unfold(1, c.cmp_block, c.cmp_stride).transpose(-1, -2)
@@ -93,40 +104,54 @@ class NSAAttention(nn.Module):
         nk = self.null_kv[0].expand(B, 1, -1, -1).to(k.dtype)
         nv = self.null_kv[1].expand(B, 1, -1, -1).to(v.dtype)
         kc, vc = torch.cat([nk, kc], 1), torch.cat([nv, vc], 1)
-        ends = torch.arange(Tc, device=q.device) * c.cmp_stride + c.cmp_block - 1
-        visible = ends.view(1, Tc) <= torch.arange(T, device=q.device).view(T, 1)
-        mask = torch.cat([visible.new_ones(T, 1), visible], 1)  # the null key is always visible
-        o = F.scaled_dot_product_attention(
-            q.transpose(1, 2), kc.repeat_interleave(G, 2).transpose(1, 2), vc.repeat_interleave(G, 2).transpose(1, 2),
-            attn_mask=mask,
-        )
-        return o.transpose(1, 2)
+        ends = torch.arange(Tc, device=q.device) * c.cmp_stride + c.cmp_block - 1  # summary i's last token
+        L = -(-T // max(1, c.cmp_slices))
+        outs = []
+        for s in range(0, T, L):
+            e = min(s + L, T)
+            n_sum = min(Tc, max(0, (e - c.cmp_block) // c.cmp_stride + 1))  # summaries query e-1 sees
+            C = min(c.cmp_fold, e - s)
+            pad = (-(e - s)) % C
+            nc = (e - s + pad) // C
+            qs = F.pad(q[:, s:e], (0, 0, 0, 0, 0, pad)).reshape(B * nc, C, HQ, D).transpose(1, 2)
+            rows = torch.arange(s, e + pad, device=q.device).view(nc, C, 1)
+            visible = ends[:n_sum].view(1, 1, n_sum) <= rows
+            mask = torch.cat([visible.new_ones(nc, C, 1), visible], 2)  # the null key is always visible
+            mask = mask.view(1, nc, 1, C, n_sum + 1).expand(B, -1, -1, -1, -1).reshape(B * nc, 1, C, n_sum + 1)
+
+            def fold(x):  # [B, 1 + Tc, H, D] -> [B * nc, H, 1 + n_sum, D], the slice's summaries
+                x = x[:, None, : n_sum + 1].expand(B, nc, n_sum + 1, c.kv_heads, D)
+                return x.reshape(B * nc, n_sum + 1, c.kv_heads, D).transpose(1, 2)
+
+            o = F.scaled_dot_product_attention(qs, fold(kc), fold(vc), attn_mask=mask, enable_gqa=True)
+            outs.append(o.transpose(1, 2).reshape(B, nc * C, HQ, D)[:, : e - s])
+        return torch.cat(outs, 1)
 
     def sliding(self, q, k, v):
-        """Causal attention over the last ``window`` keys: queries in chunks of ``window``, each
-        chunk against its own and the previous chunk's keys, as one 4-D SDPA call (chunks in the
-        batch dim) so that the fused attention kernels take it."""
+        """Causal attention over the last ``window`` keys: queries in chunks of ``win_chunk``, each
+        chunk against the ``window + win_chunk`` keys that end with it, as one 4-D SDPA call
+        (chunks in the batch dim) so that the fused attention kernels take it."""
         c = self.c
         B, T, HQ, D = q.shape
-        G = HQ // c.kv_heads
-        w = min(c.window, T)
-        pad = (-T) % w
-        nc = (T + pad) // w
-        qc = F.pad(q, (0, 0, 0, 0, 0, pad)).view(B * nc, w, HQ, D).transpose(1, 2)  # [B*nc, HQ, w, D]
+        W = c.window
+        qc = min(c.win_chunk, T)
+        L = W + qc
+        pad = (-T) % qc
+        nc = (T + pad) // qc
+        qs = F.pad(q, (0, 0, 0, 0, 0, pad)).view(B * nc, qc, HQ, D).transpose(1, 2)  # [B*nc, HQ, qc, D]
 
-        def two_chunks(x):  # [B, T, H, D] -> [B*nc, HQ, 2w, D]: chunk i's keys are chunks i-1 and i
-            x = F.pad(x, (0, 0, 0, 0, w, pad))  # one empty chunk in front
-            x = x.unfold(1, 2 * w, w).transpose(-1, -2).reshape(B * nc, c.kv_heads, 2 * w, D)
-            return x.repeat_interleave(G, 1)
+        def keys(x):  # [B, T, H, D] -> [B*nc, H, L, D]: chunk i's keys are tokens [i*qc - W, (i+1)*qc)
+            x = F.pad(x, (0, 0, 0, 0, W, pad))  # W empty positions in front
+            return x.unfold(1, L, qc).transpose(-1, -2).reshape(B * nc, c.kv_heads, L, D)
 
-        i = torch.arange(w, device=q.device).view(w, 1)
-        j = torch.arange(2 * w, device=q.device).view(1, 2 * w)
-        band = (j <= i + w) & (j > i)  # key j of the two chunks is within the window of query i
-        first = band & (j >= w)  # the first chunk has nothing before it
+        i = torch.arange(qc, device=q.device).view(qc, 1)
+        j = torch.arange(L, device=q.device).view(1, L)
         chunk = torch.arange(nc, device=q.device).repeat(B).view(B * nc, 1, 1, 1)
-        mask = torch.where(chunk == 0, first, band)  # [B*nc, 1, w, 2w]
-        o = F.scaled_dot_product_attention(qc, two_chunks(k), two_chunks(v), attn_mask=mask)
-        return o.transpose(1, 2).reshape(B, nc * w, HQ, D)[:, :T]
+        # key j of chunk i is token i*qc - W + j: within the window of query i*qc + row, and not
+        # one of the empty positions in front of token 0
+        mask = (j > i) & (j <= i + W) & (j >= W - chunk * qc)  # [B*nc, 1, qc, L]
+        o = F.scaled_dot_product_attention(qs, keys(k), keys(v), attn_mask=mask, enable_gqa=True)
+        return o.transpose(1, 2).reshape(B, nc * qc, HQ, D)[:, :T]
 
     def forward(self, x):
         c = self.c

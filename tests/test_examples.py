@@ -4,6 +4,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 
@@ -57,11 +59,13 @@ def test_two_processes_follow_one_process(dist, tmp_path, one_process_batch_2):
     assert (tmp_path / "ck.pt").exists()
 
 
-@pytest.mark.parametrize("B,T,window", [(2, 100, 32), (1, 256, 32), (3, 300, 64), (2, 20, 32)])
-def test_model_sliding_branch_is_causal_window_attention(B, T, window):
+@settings(max_examples=20, deadline=None)
+@given(B=st.integers(1, 3), T=st.integers(1, 300), window=st.sampled_from([8, 32, 64]),
+       win_chunk=st.sampled_from([1, 7, 32, 256]))
+def test_model_sliding_branch_is_causal_window_attention(B, T, window, win_chunk):
     from nsa_model import NSAAttention, NSAConfig
 
-    attn = NSAAttention(NSAConfig(dim=64, heads=4, kv_heads=2, head_dim=16, window=window))
+    attn = NSAAttention(NSAConfig(dim=64, heads=4, kv_heads=2, head_dim=16, window=window, win_chunk=win_chunk))
     g = torch.Generator().manual_seed(T)
     q = torch.randn(B, T, 4, 16, generator=g)
     k, v = torch.randn(B, T, 2, 16, generator=g), torch.randn(B, T, 2, 16, generator=g)
@@ -71,6 +75,36 @@ def test_model_sliding_branch_is_causal_window_attention(B, T, window):
     s = torch.einsum("bthd,bshd->bhts", q, kk) * 16**-0.5
     want = torch.einsum("bhts,bshd->bthd", s.masked_fill(~near, float("-inf")).softmax(-1), vv)
     torch.testing.assert_close(attn.sliding(q, k, v), want, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=20, deadline=None)
+@given(B=st.integers(1, 2), T=st.integers(1, 300), slices=st.integers(1, 5), fold=st.sampled_from([1, 5, 16, 2048]))
+def test_model_compressed_branch_is_block_causal_attention(B, T, slices, fold):
+    """However the queries are sliced and folded, query t attends to the null key and to every
+    summary whose block ends at or before t, and to nothing else."""
+    from nsa_model import NSAAttention, NSAConfig
+
+    cfg = NSAConfig(dim=64, heads=4, kv_heads=2, head_dim=16, cmp_block=8, cmp_stride=4, cmp_slices=slices,
+                    cmp_fold=fold)
+    attn = NSAAttention(cfg)
+    g = torch.Generator().manual_seed(T * 7 + slices)
+    with torch.no_grad():  # non-zero null key/value and positions, so they matter
+        attn.null_kv.copy_(torch.randn(attn.null_kv.shape, generator=g))
+        attn.cmp_pos.copy_(torch.randn(attn.cmp_pos.shape, generator=g))
+    q = torch.randn(B, T, 4, 16, generator=g)
+    k, v = torch.randn(B, T, 2, 16, generator=g), torch.randn(B, T, 2, 16, generator=g)
+    starts = list(range(0, T - cfg.cmp_block + 1, cfg.cmp_stride))
+    summ_k = [attn.null_kv[0].expand(B, 2, 16)] + [
+        attn.cmp_k((k[:, s0:s0 + cfg.cmp_block].transpose(1, 2) + attn.cmp_pos).flatten(-2)) for s0 in starts]
+    summ_v = [attn.null_kv[1].expand(B, 2, 16)] + [
+        attn.cmp_v((v[:, s0:s0 + cfg.cmp_block].transpose(1, 2) + attn.cmp_pos).flatten(-2)) for s0 in starts]
+    kk = torch.stack(summ_k, 1).repeat_interleave(2, 2)  # [B, 1 + Tc, HQ, D]
+    vv = torch.stack(summ_v, 1).repeat_interleave(2, 2)
+    last = torch.tensor([-1] + [s0 + cfg.cmp_block - 1 for s0 in starts])  # the null key: always
+    seen = last.view(1, -1) <= torch.arange(T).view(T, 1)
+    s = torch.einsum("bthd,bshd->bhts", q, kk) * 16**-0.5
+    want = torch.einsum("bhts,bshd->bthd", s.masked_fill(~seen, float("-inf")).softmax(-1), vv)
+    torch.testing.assert_close(attn.compressed(q, k, v), want.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_prefill_runs_and_agrees():
