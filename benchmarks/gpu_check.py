@@ -66,8 +66,14 @@ VARIANTS = {
 
 
 def plan_for(name, B, T, H, G, D, Dv, n, bs, dtype, causal):
+    """``name`` is a VARIANTS key or a strategy, optionally followed by ``@key=int[+key=int]``
+    plan overrides (e.g. ``fsa@chunk=4096``)."""
+    name, _, extra = name.partition("@")
     strat, over = VARIANTS[name] if name in VARIANTS else (name, {})
     over = dict(over)
+    for kv in filter(None, extra.split("+")):
+        key, val = kv.split("=")
+        over[key] = int(val)
     if strat == "fsa" and "fsa_rows" in over:
         rows = max(over["fsa_rows"], G, 16)
         over["fsa_rows"] = rows

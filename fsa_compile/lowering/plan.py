@@ -13,8 +13,12 @@ import torch
 
 STRATEGIES = ("auto", "fsa", "nsa", "reference")
 
-# Extra device memory the inverted loop's partial buffer may take (bytes), whatever T is.
-PARTIAL_BUDGET = 512 * 2**20
+# Extra device memory the inverted loop's partial buffer may take (bytes), whatever T is. The
+# chunk is the power of two under it, so the buffer is 384-768 MiB at the long lengths. Measured
+# (H100, T=64K, benchmarks/NOTES.md): doubling the chunk from the 512 MiB budget's took G=2/4/8
+# from 3.43/6.14/10.16 to 3.35/5.90/9.72 ms (fewer launches and their tails, fewer K/V reloads);
+# G=1 stayed level (1.87 -> 1.89); forward extra memory stays under 1 GiB.
+PARTIAL_BUDGET = 768 * 2**20
 
 
 def interpret_mode() -> bool:
@@ -92,7 +96,7 @@ def _fsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over) -> Plan:
     per_tok = B * n * HQ * (Dv * _elt(dtype) + 4)  # partial o + partial lse, per query token
     fit = max(64, PARTIAL_BUDGET // max(per_tok, 1))
     # a power of two <= fit (measured: a 48K-token chunk at T=64K, i.e. a padded second chunk,
-    # was 40% slower at G=1 than 16K-token chunks)
+    # was 40% slower at G=1 than 16K-token chunks; a 32K-token one 1% slower than 16K)
     chunk = min(1 << (fit.bit_length() - 1), t_bucket(T))
     kw = dict(fsa_tile_q=tile_q, fsa_rows=rows, fsa_warps=8 if (rows >= 128 or big_d) else 4,
               fsa_stages=1, fsa_tpp=4, fsa_tile_map=True, fsa_ent_all=True, fsa_evict=True,
