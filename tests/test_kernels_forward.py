@@ -23,6 +23,8 @@ VARIANTS = [
     ("nsa", "nsa", {}),
     ("nsa-union", "nsa", dict(tok=4, nsa_seq=2)),
     ("nsa-seq", "nsa", dict(nsa_seq=3)),
+    ("nsa-tma", "nsa", dict(nsa_tma=True)),
+    ("nsa-union-tma", "nsa", dict(tok=4, nsa_tma=True)),
     ("fsa", "fsa", dict(chunk=16)),  # several chunks even at tiny T
     # several sub-tiles per program, sub-tiles of 2 entries x G heads
     ("fsa-tpp", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=3, fsa_evict=True)),

@@ -86,6 +86,29 @@ def _common(q, k, v, block_size):
                 UPCAST=interpret_mode() and q.dtype == torch.bfloat16)
 
 
+def _tma_descriptors(k, v, block_size):
+    """Tensor descriptors over k and v ``[B, T, H, D]`` with ``[1, BLOCK_N, 1, BLOCK_D]`` boxes
+    (reads outside the tensor give zeros), or ``(None, None)`` where bulk copies cannot take the
+    layout (last dim not contiguous, strides or base not 16-byte aligned, no Hopper GPU) or the
+    block size is not a power of two (the box would reach into the next block's rows)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    if block_size & (block_size - 1):
+        return None, None
+
+    for x in (k, v):
+        if x.stride(-1) != 1 or x.data_ptr() % 16 or any((s * x.element_size()) % 16 for s in x.stride()[:-1]):
+            return None, None
+    if k.device.type == "cuda" and torch.cuda.get_device_capability(k.device)[0] < 9:
+        return None, None
+    if k.device.type == "cpu" and not interpret_mode():
+        return None, None
+    bn = _p2(block_size)
+    kd = TensorDescriptor(k, list(k.shape), list(k.stride()), [1, bn, 1, _p2(k.shape[-1])])
+    vd = TensorDescriptor(v, list(v.shape), list(v.stride()), [1, bn, 1, _p2(v.shape[-1])])
+    return kd, vd
+
+
 def _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse):
     B, T, HQ, D = q.shape
     H = k.shape[2]
@@ -100,11 +123,13 @@ def _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse):
         ulen = ulist.shape[-1]
     else:
         ulist, ucnt, ulen = idx, idx, 0
+    kd, vd = _tma_descriptors(k, v, block_size) if plan.nsa_tma else (None, None)
     nsa_fwd_kernel[(triton.cdiv(NT, plan.nsa_seq), B * H)](
-        q, k, v, idx, ulist, ucnt, o, lse,
+        q, k, v, idx, ulist, ucnt, o, lse, kd if kd is not None else k, vd if vd is not None else v,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *idx.stride(),
         T, H, NT, ulen, scale * LOG2E,
         G=G, TOK=tok, SEQ=plan.nsa_seq, BLOCK_R=rows, N_SEL=n, BLOCK_SEL=_p2(n), CAUSAL=causal, UNION=union,
+        TMA=kd is not None,
         num_warps=plan.nsa_warps, num_stages=plan.nsa_stages, **_common(q, k, v, block_size),
     )
 

@@ -13,6 +13,10 @@ blocks with an online softmax:
   larger matrix product.
 
 Scores are kept in the log2 domain (``scale * log2(e)`` folded into one multiplier).
+
+With ``TMA`` the K and V tiles come by bulk tensor copies through descriptors over ``[B, T, H, D]``
+(``K_DESC``, ``V_DESC``, built by the lowering only for power-of-two block sizes): rows before 0
+(a padding slot) or past T and columns past D read as zeros, as the masked loads do.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from .common import mma
 
 @triton.jit
 def nsa_fwd_kernel(
-    Q, K, V, IDX, ULIST, UCNT, O, LSE,
+    Q, K, V, IDX, ULIST, UCNT, O, LSE, K_DESC, V_DESC,
     sqb, sqt, sqh, sqd,
     skb, skt, skh, skd,
     svb, svt, svh, svd,
@@ -37,6 +41,7 @@ def nsa_fwd_kernel(
     BS: tl.constexpr, BLOCK_N: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, UNION: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -92,8 +97,11 @@ def nsa_fwd_kernel(
                 kpos = blk * BS + offs_n
                 kmask = (offs_n < BS) & (kpos < T) & (kpos >= 0)  # kpos < 0: padding slot
                 kpos64 = kpos.to(tl.int64)
-                k = tl.load(k_base + kpos64[:, None] * skt + offs_d[None, :] * skd,
-                            mask=kmask[:, None] & (offs_d[None, :] < D), other=0.0)
+                if TMA:  # one bulk copy of the [BLOCK_N, BLOCK_D] tile; out of range reads zeros
+                    k = tl.reshape(K_DESC.load([b, blk * BS, h, 0]), [BLOCK_N, BLOCK_D])
+                else:
+                    k = tl.load(k_base + kpos64[:, None] * skt + offs_d[None, :] * skd,
+                                mask=kmask[:, None] & (offs_d[None, :] < D), other=0.0)
                 s = mma(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
                 valid = row_sel[:, None] & kmask[None, :]
                 if CAUSAL:
@@ -106,8 +114,11 @@ def nsa_fwd_kernel(
                 if UNION:
                     p = p * w[:, None]
                 l_i = l_i * alpha + tl.sum(p, axis=1)
-                v = tl.load(v_base + kpos64[:, None] * svt + offs_dv[None, :] * svd,
-                            mask=kmask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+                if TMA:
+                    v = tl.reshape(V_DESC.load([b, blk * BS, h, 0]), [BLOCK_N, BLOCK_DV])
+                else:
+                    v = tl.load(v_base + kpos64[:, None] * svt + offs_dv[None, :] * svd,
+                                mask=kmask[:, None] & (offs_dv[None, :] < DV), other=0.0)
                 acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, PRECISION, UPCAST)
                 m_i = m_new
 
