@@ -122,7 +122,9 @@ def _nsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, tok=None, **over) -> Plan
 
 
 # auto: strategy per G measured on the H100 (bf16, D=128, bs=64, n=16); see benchmarks/NOTES.md.
-_AUTO_G = {1: "fsa", 2: "fsa", 4: "fsa", 8: "fsa", 16: "nsa"}  # v2 run: fsa 1.9/3.2/5.7/10.6/19.5 ms, nsa 17.4
+# Last bench (T=64K, uniform, benchmarks/results/bench_h100_T65536.log), ms at G=1/2/4/8/16:
+# fsa 1.89/3.30/5.92/9.74/18.49, nsa 16.62/16.59/16.23/16.13/16.29.
+_AUTO_G = {1: "fsa", 2: "fsa", 4: "fsa", 8: "fsa", 16: "nsa"}
 
 
 def resolve_strategy(strategy: str, G: int, device) -> str:
