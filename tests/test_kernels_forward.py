@@ -20,10 +20,10 @@ CPU = torch.device("cpu")
 TOL = {torch.float32: 2e-4, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
 # (name, strategy, plan overrides)
 VARIANTS = [
-    ("nsa", "nsa", {}),
+    ("nsa", "nsa", {}),  # K/V by bulk tensor copies where the layout allows (the default)
+    ("nsa-plain", "nsa", dict(nsa_tma=False)),  # plain masked loads (other layouts)
     ("nsa-union", "nsa", dict(tok=4, nsa_seq=2)),
     ("nsa-seq", "nsa", dict(nsa_seq=3)),
-    ("nsa-tma", "nsa", dict(nsa_tma=True)),
     ("nsa-union-tma", "nsa", dict(tok=4, nsa_tma=True)),
     ("fsa", "fsa", dict(chunk=16)),  # several chunks even at tiny T
     # several sub-tiles per program, sub-tiles of 2 entries x G heads
@@ -126,6 +126,27 @@ def test_generated_selections(name, strategy, over):
     for idx in (uniform_selection(B, T, H, n, bs, generator=gen), skewed_selection(q, k, n, bs)):
         plan = plan_of(strategy, over, q, k, idx, bs, True)
         run_and_compare(q, k, v, idx, bs, True, plan, torch.float16)
+
+
+def test_bulk_copies_only_where_the_layout_allows():
+    """The NSA order takes K/V by tensor descriptors only for layouts they can describe, and
+    falls back to masked loads (same result) elsewhere."""
+    from fsa_compile.lowering.forward import _tma_descriptors
+
+    gen = torch.Generator().manual_seed(11)
+    B, T, H, G, D, bs, n = 1, 30, 2, 2, 16, 8, 3
+    q, k, v = make_inputs(B, T, H, G, D, D, torch.float32, "bhtd", gen)
+    assert _tma_descriptors(k, v, bs)[0] is not None  # a transposed view: any strides, aligned
+    assert _tma_descriptors(k, v, 12) == (None, None)  # the box would reach into the next block
+    strided = torch.randn(B, T, H, 2 * D, generator=gen)[..., ::2]  # last dim not contiguous
+    assert _tma_descriptors(strided, v, bs) == (None, None)
+    shifted = torch.randn(B * T * H * D + 1, generator=gen)[1:].view(B, T, H, D)  # base off by 4 bytes
+    assert _tma_descriptors(k, shifted, bs) == (None, None)
+    idx = random_indices(B, T, H, n, bs, gen)
+    plan = plan_of("nsa", {}, q, k, idx, bs, True)
+    assert plan.nsa_tma
+    run_and_compare(q, strided, shifted, idx, bs, True, plan, torch.float32)
+    run_and_compare(q, k, v, idx, bs, True, plan, torch.float32)
 
 
 def test_reference_strategy_is_the_reference():

@@ -95,7 +95,6 @@ def _tma_descriptors(k, v, block_size):
 
     if block_size & (block_size - 1):
         return None, None
-
     for x in (k, v):
         if x.stride(-1) != 1 or x.data_ptr() % 16 or any((s * x.element_size()) % 16 for s in x.stride()[:-1]):
             return None, None
