@@ -192,24 +192,6 @@ def cmp_tri4c1k(q, kc, vc):
     return cmp_tri(q, kc, vc, 4, 1024)
 
 
-def cmp_flexb(q, kc, vc, C=4096):
-    """flex_attention with query chunks in the batch dim (more programs in its backward)."""
-    T, Tk = q.shape[1], kc.shape[1]
-    pad = (-T) % C
-    nc = (T + pad) // C
-    qb = F.pad(q, (0, 0, 0, 0, 0, pad)).view(B * nc, C, HQ, D).transpose(1, 2)
-
-    def visible(b, h, qi, ki):
-        return (ki == 0) | ((ki - 1) * CS + CB - 1 <= (b % nc) * C + qi)
-
-    bm = create_block_mask(visible, B * nc, None, C, Tk, device=q.device)
-
-    def rep(x):
-        return x[:, None].expand(B, nc, Tk, H, D).reshape(B * nc, Tk, H, D).transpose(1, 2)
-    o = flex_attention(qb, rep(kc), rep(vc), block_mask=bm, enable_gqa=True)
-    return o.transpose(1, 2).reshape(B, nc * C, HQ, D)[:, :T]
-
-
 def win_q(q, k, v, qc=256):
     """Query chunks of qc against the W + qc keys before and in them (less wasted work than
     chunks of W against 2W keys)."""
@@ -283,7 +265,8 @@ def main():
     rows = []
     groups = [
         *([("select", [sel_topk, sel_split2, sel_split4, sel_split8], (q, k), False)] if a.select else []),
-        ("compressed", [cmp_cur, cmp_tri, cmp_tri4c1k, cmp_tri8, cmp_tri8c1k, cmp_tri16c1k, cmp_flex],
+        ("compressed", [cmp_cur, cmp_gqa, cmp_chunks, cmp_batch, cmp_batch2k, cmp_batch8k, cmp_tri, cmp_tri4c1k,
+                        cmp_tri8, cmp_tri8c1k, cmp_tri16c1k, cmp_flex],
          (q, kc, vc), True),
         ("sliding", [win_cur, win_q, win_q128, win_flex], (q, k, v), True),
     ]

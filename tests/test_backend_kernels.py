@@ -68,7 +68,6 @@ def test_saved_index_gives_the_same_gradients_bitwise():
     """The forward's index (binned by chunk: here three chunks) in the backward gives exactly the
     gradients of the backward's own index, at every chunking of the backward."""
     import dataclasses
-
     import importlib
 
     from fsa_compile.lowering.forward import forward

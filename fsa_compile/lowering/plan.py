@@ -17,8 +17,8 @@ STRATEGIES = ("auto", "fsa", "nsa", "reference")
 # chunk is the power of two under it, so the buffer is 384-768 MiB at the long lengths. Measured
 # (H100, T=64K, benchmarks/NOTES.md): doubling the chunk from the 512 MiB budget's took G=2/4/8
 # from 3.43/6.14/10.16 to 3.35/5.90/9.72 ms (likely: half the launches and their tails, each K/V
-# block loaded once for twice the entries);
-# G=1 stayed level (1.87 -> 1.89); forward extra memory stays under 1 GiB.
+# block loaded once for twice the entries); G=1 stayed level (1.87 -> 1.89); forward extra memory
+# stays under 1 GiB.
 PARTIAL_BUDGET = 768 * 2**20
 
 
