@@ -9,6 +9,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from triton.testing import do_bench
 
@@ -192,6 +193,56 @@ def cmp_tri4c1k(q, kc, vc):
     return cmp_tri(q, kc, vc, 4, 1024)
 
 
+def _group(q, kc, vc, how):
+    """The example model's spelling: queries in groups of CS tokens that see the same summaries,
+    a group's tokens folded into the head dim (or the batch dim), one causal SDPA call."""
+    T, S = q.shape[1], kc.shape[1]
+    off = CB - 1 - CS
+    early = min(T, max(off, 0))
+    front = max(-off, 0)
+    qg = F.pad(q[:, early:], (0, 0, 0, 0, front, S * CS - front - (T - early))).view(B, S, CS, HQ, D)
+    k_, v_ = kc.transpose(1, 2), vc.transpose(1, 2)
+    if how == "batch":  # [B*CS, HQ, S, D] against K/V repeated per group member
+        qg = qg.permute(0, 2, 3, 1, 4).reshape(B * CS, HQ, S, D)
+        k_, v_ = (x[:, None].expand(B, CS, H, S, D).reshape(B * CS, H, S, D) for x in (k_, v_))
+    else:
+        qg = qg.permute(0, 3, 2, 1, 4).reshape(B, HQ * CS, S, D)
+        if how == "rep":
+            k_, v_ = (x.repeat_interleave(G * CS, 1) for x in (k_, v_))
+    ctx = {"flash": [SDPBackend.FLASH_ATTENTION], "cudnn": [SDPBackend.CUDNN_ATTENTION]}.get(how)
+    if ctx:
+        with sdpa_kernel(ctx):
+            o = F.scaled_dot_product_attention(qg, k_, v_, is_causal=True, enable_gqa=True)
+    else:
+        o = F.scaled_dot_product_attention(qg, k_, v_, is_causal=True, enable_gqa=True)
+    if how == "batch":
+        o = o.view(B, CS, HQ, S, D).permute(0, 3, 1, 2, 4)
+    else:
+        o = o.view(B, HQ, CS, S, D).permute(0, 3, 2, 1, 4)
+    o = o.reshape(B, S * CS, HQ, D)[:, front:front + T - early]
+    return torch.cat([vc[:, :1].repeat_interleave(G, 2).expand(B, early, HQ, D), o], 1)
+
+
+def cmp_group(q, kc, vc):
+    return _group(q, kc, vc, "gqa")
+
+
+def cmp_group_rep(q, kc, vc):
+    return _group(q, kc, vc, "rep")
+
+
+def cmp_group_batch(q, kc, vc):
+    return _group(q, kc, vc, "batch")
+
+
+def cmp_group_flash(q, kc, vc):
+    return _group(q, kc, vc, "flash")
+
+
+def cmp_group_cudnn(q, kc, vc):
+    return _group(q, kc, vc, "cudnn")
+
+
 def win_q(q, k, v, qc=256):
     """Query chunks of qc against the W + qc keys before and in them (less wasted work than
     chunks of W against 2W keys)."""
@@ -252,6 +303,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", type=int, default=32768)
     ap.add_argument("--select", action="store_true", help="also time the selection spellings")
+    ap.add_argument("--only", help="comma-separated variant names to time (default: all)")
     a = ap.parse_args()
     T = a.T
     dev, dt = "cuda", torch.bfloat16
@@ -266,13 +318,17 @@ def main():
     groups = [
         *([("select", [sel_topk, sel_split2, sel_split4, sel_split8], (q, k), False)] if a.select else []),
         ("compressed", [cmp_cur, cmp_gqa, cmp_chunks, cmp_batch, cmp_batch2k, cmp_batch8k, cmp_tri, cmp_tri4c1k,
-                        cmp_tri8, cmp_tri8c1k, cmp_tri16c1k, cmp_flex],
+                        cmp_tri8, cmp_tri8c1k, cmp_tri16c1k, cmp_group, cmp_group_rep, cmp_group_batch,
+                        cmp_group_flash, cmp_group_cudnn, cmp_flex],
          (q, kc, vc), True),
         ("sliding", [win_cur, win_q, win_q128, win_flex], (q, k, v), True),
     ]
+    only = set(a.only.split(",")) if a.only else None
     for name, fns, args, grad in groups:
         ref = None
         for fn in fns:
+            if only and fn.__name__ not in only:
+                continue
             torch._dynamo.reset()
             f = torch.compile(fn)
             try:

@@ -36,9 +36,7 @@ class NSAConfig:
     window: int = 512
     cmp_block: int = 32
     cmp_stride: int = 16
-    # How the compressed and sliding branches are cut into SDPA calls (speed only, same result):
-    cmp_slices: int = 4  # query slices, each against the summaries its last query can see
-    cmp_fold: int = 2048  # a slice's queries go into the batch dim in chunks of this many
+    # How the sliding branch is cut into SDPA calls (speed only, same result):
     win_chunk: int = 256  # sliding window: query chunks, each against window + win_chunk keys
     mlp_mult: int = 4
     attention: str = "nsa"  # "dense": causal SDPA instead of the three NSA branches (the baseline)
@@ -83,12 +81,13 @@ class NSAAttention(nn.Module):
     def compressed(self, q, k, v):
         """Attention over block summaries; returns the output [B, T, HQ, D].
 
-        Query t sees the null key and every summary whose block ends at or before t. The queries
-        are cut into ``cmp_slices`` slices and each slice attends only to the summaries its last
-        query can see, so the masked-out corner of the query x summary rectangle is mostly not
-        computed (5/8 of the rectangle is left for 4 slices). A slice's queries are folded into the
-        batch dim in chunks of ``cmp_fold``: with only T/16 keys, the attention backward otherwise
-        has too few key blocks to keep the GPU busy.
+        Query t sees the null key and every summary whose block ends at or before t. Those sets
+        grow by one summary every ``cmp_stride`` tokens, so the queries fall into groups of
+        ``cmp_stride`` consecutive tokens that see the same keys, and group g sees the null key
+        and the first g summaries. Folding a group's tokens into the head dim makes that plain
+        causal attention of groups over [null, summaries]: one ``is_causal`` SDPA call, no mask,
+        no masked-out work. The first ``cmp_block - 1 - cmp_stride`` tokens see only the null key,
+        so their output is its value.
         """
         c = self.c
         B, T, HQ, D = q.shape
@@ -100,32 +99,21 @@ class NSAAttention(nn.Module):
         else:
             kc = k.new_zeros(B, 0, c.kv_heads, D)
             vc = kc
-        Tc = kc.shape[1]
         nk = self.null_kv[0].expand(B, 1, -1, -1).to(k.dtype)
         nv = self.null_kv[1].expand(B, 1, -1, -1).to(v.dtype)
-        kc, vc = torch.cat([nk, kc], 1), torch.cat([nv, vc], 1)
-        ends = torch.arange(Tc, device=q.device) * c.cmp_stride + c.cmp_block - 1  # summary i's last token
-        L = -(-T // max(1, c.cmp_slices))
-        outs = []
-        for s in range(0, T, L):
-            e = min(s + L, T)
-            n_sum = min(Tc, max(0, (e - c.cmp_block) // c.cmp_stride + 1))  # summaries query e-1 sees
-            C = min(c.cmp_fold, e - s)
-            pad = (-(e - s)) % C
-            nc = (e - s + pad) // C
-            qs = F.pad(q[:, s:e], (0, 0, 0, 0, 0, pad)).reshape(B * nc, C, HQ, D).transpose(1, 2)
-            rows = torch.arange(s, e + pad, device=q.device).view(nc, C, 1)
-            visible = ends[:n_sum].view(1, 1, n_sum) <= rows
-            mask = torch.cat([visible.new_ones(nc, C, 1), visible], 2)  # the null key is always visible
-            mask = mask.view(1, nc, 1, C, n_sum + 1).expand(B, -1, -1, -1, -1).reshape(B * nc, 1, C, n_sum + 1)
-
-            def fold(x):  # [B, 1 + Tc, H, D] -> [B * nc, H, 1 + n_sum, D], the slice's summaries
-                x = x[:, None, : n_sum + 1].expand(B, nc, n_sum + 1, c.kv_heads, D)
-                return x.reshape(B * nc, n_sum + 1, c.kv_heads, D).transpose(1, 2)
-
-            o = F.scaled_dot_product_attention(qs, fold(kc), fold(vc), attn_mask=mask, enable_gqa=True)
-            outs.append(o.transpose(1, 2).reshape(B, nc * C, HQ, D)[:, : e - s])
-        return torch.cat(outs, 1)
+        kc, vc = torch.cat([nk, kc], 1), torch.cat([nv, vc], 1)  # [B, S, H, D], key 0 is the null key
+        S, st = kc.shape[1], c.cmp_stride
+        # token t sees keys j <= (t - off) // st: summary j - 1 ends at st * (j - 1) + cmp_block - 1
+        off = c.cmp_block - 1 - st
+        early = min(T, max(off, 0))  # tokens before the first group: the null key only
+        front = max(-off, 0)  # empty rows in front, so that token off + st * g starts group g
+        # S groups in all (the last token's group is S - 1), so the causal mask is square
+        qg = F.pad(q[:, early:], (0, 0, 0, 0, front, S * st - front - (T - early)))
+        qg = qg.view(B, S, st, HQ, D).permute(0, 3, 2, 1, 4).reshape(B, HQ * st, S, D)
+        o = F.scaled_dot_product_attention(qg, kc.transpose(1, 2), vc.transpose(1, 2), is_causal=True,
+                                           enable_gqa=True)
+        o = o.view(B, HQ, st, S, D).permute(0, 3, 2, 1, 4).reshape(B, S * st, HQ, D)[:, front:front + T - early]
+        return torch.cat([nv.repeat_interleave(HQ // c.kv_heads, 2).expand(B, early, HQ, D), o], 1)
 
     def sliding(self, q, k, v):
         """Causal attention over the last ``window`` keys: queries in chunks of ``win_chunk``, each

@@ -78,16 +78,18 @@ def test_model_sliding_branch_is_causal_window_attention(B, T, window, win_chunk
 
 
 @settings(max_examples=20, deadline=None)
-@given(B=st.integers(1, 2), T=st.integers(1, 300), slices=st.integers(1, 5), fold=st.sampled_from([1, 5, 16, 2048]))
-def test_model_compressed_branch_is_block_causal_attention(B, T, slices, fold):
-    """However the queries are sliced and folded, query t attends to the null key and to every
-    summary whose block ends at or before t, and to nothing else."""
+@given(B=st.integers(1, 2), T=st.integers(1, 300),
+       blocks=st.sampled_from([(8, 4), (32, 16), (4, 4), (3, 4), (6, 4), (9, 2), (5, 3), (1, 1)]))
+def test_model_compressed_branch_is_block_causal_attention(B, T, blocks):
+    """Grouped into heads or not, query t attends to the null key and to every summary whose
+    block ends at or before t, and to nothing else (blocks shorter than, equal to and longer than
+    the stride move where the first group starts)."""
     from nsa_model import NSAAttention, NSAConfig
 
-    cfg = NSAConfig(dim=64, heads=4, kv_heads=2, head_dim=16, cmp_block=8, cmp_stride=4, cmp_slices=slices,
-                    cmp_fold=fold)
+    cmp_block, cmp_stride = blocks
+    cfg = NSAConfig(dim=64, heads=4, kv_heads=2, head_dim=16, cmp_block=cmp_block, cmp_stride=cmp_stride)
     attn = NSAAttention(cfg)
-    g = torch.Generator().manual_seed(T * 7 + slices)
+    g = torch.Generator().manual_seed(T * 7 + cmp_block)
     with torch.no_grad():  # non-zero null key/value and positions, so they matter
         attn.null_kv.copy_(torch.randn(attn.null_kv.shape, generator=g))
         attn.cmp_pos.copy_(torch.randn(attn.cmp_pos.shape, generator=g))
