@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # GPU run for issue 5/6: the 50-step loss curve (eager vs fsa) and the end-to-end table.
-# Usage on the device machine: bash benchmarks/e2e_gpu.sh "<T list>" [layers]
+# Usage on the device machine: bash benchmarks/e2e_gpu.sh "<T list>" [layers] [backends]
+# (FRESH_EAGER=1 measures eager's loss curve again instead of reusing the saved one; LOSS_CURVE=0
+# skips the curves.)
 set -uo pipefail
 . benchmarks/gpu_env.sh
 TS=${1:-4096,8192}
 LAYERS=${2:-2}
 if [ "${LOSS_CURVE:-1}" = 1 ]; then
   for b in eager fsa; do
-    if [ $b = eager ] && [ -f benchmarks/results/loss_eager_T2048.json ]; then
+    if [ $b = eager ] && [ "${FRESH_EAGER:-0}" != 1 ] && [ -f benchmarks/results/loss_eager_T2048.json ]; then
       cp benchmarks/results/loss_eager_T2048.json "$OUT/loss_eager.json"  # measured earlier on the same machine kind
       continue
     fi
@@ -24,4 +26,6 @@ for i in (0, 9, 19, 29, 39, 49):
     print(f"  step {i+1:2d}: eager {e[i]:.4f}  fsa {f[i]:.4f}")
 PY
 fi
-python -m fsa_compile bench --e2e --T "$TS" --layers "$LAYERS" --steps 3 --json "$OUT/e2e.json" --plot "$OUT/e2e.png"
+BACKENDS=${3:-inductor,fsa,dense}
+python -m fsa_compile bench --e2e --T "$TS" --layers "$LAYERS" --backends "$BACKENDS" --steps 10 \
+  --json "$OUT/e2e.json" --plot "$OUT/e2e.png"

@@ -183,8 +183,8 @@ def bench_once(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"), mem
 
 
-def part2(T, Gs, names, dists):
-    B, H, D, bs, n = 1, 4, 128, 64, 16
+def part2(T, Gs, names, dists, D=128):
+    B, H, bs, n = 1, 4, 64, 16
     rows = []
     for G in Gs:
         for dist in dists:
@@ -241,6 +241,7 @@ def main():
     ap.add_argument("--G", default="1,2,4,8,16")
     ap.add_argument("--variants", default="fsa,nsa")
     ap.add_argument("--dist", default="uniform,skewed")
+    ap.add_argument("--D", type=int, default=128, help="head dim of the timed cases")
     a = ap.parse_args()
     import triton
     print(torch.__version__, triton.__version__, torch.cuda.get_device_name(), flush=True)
@@ -249,7 +250,7 @@ def main():
     if failed:
         print("variants with failures (not timed):", sorted(failed))
     names = [x for x in names if x not in failed]
-    part2(a.T, [int(x) for x in a.G.split(",")], names, a.dist.split(","))
+    part2(a.T, [int(x) for x in a.G.split(",")], names, a.dist.split(","), a.D)
     out = os.environ.get("OUT")
     if out:
         with open(os.path.join(out, "check_log.txt"), "w") as f:

@@ -147,9 +147,9 @@ def bench(fn, warmup=25, rep=150):
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
-def run_timing(T, Gs, dists, variants):
+def run_timing(T, Gs, dists, variants, D=128):
     import triton  # noqa
-    B, H, D, bs, n = 1, 4, 128, 64, 16
+    B, H, bs, n = 1, 4, 64, 16
     dtype = torch.bfloat16
     gen = torch.Generator(device=DEV)
     gen.manual_seed(1234)
@@ -221,6 +221,7 @@ def main():
     ap.add_argument("--dists", type=str, default="uniform,skewed")
     ap.add_argument("--variants", type=str, default="")
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--D", type=int, default=128, help="head dim of the timed cases")
     ap.add_argument("--no-time", action="store_true")
     ap.add_argument("--profile", type=str, default="")
     ap.add_argument("--json", type=str, default=os.path.join(os.environ.get("OUT", "/tmp"), "bwd_results.json"))
@@ -238,7 +239,7 @@ def main():
 
         def variants(G):
             out = [("default", None)]
-            base = bw.backward_config(1, a.T, 4, G, 128, 16, 64, torch.bfloat16)
+            base = bw.backward_config(1, a.T, 4, G, a.D, 16, 64, torch.bfloat16)
             for s in names:  # e.g. "tile_t=2*;ch=512;num_warps=4"
                 kv = dict(p.split("=") for p in s.split(","))
                 d = {}
@@ -251,7 +252,7 @@ def main():
                 out.append((s, cfg))
             return out
 
-        res = run_timing(a.T, [int(g) for g in a.G.split(",")], a.dists.split(","), variants)
+        res = run_timing(a.T, [int(g) for g in a.G.split(",")], a.dists.split(","), variants, a.D)
     with open(a.json, "w") as f:
         json.dump(dict(checks=[(r[0], r[1], r[2], r[3], r[4]) for r in rows], timing=res), f, indent=1)
     print("\n=== summary ===")

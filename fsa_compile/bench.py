@@ -166,6 +166,20 @@ def table(rows) -> str:
     return "\n".join(out)
 
 
+def plot_wanted(path) -> bool:
+    """Whether a ``--plot`` path can be honoured; says so at once (not after the run) if
+    matplotlib is missing."""
+    if not path:
+        return False
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(f"note: matplotlib is not installed, so no plot will be saved to {path} "
+              "(pip install 'fsa_compile[bench]'); the table and --json are unaffected", file=sys.stderr)
+        return False
+    return True
+
+
 def plot(rows, path):
     import matplotlib
 
@@ -215,6 +229,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("fsa_compile bench needs a CUDA GPU (none found); nothing was measured.", file=sys.stderr)
         return 2
+    want_plot = plot_wanted(args.plot)
     Ts, Gs = _ints(args.T), _ints(args.G)
     dists = args.dist.split(",")
     strategies = args.strategies.split(",")
@@ -234,6 +249,6 @@ def main(argv=None) -> int:
                     with open(args.json, "w") as f:
                         json.dump(rows, f, indent=1)
     print(table(rows))
-    if args.plot:
+    if want_plot:
         plot(rows, args.plot)
     return 0

@@ -147,6 +147,9 @@ def main(argv=None) -> int:
         print("bench --e2e needs a CUDA GPU (none found); the examples run on the CPU: "
               "python examples/train.py --tiny", file=sys.stderr)
         return 2
+    from .bench import plot_wanted
+
+    want_plot = plot_wanted(args.plot)
     nsa_model = _examples()
     Ts = [int(t) for t in args.T.split(",")]
     backends = [b for b in args.backends.split(",") if b]
@@ -177,7 +180,7 @@ def main(argv=None) -> int:
     print(table(results, Ts, backends))
     longest = {b: max([r["T"] for r in results if r["backend"] == b and "train_tok_s" in r], default=None) for b in backends}
     print("longest T trained: " + ", ".join(f"{b} {t}" for b, t in longest.items()))
-    if args.plot:
+    if want_plot:
         import matplotlib
 
         matplotlib.use("Agg")

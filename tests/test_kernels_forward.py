@@ -188,6 +188,18 @@ def test_bench_needs_cuda(capsys):
     assert "CUDA" in capsys.readouterr().err
 
 
+def test_bench_says_at_once_when_it_cannot_plot(monkeypatch, capsys):
+    import sys
+
+    from fsa_compile.bench import plot_wanted
+
+    assert plot_wanted(None) is False
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert plot_wanted("t.png") is False
+    err = capsys.readouterr().err
+    assert "matplotlib is not installed" in err and "t.png" in err
+
+
 try:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st

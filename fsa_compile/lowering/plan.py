@@ -101,9 +101,13 @@ def _fsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over) -> Plan:
     # a power of two <= fit (measured: a 48K-token chunk at T=64K, i.e. a padded second chunk,
     # was 40% slower at G=1 than 16K-token chunks; a 32K-token one 1% slower than 16K)
     chunk = min(1 << (fit.bit_length() - 1), t_bucket(T))
+    # Head dims up to 64 at G >= 2: twice the merge rows and sub-tiles per program (measured H100,
+    # T=32K, D=64, uniform, ms: G=2 1.07 -> 1.03, G=4 1.74 -> 1.59, G=16 5.48 -> 4.99; at G=1 16
+    # merge rows were slower, 0.87 -> 0.95, and at D=128 too, G=8 9.75 -> 10.24).
+    narrow = _pow2(Dv) <= 64 and G >= 2
     kw = dict(fsa_tile_q=tile_q, fsa_rows=rows, fsa_warps=8 if (rows >= 128 or big_d) else 4,
-              fsa_stages=1, fsa_tpp=4, fsa_tile_map=True, fsa_ent_all=True, fsa_evict=True,
-              chunk=chunk, t_bucket=t_bucket(T))
+              fsa_stages=1, fsa_tpp=8 if narrow else 4, fsa_tile_map=True, fsa_ent_all=True, fsa_evict=True,
+              chunk=chunk, merge_rows=16 if narrow else 8, t_bucket=t_bucket(T))
     kw.update(over)
     return Plan("fsa", **kw)
 
