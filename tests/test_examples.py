@@ -81,9 +81,9 @@ def test_model_sliding_branch_is_causal_window_attention(B, T, window, win_chunk
 @given(B=st.integers(1, 2), T=st.integers(1, 300),
        blocks=st.sampled_from([(8, 4), (32, 16), (4, 4), (3, 4), (6, 4), (9, 2), (5, 3), (1, 1)]))
 def test_model_compressed_branch_is_block_causal_attention(B, T, blocks):
-    """Grouped into heads or not, query t attends to the null key and to every summary whose
-    block ends at or before t, and to nothing else (blocks shorter than, equal to and longer than
-    the stride move where the first group starts)."""
+    """Query t attends to the null key and to every summary whose block ends at or before t, and
+    to nothing else, with the same gradients as that masked softmax (blocks shorter than, equal to
+    and longer than the stride move where the model's first query group starts)."""
     from nsa_model import NSAAttention, NSAConfig
 
     cmp_block, cmp_stride = blocks
@@ -93,8 +93,9 @@ def test_model_compressed_branch_is_block_causal_attention(B, T, blocks):
     with torch.no_grad():  # non-zero null key/value and positions, so they matter
         attn.null_kv.copy_(torch.randn(attn.null_kv.shape, generator=g))
         attn.cmp_pos.copy_(torch.randn(attn.cmp_pos.shape, generator=g))
-    q = torch.randn(B, T, 4, 16, generator=g)
-    k, v = torch.randn(B, T, 2, 16, generator=g), torch.randn(B, T, 2, 16, generator=g)
+    q = torch.randn(B, T, 4, 16, generator=g, requires_grad=True)
+    k = torch.randn(B, T, 2, 16, generator=g, requires_grad=True)
+    v = torch.randn(B, T, 2, 16, generator=g, requires_grad=True)
     starts = list(range(0, T - cfg.cmp_block + 1, cfg.cmp_stride))
     summ_k = [attn.null_kv[0].expand(B, 2, 16)] + [
         attn.cmp_k((k[:, s0:s0 + cfg.cmp_block].transpose(1, 2) + attn.cmp_pos).flatten(-2)) for s0 in starts]
@@ -106,7 +107,16 @@ def test_model_compressed_branch_is_block_causal_attention(B, T, blocks):
     seen = last.view(1, -1) <= torch.arange(T).view(T, 1)
     s = torch.einsum("bthd,bshd->bhts", q, kk) * 16**-0.5
     want = torch.einsum("bhts,bshd->bthd", s.masked_fill(~seen, float("-inf")).softmax(-1), vv)
-    torch.testing.assert_close(attn.compressed(q, k, v), want.detach(), rtol=1e-5, atol=1e-5)
+    got = attn.compressed(q, k, v)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    go = torch.randn(got.shape, generator=g)
+    wrt = [q, k, v, attn.null_kv, attn.cmp_pos, attn.cmp_k.weight, attn.cmp_v.weight]
+    for a, b in zip(torch.autograd.grad(got, wrt, go, allow_unused=True),
+                    torch.autograd.grad(want, wrt, go, allow_unused=True)):
+        if a is None or b is None:  # no summaries (T < cmp_block): the maps get no gradient
+            assert a is None and b is None
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_prefill_runs_and_agrees():
