@@ -264,6 +264,41 @@ def win_q(q, k, v, qc=256):
     return o.transpose(1, 2).reshape(B, nc * qc, HQ, D)[:, :T]
 
 
+def win_band(q, k, v, qc=256):
+    """The example model's spelling: the first W tokens as plain causal attention, the rest in
+    chunks of qc queries against W + qc keys with one band mask broadcast over the chunks."""
+    T = q.shape[1]
+    head = min(T, W)
+    tr = lambda x: x.transpose(1, 2)  # noqa: E731
+    o_head = F.scaled_dot_product_attention(tr(q[:, :head]), tr(k[:, :head]), tr(v[:, :head]), is_causal=True,
+                                            enable_gqa=True).transpose(1, 2)
+    if T == head:
+        return o_head
+    qc = min(qc, T - W)
+    L = W + qc
+    pad = (-(T - W)) % qc
+    nc = (T - W + pad) // qc
+    qs = F.pad(q[:, W:], (0, 0, 0, 0, 0, pad)).view(B * nc, qc, HQ, D).transpose(1, 2)
+
+    def keys(x):
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        return x.unfold(1, L, qc).transpose(-1, -2).reshape(B * nc, H, L, D)
+
+    r = torch.arange(qc, device=q.device).view(qc, 1)
+    j = torch.arange(L, device=q.device).view(1, L)
+    band = ((j > r) & (j <= r + W)).view(1, 1, qc, L)
+    o = F.scaled_dot_product_attention(qs, keys(k), keys(v), attn_mask=band, enable_gqa=True)
+    return torch.cat([o_head, o.transpose(1, 2).reshape(B, nc * qc, HQ, D)[:, : T - W]], 1)
+
+
+def win_band128(q, k, v):
+    return win_band(q, k, v, 128)
+
+
+def win_band512(q, k, v):
+    return win_band(q, k, v, 512)
+
+
 def win_q128(q, k, v):
     return win_q(q, k, v, 128)
 
@@ -321,7 +356,7 @@ def main():
                         cmp_tri8, cmp_tri8c1k, cmp_tri16c1k, cmp_group, cmp_group_rep, cmp_group_batch,
                         cmp_group_flash, cmp_group_cudnn, cmp_flex],
          (q, kc, vc), True),
-        ("sliding", [win_cur, win_q, win_q128, win_flex], (q, k, v), True),
+        ("sliding", [win_cur, win_q, win_q128, win_band, win_band128, win_band512, win_flex], (q, k, v), True),
     ]
     only = set(a.only.split(",")) if a.only else None
     for name, fns, args, grad in groups:

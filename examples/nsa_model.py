@@ -116,30 +116,43 @@ class NSAAttention(nn.Module):
         return torch.cat([nv.repeat_interleave(HQ // c.kv_heads, 2).expand(B, early, HQ, D), o], 1)
 
     def sliding(self, q, k, v):
-        """Causal attention over the last ``window`` keys: queries in chunks of ``win_chunk``, each
-        chunk against the ``window + win_chunk`` keys that end with it, as one 4-D SDPA call
-        (chunks in the batch dim) so that the fused attention kernels take it."""
+        """Causal attention over the last ``window`` keys; returns [B, T, HQ, D].
+
+        The first ``window`` tokens see every token up to themselves: plain causal attention. The
+        later ones go in chunks of ``win_chunk`` queries, each against the ``window + win_chunk``
+        keys that end with it, as one SDPA call with the chunks in the batch dim; every chunk then
+        has the same band mask, one ``[win_chunk, window + win_chunk]`` pattern broadcast over the
+        chunks rather than a mask per chunk.
+        """
         c = self.c
         B, T, HQ, D = q.shape
         W = c.window
-        qc = min(c.win_chunk, T)
-        L = W + qc
-        pad = (-T) % qc
-        nc = (T + pad) // qc
-        qs = F.pad(q, (0, 0, 0, 0, 0, pad)).view(B * nc, qc, HQ, D).transpose(1, 2)  # [B*nc, HQ, qc, D]
 
-        def keys(x):  # [B, T, H, D] -> [B*nc, H, L, D]: chunk i's keys are tokens [i*qc - W, (i+1)*qc)
-            x = F.pad(x, (0, 0, 0, 0, W, pad))  # W empty positions in front
+        def heads(x):  # [B, T', H, D] -> [B, H, T', D]
+            return x.transpose(1, 2)
+
+        head = min(T, W)
+        o_head = F.scaled_dot_product_attention(heads(q[:, :head]), heads(k[:, :head]), heads(v[:, :head]),
+                                                is_causal=True, enable_gqa=True).transpose(1, 2)
+        if T == head:
+            return o_head
+        qc = min(c.win_chunk, T - W)
+        L = W + qc
+        pad = (-(T - W)) % qc
+        nc = (T - W + pad) // qc
+        # chunk i: queries are tokens W + i*qc + r, keys tokens i*qc + j; key j is in query r's
+        # window iff r < j <= r + W
+        qs = F.pad(q[:, W:], (0, 0, 0, 0, 0, pad)).view(B * nc, qc, HQ, D).transpose(1, 2)
+
+        def keys(x):  # [B, T, H, D] -> [B * nc, H, L, D]
+            x = F.pad(x, (0, 0, 0, 0, 0, pad))
             return x.unfold(1, L, qc).transpose(-1, -2).reshape(B * nc, c.kv_heads, L, D)
 
-        i = torch.arange(qc, device=q.device).view(qc, 1)
+        r = torch.arange(qc, device=q.device).view(qc, 1)
         j = torch.arange(L, device=q.device).view(1, L)
-        chunk = torch.arange(nc, device=q.device).repeat(B).view(B * nc, 1, 1, 1)
-        # key j of chunk i is token i*qc - W + j: within the window of query i*qc + row, and not
-        # one of the empty positions in front of token 0
-        mask = (j > i) & (j <= i + W) & (j >= W - chunk * qc)  # [B*nc, 1, qc, L]
-        o = F.scaled_dot_product_attention(qs, keys(k), keys(v), attn_mask=mask, enable_gqa=True)
-        return o.transpose(1, 2).reshape(B, nc * qc, HQ, D)[:, :T]
+        band = ((j > r) & (j <= r + W)).view(1, 1, qc, L)
+        o = F.scaled_dot_product_attention(qs, keys(k), keys(v), attn_mask=band, enable_gqa=True)
+        return torch.cat([o_head, o.transpose(1, 2).reshape(B, nc * qc, HQ, D)[:, : T - W]], 1)
 
     def forward(self, x):
         c = self.c

@@ -67,14 +67,19 @@ def test_model_sliding_branch_is_causal_window_attention(B, T, window, win_chunk
 
     attn = NSAAttention(NSAConfig(dim=64, heads=4, kv_heads=2, head_dim=16, window=window, win_chunk=win_chunk))
     g = torch.Generator().manual_seed(T)
-    q = torch.randn(B, T, 4, 16, generator=g)
-    k, v = torch.randn(B, T, 2, 16, generator=g), torch.randn(B, T, 2, 16, generator=g)
+    q = torch.randn(B, T, 4, 16, generator=g, requires_grad=True)
+    k = torch.randn(B, T, 2, 16, generator=g, requires_grad=True)
+    v = torch.randn(B, T, 2, 16, generator=g, requires_grad=True)
     kk, vv = k.repeat_interleave(2, 2), v.repeat_interleave(2, 2)
     t = torch.arange(T)
     near = (t.view(T, 1) >= t.view(1, T)) & (t.view(T, 1) - t.view(1, T) < window)
     s = torch.einsum("bthd,bshd->bhts", q, kk) * 16**-0.5
     want = torch.einsum("bhts,bshd->bthd", s.masked_fill(~near, float("-inf")).softmax(-1), vv)
-    torch.testing.assert_close(attn.sliding(q, k, v), want, rtol=1e-5, atol=1e-5)
+    got = attn.sliding(q, k, v)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    go = torch.randn(got.shape, generator=g)
+    for a, b in zip(torch.autograd.grad(got, (q, k, v), go), torch.autograd.grad(want, (q, k, v), go)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 @settings(max_examples=20, deadline=None)

@@ -83,13 +83,15 @@ def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: b
         if nc > 1:
             key = key + (torch.arange(T, device=dev).view(1, T, 1, 1) // chunk)
         flat = (key.permute(0, 2, 1, 3).reshape(nseg, L) + seg.long() * nbin).reshape(-1)
-    _, order = torch.sort(flat, stable=True)
+    keys, order = torch.sort(flat, stable=True)
     entries = (order.view(nseg, L) - seg.long() * L).to(torch.int32).view(B, H, L)
-    counts = torch.zeros(nseg * nbin, dtype=torch.int32, device=dev)
-    counts.scatter_add_(0, flat.long(), torch.ones_like(flat, dtype=torch.int32))
-    counts = counts.view(nseg, nb1, nc)
-    bin_offsets = torch.zeros(nseg, nbin + 1, dtype=torch.int32, device=dev)
-    torch.cumsum(counts.view(nseg, nbin), -1, dtype=torch.int32, out=bin_offsets[:, 1:])
+    # Where each bin starts, searched in the sorted keys: segment s holds exactly L keys, all in
+    # [s * nbin, (s + 1) * nbin). (Counting with scatter_add instead meets every query's block 0
+    # on one counter per segment: atomics on a few addresses.)
+    bounds = (seg * nbin + torch.arange(nbin + 1, device=dev, dtype=torch.int32)).view(-1)
+    starts = torch.searchsorted(keys, bounds).view(nseg, nbin + 1)  # int64: B * H * L may pass 2**31
+    bin_offsets = (starts - seg.long() * L).to(torch.int32)
+    counts = (bin_offsets[:, 1:] - bin_offsets[:, :-1]).view(nseg, nb1, nc)
     offsets = bin_offsets[:, : num_blocks * nc + 1 : nc]  # where block j's first chunk starts
     tiles = (counts[:, :num_blocks, :] + (tile - 1)) // tile
     tile_offsets = torch.zeros(nseg, nc, nb1, dtype=torch.int32, device=dev)
