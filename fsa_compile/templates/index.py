@@ -88,7 +88,7 @@ def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: b
     # Where each bin starts, searched in the sorted keys: segment s holds exactly L keys, all in
     # [s * nbin, (s + 1) * nbin). (Counting with scatter_add instead meets every query's block 0
     # on one counter per segment: atomics on a few addresses.)
-    bounds = (seg * nbin + torch.arange(nbin + 1, device=dev, dtype=torch.int32)).view(-1)
+    bounds = (seg.to(keys.dtype) * nbin + torch.arange(nbin + 1, device=dev, dtype=keys.dtype)).view(-1)
     starts = torch.searchsorted(keys, bounds).view(nseg, nbin + 1)  # int64: B * H * L may pass 2**31
     bin_offsets = (starts - seg.long() * L).to(torch.int32)
     counts = (bin_offsets[:, 1:] - bin_offsets[:, :-1]).view(nseg, nb1, nc)
