@@ -32,9 +32,6 @@ VARIANTS = [
                                fsa_tile_map=True)),
     ("fsa-prefetch", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=3, fsa_prefetch=True,
                                  fsa_tile_map=True)),
-    # chunk c's main programs and chunk c - 1's merge in one launch, two partial buffers
-    ("fsa-overlap", "fsa", dict(chunk=8, fsa_tile_q=2, fsa_rows=16, fsa_tpp=2, fsa_overlap=True,
-                                fsa_tile_map=True, fsa_ent_all=True)),
 ]
 
 

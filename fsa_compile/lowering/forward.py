@@ -9,7 +9,6 @@ from .. import templates  # noqa: F401  (sets the interpreter switch before trit
 import triton  # noqa: E402
 from ..reference import reference_forward
 from ..templates.fsa_fwd import fsa_fwd_kernel
-from ..templates.fsa_fwd_merge import fsa_fwd_merge_kernel
 from ..templates.index import build_block_index
 from ..templates.merge import merge_fwd_kernel
 from ..templates.nsa_fwd import nsa_fwd_kernel, tile_block_union
@@ -150,53 +149,33 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
     grid0 = bi.max_tiles
     elen = bi.entries.shape[-1]
     pdt = torch.float32 if q.dtype == torch.float32 else q.dtype
-    # With overlap, chunk c's main programs and chunk c - 1's merge share one launch, so they
-    # write and read different buffers.
-    overlap = plan.fsa_overlap and nc > 1
-    nbuf = 2 if overlap else 1
-    po = torch.empty(nbuf, B, C, n, HQ, Dv, dtype=pdt, device=q.device)
-    pl = torch.empty(nbuf, B, C, n, HQ, dtype=torch.float32, device=q.device)
+    po = torch.empty(B, C, n, HQ, Dv, dtype=pdt, device=q.device)
+    pl = torch.empty(B, C, n, HQ, dtype=torch.float32, device=q.device)
     if poison:
         po.fill_(float("nan"))
         pl.fill_(float("nan"))
+    common = _common(q, k, v, block_size)
     search = min(1024, max(16, triton.next_power_of_2(NB)))
-
-    def main_args(c):  # chunk c's inverted-loop programs write buffer c % nbuf
-        return (q, k, v, bi.bin_offsets, bi.entries, bi.tile_offsets,
-                bi.tile_block if plan.fsa_tile_map else bi.tile_offsets, po[c % nbuf], pl[c % nbuf],
-                *q.stride(), *k.stride(), *v.stride(),
-                T, H, C, c * C, nc, c, NB, elen, grid0, scale * LOG2E)
-
-    def merge_args(c):  # chunk c's merge reads buffer c % nbuf
-        return (po[c % nbuf], pl[c % nbuf], idx, o, lse, *idx.stride(), *o.stride())
-
-    p_evict = "evict_first" if plan.fsa_evict else ""
-    main_kw = dict(
-        G=G, N_SEL=n, TILE_Q=tile_q, TPP=plan.fsa_tpp, PREFETCH=plan.fsa_prefetch, TILE_MAP=plan.fsa_tile_map,
-        ENT_ALL=plan.fsa_ent_all and not plan.fsa_prefetch and plan.fsa_tpp == triton.next_power_of_2(plan.fsa_tpp),
-        Q_EVICT="evict_last" if plan.fsa_evict else "", P_EVICT=p_evict,
-        BLOCK_R=rows, SEARCH=search, CAUSAL=causal, **_common(q, k, v, block_size))
-    merge0 = triton.cdiv(C * HQ, plan.merge_rows)
-
-    def launch_main(c):
-        fsa_fwd_kernel[(grid0, B * H)](*main_args(c), **main_kw, num_warps=plan.fsa_warps,
-                                        num_stages=plan.fsa_stages)
-
-    def launch_merge(c):
-        merge_fwd_kernel[(merge0, B)](
-            *merge_args(c), T, C, c * C, HQ, G=G, N_SEL=n, BLOCK_SEL=_p2(n), BLOCK_M=plan.merge_rows,
-            DV=Dv, BLOCK_DV=_p2(Dv), P_EVICT=p_evict, num_warps=plan.merge_warps)
-
-    if not overlap:
-        for c in range(nc):
-            launch_main(c)
-            launch_merge(c)
-        return bi
-    launch_main(0)
-    for c in range(1, nc):
-        fsa_fwd_merge_kernel[(grid0 * B * H + merge0 * B,)](
-            *main_args(c), *merge_args(c - 1), (c - 1) * C, HQ, grid0, grid0 * B * H, merge0, merge0 * B,
-            **main_kw, BLOCK_SEL=_p2(n), BLOCK_M=plan.merge_rows, M_EVICT=p_evict,
-            num_warps=plan.fsa_warps, num_stages=plan.fsa_stages)
-    launch_merge(nc - 1)
+    for c in range(nc):
+        c0 = c * C
+        fsa_fwd_kernel[(grid0, B * H)](
+            q, k, v, bi.bin_offsets, bi.entries, bi.tile_offsets,
+            bi.tile_block if plan.fsa_tile_map else bi.tile_offsets, po, pl,
+            *q.stride(), *k.stride(), *v.stride(),
+            T, H, C, c0, nc, c, NB, elen, grid0, scale * LOG2E,
+            G=G, N_SEL=n, TILE_Q=tile_q, TPP=plan.fsa_tpp, PREFETCH=plan.fsa_prefetch, TILE_MAP=plan.fsa_tile_map,
+            ENT_ALL=plan.fsa_ent_all and not plan.fsa_prefetch
+            and plan.fsa_tpp == triton.next_power_of_2(plan.fsa_tpp),
+            Q_EVICT="evict_last" if plan.fsa_evict else "",
+            P_EVICT="evict_first" if plan.fsa_evict else "",
+            BLOCK_R=rows, SEARCH=search, CAUSAL=causal,
+            num_warps=plan.fsa_warps, num_stages=plan.fsa_stages, **common,
+        )
+        merge_fwd_kernel[(triton.cdiv(C * HQ, plan.merge_rows), B)](
+            po, pl, idx, o, lse,
+            *idx.stride(), *o.stride(),
+            T, C, c0, HQ,
+            G=G, N_SEL=n, BLOCK_SEL=_p2(n), BLOCK_M=plan.merge_rows, DV=Dv, BLOCK_DV=_p2(Dv),
+            P_EVICT="evict_first" if plan.fsa_evict else "", num_warps=plan.merge_warps,
+        )
     return bi

@@ -60,9 +60,6 @@ class Plan:
     fsa_tile_map: bool = False  # programs read their block from a tile->block map (one load)
     fsa_ent_all: bool = False  # one load of all sub-tiles' entries per program (tpp pow2)
     fsa_evict: bool = False  # L2 hints: keep gathered queries (evict_last), stream partials
-    # chunk c's main programs and chunk c - 1's merge in one launch (two partial buffers, each
-    # half the budget)
-    fsa_overlap: bool = False
     chunk: int = 16384  # query tokens per inverted-loop pass (bounds the partial buffer)
     merge_rows: int = 8
     merge_warps: int = 4
@@ -75,7 +72,6 @@ class Plan:
                     f"warps {self.fsa_warps}, " + ("prefetch, " if self.fsa_prefetch else "")
                     + ("entries at once, " if self.fsa_ent_all else "")
                     + ("L2 hints, " if self.fsa_evict else "")
-                    + ("merge overlapped, " if self.fsa_overlap else "")
                     + f"stages {self.fsa_stages}, chunk {self.chunk}, "
                     + f"merge {self.merge_rows} rows")
         if self.strategy == "nsa":
@@ -101,8 +97,7 @@ def _fsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over) -> Plan:
     rows = _pow2(rows)
     HQ = H * G
     per_tok = B * n * HQ * (Dv * _elt(dtype) + 4)  # partial o + partial lse, per query token
-    nbuf = 2 if over.get("fsa_overlap", False) else 1
-    fit = max(64, PARTIAL_BUDGET // nbuf // max(per_tok, 1))
+    fit = max(64, PARTIAL_BUDGET // max(per_tok, 1))
     # a power of two <= fit (measured: a 48K-token chunk at T=64K, i.e. a padded second chunk,
     # was 40% slower at G=1 than 16K-token chunks; a 32K-token one 1% slower than 16K)
     chunk = min(1 << (fit.bit_length() - 1), t_bucket(T))

@@ -43,34 +43,8 @@ def fsa_fwd_kernel(
     D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    fsa_fwd_program(
-        tl.program_id(0), tl.program_id(1),
-        Q, K, V, OFFS, ENTRIES, TOFFS, TMAP, PO, PL,
-        sqb, sqt, sqh, sqd, skb, skt, skh, skd, svb, svt, svh, svd,
-        T, H, C, c0, NCHUNK, chunk, NB, ELEN, MAXT, scale_log2,
-        G, N_SEL, TILE_Q, TPP, PREFETCH, TILE_MAP, ENT_ALL, Q_EVICT, P_EVICT, BLOCK_R,
-        BS, BLOCK_N, SEARCH, D, BLOCK_D, DV, BLOCK_DV, CAUSAL, PRECISION, UPCAST,
-    )
-
-
-@triton.jit
-def fsa_fwd_program(
-    pid, pid_bh,
-    Q, K, V, OFFS, ENTRIES, TOFFS, TMAP, PO, PL,
-    sqb, sqt, sqh, sqd,
-    skb, skt, skh, skd,
-    svb, svt, svh, svd,
-    T, H, C, c0, NCHUNK, chunk, NB, ELEN, MAXT, scale_log2,
-    G: tl.constexpr, N_SEL: tl.constexpr, TILE_Q: tl.constexpr, TPP: tl.constexpr,
-    PREFETCH: tl.constexpr, TILE_MAP: tl.constexpr, ENT_ALL: tl.constexpr,
-    Q_EVICT: tl.constexpr, P_EVICT: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    BS: tl.constexpr, BLOCK_N: tl.constexpr, SEARCH: tl.constexpr,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
-    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-):
-    """One program of :func:`fsa_fwd_kernel`, as program ``pid`` of ``(b, h) = pid_bh``: also
-    called by the kernel that runs it side by side with the previous chunk's merge."""
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     seg = b * H + h

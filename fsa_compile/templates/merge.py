@@ -36,21 +36,8 @@ def merge_fwd_kernel(
 ):
     """``BLOCK_M`` rows per program; all ``n`` partial rows of a row are loaded at once as one
     ``[BLOCK_M, BLOCK_SEL, BLOCK_DV]`` tile (every load in flight together)."""
-    merge_fwd_program(tl.program_id(0), tl.program_id(1), PO, PL, IDX, O, LSE,
-                      sib, sit, sih, sis, sob, sot, soh, sod, T, C, c0, HQ,
-                      G, N_SEL, BLOCK_SEL, BLOCK_M, DV, BLOCK_DV, P_EVICT)
-
-
-@triton.jit
-def merge_fwd_program(
-    pid, b, PO, PL, IDX, O, LSE,
-    sib, sit, sih, sis,
-    sob, sot, soh, sod,
-    T, C, c0, HQ,
-    G: tl.constexpr, N_SEL: tl.constexpr, BLOCK_SEL: tl.constexpr, BLOCK_M: tl.constexpr,
-    DV: tl.constexpr, BLOCK_DV: tl.constexpr, P_EVICT: tl.constexpr,
-):
-    """Program ``pid`` of batch ``b`` of :func:`merge_fwd_kernel`."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
     b64 = b.to(tl.int64)
     r = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     t_loc = r // HQ
