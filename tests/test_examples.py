@@ -151,3 +151,37 @@ def test_e2e_bench_script_runs_on_a_tiny_cpu_model():
     from fsa_compile import bench_e2e
 
     assert bench_e2e.main(["--cpu-smoke"]) == 0
+
+
+@settings(max_examples=10, deadline=None)
+@given(t=st.integers(0, 70000), s=st.integers(0, 70000), shift=st.integers(0, 60000), seed=st.integers(0, 2**16))
+def test_rotary_scores_depend_on_the_distance_only(t, s, shift, seed):
+    """The table-driven rotary embedding rotates q at position t and k at position s so that their
+    dot product depends on t - s alone (and keeps norms); positions beyond 64K included."""
+    from nsa_model import rope, rope_tables
+
+    D = 64
+    cos, sin = rope_tables(max(t, s) + shift + 1, D)
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(2, D, generator=g, dtype=torch.float64).unbind(0)
+
+    def at(x, pos):  # x placed at position pos of a [1, pos + 1, 1, D] sequence, rotated there
+        seq = torch.zeros(1, pos + 1, 1, D, dtype=torch.float64)
+        seq[0, pos, 0] = x
+        return rope(seq, cos.double(), sin.double()).float()[0, pos, 0].double()
+
+    dot = at(q, t) @ at(k, s)
+    assert torch.allclose(dot, at(q, t + shift) @ at(k, s + shift), rtol=1e-4, atol=1e-4)
+    assert torch.allclose(at(q, t).norm(), q.norm(), rtol=1e-5)
+    if t == s:
+        assert torch.allclose(dot, q @ k, rtol=1e-4, atol=1e-4)
+
+
+def test_model_says_when_a_sequence_outruns_its_rotary_tables():
+    from nsa_model import NSAConfig, NSAModel
+
+    m = NSAModel(NSAConfig(dim=32, layers=1, heads=2, kv_heads=1, head_dim=16, block_size=8, n=2, window=8,
+                           cmp_block=8, cmp_stride=4, max_seq=40))
+    assert m(torch.zeros(1, 40, dtype=torch.long)).shape == (1, 40, m.c.vocab)
+    with pytest.raises(ValueError, match="max_seq=40"):
+        m(torch.zeros(1, 41, dtype=torch.long))
