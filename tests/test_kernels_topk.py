@@ -48,12 +48,14 @@ def _same_values(a, b):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(R=st.integers(1, 70), L=st.integers(1, 600), kfrac=st.floats(0, 1), dtype=st.sampled_from(DTYPES),
-       largest=st.booleans(), seed=st.integers(0, 2**16))
-def test_kernel_matches_torch_topk(R, L, kfrac, dtype, largest, seed):
+       largest=st.booleans(), seed=st.integers(0, 2**16), two_level=st.booleans())
+def test_kernel_matches_torch_topk(R, L, kfrac, dtype, largest, seed, two_level):
+    """Both ways of taking the keys (whole rows in registers, or group maxima with one group
+    reloaded per step) against torch.topk, with infinities, NaN, signed zeros and many ties."""
     k = max(1, min(L, 64, round(kfrac * min(L, 64))))
     x = _rows(R, L, dtype, seed)
     poison = (torch.full((R, k), float("nan"), dtype=dtype), torch.full((R, k), -7, dtype=torch.int64))
-    v, i = row_topk(x, k, largest, out=poison)
+    v, i = row_topk(x, k, largest, out=poison, two_level=two_level)
     ev, ei = _expected(x, k, largest)
     rv, _ = torch.topk(x, k, dim=-1, largest=largest)
     assert _same_values(v, rv), "values differ from torch.topk"

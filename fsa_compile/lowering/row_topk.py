@@ -29,18 +29,22 @@ def describe(L, k: int, dtype, device) -> str:
         return f"kernel for rows up to {MAX_ROW} (the row length is symbolic), torch.topk above"
     if L > MAX_ROW:
         return f"torch.topk (rows longer than {MAX_ROW})"
-    block_l, rows, warps = tiles(L)
-    return f"kernel: {rows} rows x {block_l} per program, warps {warps}"
+    block_l, rows, warps, group = tiles(L)
+    levels = f", groups of {group}" if group < block_l else ""
+    return f"kernel: {rows} rows x {block_l} per program{levels}, warps {warps}"
 
 
-def tiles(L: int) -> tuple[int, int, int]:
-    """(BLOCK_L, ROWS, num_warps): about 4K keys per program."""
+def tiles(L: int, two_level: bool = True) -> tuple[int, int, int, int]:
+    """(BLOCK_L, ROWS, num_warps, GROUP): about 4K keys per program; with ``two_level`` the row
+    is cut into about sqrt(BLOCK_L) groups of about sqrt(BLOCK_L) columns."""
     block_l = max(16, 1 << max(0, (L - 1).bit_length()))
     rows = max(1, min(32, 4096 // block_l))
-    return block_l, rows, 4 if block_l * rows <= 4096 else 8
+    group = 1 << ((block_l.bit_length() - 1) // 2) if two_level else block_l
+    return block_l, rows, 4 if block_l * rows <= 4096 else 8, group
 
 
-def row_topk(x: torch.Tensor, k: int, largest: bool = True, out=None) -> tuple[torch.Tensor, torch.Tensor]:
+def row_topk(x: torch.Tensor, k: int, largest: bool = True, out=None,
+             two_level: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``torch.topk(x, k, dim=-1, largest=largest, sorted=True)``; among equal values the lower
     index comes first (torch.topk leaves that order open). ``out``: (values, indices) to write,
     contiguous, of the result's shape (tests pass poisoned ones)."""
@@ -59,8 +63,9 @@ def row_topk(x: torch.Tensor, k: int, largest: bool = True, out=None) -> tuple[t
     if out is None:
         out = (x.new_empty(shape), x.new_empty(shape, dtype=torch.int64))
     values, indices = out
-    block_l, rows, warps = tiles(L)
+    block_l, rows, warps, group = tiles(L, two_level)
     grid = (-(-R // rows),)
-    row_topk_kernel[grid](rows2d, values, indices, R, L, rows2d.stride(0), K=k, LARGEST=largest, NARROW=x.dtype != torch.float32, ROWS=rows,
-                          BLOCK_L=block_l, num_warps=warps)
+    row_topk_kernel[grid](rows2d, values, indices, R, L, rows2d.stride(0), K=k, LARGEST=largest,
+                          NARROW=x.dtype != torch.float32, ROWS=rows, BLOCK_L=block_l, GROUP=group,
+                          num_warps=warps)
     return values, indices
