@@ -121,6 +121,9 @@ def _fwd_bwd(rows, q, k, v, idx, args, log):
     bs = args.bs
     qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
     do = torch.randn_like(q)
+    # extra memory beyond the inputs: not counting o and lse (kept for the backward) and the
+    # three gradients, what is left is the scratch of forward and backward (issue 5's bound)
+    outputs = (2 * q.numel() + k.numel() + v.numel()) * q.element_size() + q[..., 0].numel() * 4
 
     def dense():
         o = dense_sdpa(qg, kg, vg).transpose(1, 2)
@@ -144,9 +147,9 @@ def _fwd_bwd(rows, q, k, v, idx, args, log):
             torch.cuda.synchronize()
             if time.time() - t0 > 5.0:
                 raise RuntimeError("too slow to time (backward on the reference path?)")
-            ms, mem = measure(ours)
+            ms, mem = measure(ours, outputs)
             r.update(fb_ms=ms, fb_dense_ms=ms_d, fb_ratio=ms / ms_d, fb_extra_gib=mem)
-            log(f"  {strat:5s} fwd+bwd {ms:8.3f} ms  ratio {ms / ms_d:5.3f}")
+            log(f"  {strat:5s} fwd+bwd {ms:8.3f} ms  ratio {ms / ms_d:5.3f}  extra {mem:5.2f} GiB")
         except Exception as e:  # noqa: BLE001 - report and carry on
             r.update(fb_ms=None, fb_dense_ms=ms_d, fb_error=str(e)[:200])
             log(f"  {strat:5s} fwd+bwd skipped: {str(e)[:120]}")
@@ -154,12 +157,12 @@ def _fwd_bwd(rows, q, k, v, idx, args, log):
 
 def table(rows) -> str:
     head = (f"{'T':>6} {'G':>3} {'dist':>7} {'strategy':>8} {'ms':>8} {'dense':>8} {'ratio':>6} "
-            f"{'TFLOP/s':>8} {'GiB':>5} {'fb ms':>8} {'fb dense':>8} {'fb ratio':>8}")
+            f"{'TFLOP/s':>8} {'GiB':>5} {'fb ms':>8} {'fb dense':>8} {'fb ratio':>8} {'fb GiB':>6}")
     out = [head, "-" * len(head)]
     for r in rows:
         fb = r.get("fb_ms")
-        fbs = (f"{fb:8.2f} {r['fb_dense_ms']:8.2f} {r['fb_ratio']:8.3f}" if fb
-               else f"{'-':>8} {'-':>8} {'-':>8}")
+        fbs = (f"{fb:8.2f} {r['fb_dense_ms']:8.2f} {r['fb_ratio']:8.3f} {r['fb_extra_gib']:6.2f}" if fb
+               else f"{'-':>8} {'-':>8} {'-':>8} {'-':>6}")
         out.append(f"{r['T']:>6} {r['G']:>3} {r['dist']:>7} {r['strategy']:>8} {r['ms']:8.3f} "
                    f"{r['dense_ms']:8.2f} {r['ratio']:6.3f} {r['tflops']:8.1f} "
                    f"{r['extra_gib']:5.2f} {fbs}")
