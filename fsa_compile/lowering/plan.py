@@ -127,8 +127,8 @@ def _nsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, tok=None, **over) -> Plan
 
 
 # auto: strategy per G measured on the H100 (bf16, D=128, bs=64, n=16); see benchmarks/NOTES.md.
-# Last bench (T=64K, uniform, benchmarks/results/bench_h100_T65536.log), ms at G=1/2/4/8/16:
-# fsa 1.89/3.30/5.92/9.74/18.49, nsa 16.62/16.59/16.23/16.13/16.29.
+# Last bench (T=64K, uniform, benchmarks/results/bench_h100_T65536.log, 2026-11-25), ms at
+# G=1/2/4/8/16: fsa 1.67/3.11/5.72/9.54/18.28, nsa 16.60/16.17/16.34/16.55/16.60.
 _AUTO_G = {1: "fsa", 2: "fsa", 4: "fsa", 8: "fsa", 16: "nsa"}
 
 
