@@ -1,3 +1,6 @@
+#!/usr/bin/env bash
+# GPU run (second session of 2026-11-25): kernel profiles of one 32K prefill of the NSA model and of
+# the dense model, and the source of the rotary kernel they share (PROFILE_NAME_WIDTH: full names).
 set -uo pipefail
 . benchmarks/gpu_env.sh
 export TORCHINDUCTOR_CACHE_DIR=/tmp/ind_cache PROFILE_NAME_WIDTH=160

@@ -5,6 +5,7 @@ baseline model). Used by the GPU scripts of benchmarks/.
     python benchmarks/profile_step.py [--T 32768] [--rows 22] [--prefill] [--no-train] [--attention dense]
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from nsa_model import NSAConfig, NSAModel  # noqa: E402
 
 
 def _table(prof, rows):
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=int(__import__("os").environ.get("PROFILE_NAME_WIDTH", "70")))
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=int(os.environ.get("PROFILE_NAME_WIDTH", "70")))
 
 
 def main():
