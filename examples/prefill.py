@@ -41,8 +41,10 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args(argv)
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    max_seq = max(args.T, NSAConfig.max_seq)  # the rotary tables cover the prompt
     cfg = NSAConfig(dim=64, layers=2, heads=4, kv_heads=2, head_dim=16, block_size=16, n=4, window=32,
-                    cmp_block=8, cmp_stride=4) if args.tiny or not cuda else NSAConfig(dim=512, layers=4, heads=16, kv_heads=4, head_dim=64)
+                    cmp_block=8, cmp_stride=4, max_seq=max_seq) if args.tiny or not cuda else NSAConfig(
+        dim=512, layers=4, heads=16, kv_heads=4, head_dim=64, max_seq=max_seq)
     torch.manual_seed(0)
     model = NSAModel(cfg).to(device, dtype).eval()
     tokens = torch.randint(0, cfg.vocab, (1, args.T), device=device)

@@ -41,11 +41,12 @@ def synthetic_batch(B, T, vocab, generator, device):
 
 
 def config_for(args) -> NSAConfig:
+    max_seq = max(args.T or 0, NSAConfig.max_seq)  # the rotary tables cover the sequence
     if args.tiny:
         return NSAConfig(dim=64, layers=2, heads=4, kv_heads=2, head_dim=16, block_size=16, n=4, window=32,
-                         cmp_block=8, cmp_stride=4)
+                         cmp_block=8, cmp_stride=4, max_seq=max_seq)
     return NSAConfig(dim=args.dim, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
-                     head_dim=args.head_dim)
+                     head_dim=args.head_dim, max_seq=max_seq)
 
 
 def compile_model(model, backend, inner="inductor"):

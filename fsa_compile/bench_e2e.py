@@ -29,8 +29,9 @@ def _examples():
     return nsa_model
 
 
-def _model(nsa_model, backend, cfg_kw, device, dtype):
-    cfg = nsa_model.NSAConfig(**cfg_kw, attention="dense" if backend == "dense" else "nsa")
+def _model(nsa_model, backend, cfg_kw, device, dtype, T):
+    cfg = nsa_model.NSAConfig(**cfg_kw, attention="dense" if backend == "dense" else "nsa",
+                              max_seq=max(T, nsa_model.NSAConfig.max_seq))  # rotary tables cover T
     torch.manual_seed(0)
     model = nsa_model.NSAModel(cfg).to(device, dtype)
     if backend == "eager":
@@ -64,7 +65,7 @@ def measure(nsa_model, backend, T, cfg_kw, steps, device, dtype):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     try:
-        cfg, model, compiled = _model(nsa_model, backend, cfg_kw, device, dtype)
+        cfg, model, compiled = _model(nsa_model, backend, cfg_kw, device, dtype, T)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         g = torch.Generator().manual_seed(1)
         batch = torch.randint(0, cfg.vocab, (1, T + 1), generator=g).to(device)

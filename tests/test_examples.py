@@ -185,3 +185,22 @@ def test_model_says_when_a_sequence_outruns_its_rotary_tables():
     assert m(torch.zeros(1, 40, dtype=torch.long)).shape == (1, 40, m.c.vocab)
     with pytest.raises(ValueError, match="max_seq=40"):
         m(torch.zeros(1, 41, dtype=torch.long))
+
+
+def test_examples_size_the_rotary_tables_for_their_sequence():
+    import argparse
+
+    import train
+    from nsa_model import NSAConfig
+
+    long = NSAConfig.max_seq + 4096
+    args = argparse.Namespace(tiny=True, T=long, dim=64, layers=1, heads=4, kv_heads=2, head_dim=16)
+    assert train.config_for(args).max_seq == long
+    assert train.config_for(argparse.Namespace(**{**vars(args), "T": None})).max_seq == NSAConfig.max_seq
+
+    import nsa_model
+    from fsa_compile.bench_e2e import _model
+
+    cfg, _, _ = _model(nsa_model, "eager", dict(dim=32, layers=1, heads=2, kv_heads=1, head_dim=8), "cpu",
+                       torch.float32, 2 * NSAConfig.max_seq)
+    assert cfg.max_seq == 2 * NSAConfig.max_seq
