@@ -75,6 +75,15 @@ def test_index_matches_python(chunk):
     check(random_idx(2, 37, 2, 3, 5, gen, "bhtd"), 5, 4, chunk, tile_map=True)
 
 
+@pytest.mark.parametrize("nb", [2**15 // 2 - 1, 2**15 // 2])
+def test_index_at_the_16_bit_key_limit(nb):
+    """Keys are ``segment * (nb + 1) + block``: 16-bit up to 2**15 keys, 32-bit past that."""
+    gen = torch.Generator().manual_seed(nb)
+    idx = random_idx(1, 9, 2, 3, nb, gen, "bthd")
+    idx[0, 3, 1, 0] = nb - 1  # the largest key of the last segment
+    check(idx, nb, 2, 4, tile_map=False)
+
+
 def test_max_tiles_bound():
     assert max_tiles(100, 10, 8) == 12 + 10 and max_tiles(3, 10, 8) == 0 + 3
 
