@@ -83,12 +83,15 @@ def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: b
         key = torch.where(idx < 0, torch.full_like(idx, num_blocks), idx).long()
         flat = (key.permute(0, 2, 1, 3).reshape(nseg, L) + seg.long() * nb1).reshape(-1)
     keys, order = torch.sort(flat, stable=True)
-    entries = (order.view(nseg, L) - seg.long() * L).to(torch.int32).view(B, H, L)
     # Where each (block, chunk) bin starts. The stable sort leaves a block's entries t * n + slot
     # in increasing order, so chunk c of block j starts at its first entry >= c * chunk * n: one
     # search of (key, entry) pairs, sorted as one int64 each, for every bin's lower bound.
     # (Counting with scatter_add instead meets every query's block 0 on one counter per segment.)
-    pairs = keys.long() * L + entries.view(-1)
+    entries = torch.empty(nseg * L, dtype=torch.int32, device=dev)
+    pairs = torch.empty(nseg * L, dtype=torch.int64, device=dev)
+    if entries.numel():
+        _entries_kernel[(triton.cdiv(L, 1024), nseg)](keys, order, entries, pairs, L, BLOCK=1024)
+    entries = entries.view(B, H, L)
     starts_c = torch.arange(nc, device=dev, dtype=torch.int64) * (chunk * n if nc > 1 else 0)
     key_of_bin = seg.long() * nb1 + torch.arange(nb1, device=dev, dtype=torch.int64).view(1, nb1)
     bounds = torch.cat([(key_of_bin.view(nseg, nb1, 1) * L + starts_c.view(1, 1, nc)).view(nseg, nbin),
@@ -136,3 +139,16 @@ def _sort_keys_kernel(IDX, KEYS, sib, sit, sih, sis, H, NB, L, N: tl.constexpr, 
                 mask=ok, other=-1)
     v = tl.where(v < 0, NB, v)
     tl.store(KEYS + seg.to(tl.int64) * L + p, (seg * (NB + 1) + v).to(KEYS.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _entries_kernel(KEYS, ORDER, ENTRIES, PAIRS, L, BLOCK: tl.constexpr):
+    """From the sorted keys and the sort's permutation of segment ``seg``: the entries
+    ``t * n + slot`` (int32, relative to the segment) and ``key * L + entry`` (int64, sorted)."""
+    seg = tl.program_id(1)
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = p < L
+    at = seg.to(tl.int64) * L + p
+    e = tl.load(ORDER + at, mask=ok, other=0) - seg.to(tl.int64) * L
+    tl.store(ENTRIES + at, e.to(tl.int32), mask=ok)
+    tl.store(PAIRS + at, tl.load(KEYS + at, mask=ok, other=0).to(tl.int64) * L + e, mask=ok)
