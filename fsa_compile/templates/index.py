@@ -70,7 +70,7 @@ def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: b
     nc = -(-T // chunk) if chunk else 1
     nbin = nb1 * nc
     dev = idx.device
-    seg = torch.arange(nseg, device=dev, dtype=torch.int32).view(nseg, 1)
+    seg = torch.arange(nseg, device=dev, dtype=torch.int64).view(nseg, 1)
     nkey = nseg * nb1
     if nkey < 2**31:
         # 16-bit keys where they fit: the radix sort then makes 2 passes instead of 4
@@ -81,7 +81,7 @@ def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: b
     else:  # pragma: no cover - enormous B*H*NB
         # Padding sorts last in its segment: it is given the key num_blocks, past every real block.
         key = torch.where(idx < 0, torch.full_like(idx, num_blocks), idx).long()
-        flat = (key.permute(0, 2, 1, 3).reshape(nseg, L) + seg.long() * nb1).reshape(-1)
+        flat = (key.permute(0, 2, 1, 3).reshape(nseg, L) + seg * nb1).reshape(-1)
     keys, order = torch.sort(flat, stable=True)
     # Where each (block, chunk) bin starts. The stable sort leaves a block's entries t * n + slot
     # in increasing order, so chunk c of block j starts at its first entry >= c * chunk * n: one
@@ -93,11 +93,11 @@ def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: b
         _entries_kernel[(triton.cdiv(L, 1024), nseg)](keys, order, entries, pairs, L, BLOCK=1024)
     entries = entries.view(B, H, L)
     starts_c = torch.arange(nc, device=dev, dtype=torch.int64) * (chunk * n if nc > 1 else 0)
-    key_of_bin = seg.long() * nb1 + torch.arange(nb1, device=dev, dtype=torch.int64).view(1, nb1)
+    key_of_bin = seg * nb1 + torch.arange(nb1, device=dev, dtype=torch.int64).view(1, nb1)
     bounds = torch.cat([(key_of_bin.view(nseg, nb1, 1) * L + starts_c.view(1, 1, nc)).view(nseg, nbin),
-                        ((seg.long() + 1) * nb1 * L).view(nseg, 1)], 1)
+                        ((seg + 1) * nb1 * L).view(nseg, 1)], 1)
     starts = torch.searchsorted(pairs, bounds.view(-1)).view(nseg, nbin + 1)
-    bin_offsets = (starts - seg.long() * L).to(torch.int32)
+    bin_offsets = (starts - seg * L).to(torch.int32)
     counts = (bin_offsets[:, 1:] - bin_offsets[:, :-1]).view(nseg, nb1, nc)
     offsets = bin_offsets[:, : num_blocks * nc + 1 : nc]  # where block j's first chunk starts
     tiles = (counts[:, :num_blocks, :] + (tile - 1)) // tile
