@@ -20,16 +20,27 @@ def main():
     ap.add_argument("--D", type=int, default=128)
     ap.add_argument("--variant", default="fsa")
     ap.add_argument("--resources", action="store_true", help="print registers/spills/shared of the kernels")
+    ap.add_argument("--backward", action="store_true", help="run the kernel backward after the forward")
+    ap.add_argument("--bwd-maxnreg", type=int, default=0)
     a = ap.parse_args()
     B, H, bs, n = 1, 4, 64, 16
     q, k, v, idx = gc.make_case(B, a.T, H, a.G, a.D, bs, n, "uniform", torch.bfloat16, gc.DEV, seed=a.G)
     plan = gc.plan_for(a.variant, B, a.T, H, a.G, a.D, a.D, n, bs, torch.bfloat16, True)
     print(plan.describe())
-    gc.forward(q, k, v, idx, bs, a.D ** -0.5, True, plan)
+    o, lse = gc.forward(q, k, v, idx, bs, a.D ** -0.5, True, plan)
     torch.cuda.synchronize()
+    if a.backward:
+        import dataclasses
+
+        from fsa_compile.lowering import backward as bw
+        cfg = bw.backward_config(B, a.T, H, a.G, a.D, n, bs, torch.bfloat16)
+        cfg = dataclasses.replace(cfg, maxnreg=a.bwd_maxnreg)
+        print(cfg.describe())
+        bw.kernel_backward(torch.randn_like(o), q, k, v, o, lse, idx, bs, a.D ** -0.5, True, cfg)
+        torch.cuda.synchronize()
     if a.resources:
-        from fsa_compile.templates import fsa_fwd, merge, nsa_fwd
-        for mod in (fsa_fwd, merge, nsa_fwd):
+        from fsa_compile.templates import bwd_dkdv, bwd_dq, bwd_preprocess, fsa_fwd, merge, nsa_fwd
+        for mod in (fsa_fwd, merge, nsa_fwd, bwd_dkdv, bwd_dq, bwd_preprocess):
             for name in dir(mod):
                 fn = getattr(mod, name)
                 cache = getattr(fn, "device_caches", None)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..reference import reference_backward
+from .plan import maxnreg_option
 
 # Scratch budgets (bytes). Chosen so that T = 64K, H = 4, G <= 16, D = 128, bs = 64, n = 16 stays
 # under 2 GiB of backward extra memory in total.
@@ -61,6 +62,7 @@ class BwdConfig:
     st: int = 1       # scores computed transposed ([keys, rows])
     direct: int = 1   # a block's only program in a chunk skips the partial buffer
     evict: int = 1    # L2 hints: keep gathered Q/dO (evict_last), stream dQ partials (evict_first)
+    maxnreg: int = 0  # register cap per thread for the inverted kernel (0: the compiler's choice)
 
     def describe(self) -> str:
         return (f"bwd(block_n={self.block_n}, nsub={self.nsub}, tile_t={self.tile_t}, ch={self.ch}, "
@@ -232,7 +234,7 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
             TILE_T=cfg.tile_t, CH=cfg.ch, LOG_NB=log_nb, CAUSAL=bool(causal), WRITE_DQ=True,
             PREC=prec, DOT_F32=(dev.type == "cpu"), ST=bool(cfg.st),
             DIRECT=bool(cfg.direct), USE_ACC=use_acc, LAST=(c == nchunks - 1), num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
+            num_stages=cfg.num_stages, **maxnreg_option(cfg.maxnreg),
             EV_KEEP="evict_last" if cfg.evict else "", EV_STREAM="evict_first" if cfg.evict else "",
             IDX64=i64,
         )

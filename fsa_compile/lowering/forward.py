@@ -12,7 +12,7 @@ from ..templates.fsa_fwd import fsa_fwd_kernel
 from ..templates.index import build_block_index
 from ..templates.merge import merge_fwd_kernel
 from ..templates.nsa_fwd import nsa_fwd_kernel, tile_block_union
-from .plan import Plan, interpret_mode
+from .plan import Plan, interpret_mode, maxnreg_option
 
 LOG2E = 1.4426950408889634
 
@@ -169,7 +169,7 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
             Q_EVICT="evict_last" if plan.fsa_evict else "",
             P_EVICT="evict_first" if plan.fsa_evict else "",
             BLOCK_R=rows, SEARCH=search, CAUSAL=causal,
-            num_warps=plan.fsa_warps, num_stages=plan.fsa_stages, **common,
+            num_warps=plan.fsa_warps, num_stages=plan.fsa_stages, **maxnreg_option(plan.fsa_maxnreg), **common,
         )
         merge_fwd_kernel[(triton.cdiv(C * HQ, plan.merge_rows), B)](
             po, pl, idx, o, lse,

@@ -60,6 +60,7 @@ class Plan:
     fsa_tile_map: bool = False  # programs read their block from a tile->block map (one load)
     fsa_ent_all: bool = False  # one load of all sub-tiles' entries per program (tpp pow2)
     fsa_evict: bool = False  # L2 hints: keep gathered queries (evict_last), stream partials
+    fsa_maxnreg: int = 0  # register cap per thread for the main kernel (0: the compiler's choice)
     chunk: int = 16384  # query tokens per inverted-loop pass (bounds the partial buffer)
     merge_rows: int = 8
     merge_warps: int = 4
@@ -152,3 +153,9 @@ def choose_plan(B, T, H, G, D, Dv, n, block_size, dtype, causal, strategy, devic
     if strategy == "fsa":
         return _fsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over)
     return _nsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over)
+
+
+def maxnreg_option(maxnreg: int) -> dict:
+    """Launch option capping a kernel's registers per thread (more programs per SM); ``{}`` for 0
+    and under the interpreter, which has no registers to cap."""
+    return {"maxnreg": int(maxnreg)} if maxnreg and not interpret_mode() else {}
