@@ -18,7 +18,7 @@ def main():
     ap.add_argument("--T", type=int, default=65536)
     ap.add_argument("--G", type=int, default=8)
     ap.add_argument("--D", type=int, default=128)
-    ap.add_argument("--variant", default="fsa")
+    ap.add_argument("--variant", default="fsa", help="a gpu_check variant, e.g. fsa@fsa_maxnreg=128")
     ap.add_argument("--resources", action="store_true", help="print registers/spills/shared of the kernels")
     ap.add_argument("--backward", action="store_true", help="run the kernel backward after the forward")
     ap.add_argument("--bwd-maxnreg", type=int, default=0)
@@ -32,7 +32,8 @@ def main():
     if a.backward:
         import dataclasses
 
-        from fsa_compile.lowering import backward as bw
+        import importlib
+        bw = importlib.import_module("fsa_compile.lowering.backward")
         cfg = bw.backward_config(B, a.T, H, a.G, a.D, n, bs, torch.bfloat16)
         cfg = dataclasses.replace(cfg, maxnreg=a.bwd_maxnreg)
         print(cfg.describe())
