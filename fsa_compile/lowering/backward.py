@@ -63,13 +63,10 @@ class BwdConfig:
     direct: int = 1   # a block's only program in a chunk skips the partial buffer
     evict: int = 1    # L2 hints: keep gathered Q/dO (evict_last), stream dQ partials (evict_first)
     maxnreg: int = 0  # register cap per thread for the inverted kernel (0: the compiler's choice)
-    dq_split: int = 1  # the dQ product in 1 or 2 column halves (2: fewer live registers)
 
     def describe(self) -> str:
         return (f"bwd(block_n={self.block_n}, nsub={self.nsub}, tile_t={self.tile_t}, ch={self.ch}, "
-                f"chunk_t={self.chunk_t}, warps={self.num_warps}, stages={self.num_stages}, st={self.st}, direct={self.direct}, evict={self.evict}"
-                + (f", maxnreg={self.maxnreg}" if self.maxnreg else "")
-                + (f", dq_split={self.dq_split}" if self.dq_split > 1 else "") + ")")
+                f"chunk_t={self.chunk_t}, warps={self.num_warps}, stages={self.num_stages}, st={self.st}, direct={self.direct}, evict={self.evict})")
 
 
 def supported(q, k, v, idx, block_size) -> str | None:
@@ -239,7 +236,7 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
             DIRECT=bool(cfg.direct), USE_ACC=use_acc, LAST=(c == nchunks - 1), num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, **maxnreg_option(cfg.maxnreg),
             EV_KEEP="evict_last" if cfg.evict else "", EV_STREAM="evict_first" if cfg.evict else "",
-            IDX64=i64, DQ_SPLIT=cfg.dq_split if d_pad >= 32 else 1,
+            IDX64=i64,
         )
         bwd_dkdv_reduce_kernel[(nb, BH * nsub)](
             dk_part, dv_part, tile_offsets, dk_acc, dv_acc, dk, dv,

@@ -42,7 +42,7 @@ def bwd_inverted_kernel(
     CH: tl.constexpr, LOG_NB: tl.constexpr, CAUSAL: tl.constexpr, WRITE_DQ: tl.constexpr,
     PREC: tl.constexpr, DOT_F32: tl.constexpr, ST: tl.constexpr, DIRECT: tl.constexpr,
     USE_ACC: tl.constexpr, LAST: tl.constexpr, EV_KEEP: tl.constexpr, EV_STREAM: tl.constexpr,
-    IDX64: tl.constexpr, DQ_SPLIT: tl.constexpr,
+    IDX64: tl.constexpr,
 ):
     # DOT_F32: the Triton interpreter (3.9) multiplies bfloat16 tiles wrongly, so there the
     # operands are widened to float32 after being rounded exactly as on the GPU.
@@ -87,24 +87,10 @@ def bwd_inverted_kernel(
                     mask=kvm, other=0.0)
         v = tl.load(V + b * s_v_b + kpos[:, None] * s_v_t + h * s_v_h + d[None, :] * s_v_d,
                     mask=kvm, other=0.0)
-        DH: tl.constexpr = D_PAD // DQ_SPLIT
-        dh = tl.arange(0, DH)
-        if DQ_SPLIT == 2:
-            # K again as two column halves: the dQ product then runs as two [M, D/2] halves,
-            # each stored before the next is computed, so its float32 tile takes half the
-            # registers next to the dK/dV accumulators (at D=128, 4 warps: 255 registers and
-            # spills with the whole tile).
-            kh = K + b * s_k_b + kpos[:, None] * s_k_t + h * s_k_h
-            k_lo = tl.load(kh + dh[None, :] * s_k_d, mask=kvalid[:, None] & (dh < D)[None, :], other=0.0)
-            k_hi = tl.load(kh + (DH + dh)[None, :] * s_k_d, mask=kvalid[:, None] & (DH + dh < D)[None, :],
-                           other=0.0)
         ELT = k.dtype
         if DOT_F32:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-            if DQ_SPLIT == 2:
-                k_lo = k_lo.to(tl.float32)
-                k_hi = k_hi.to(tl.float32)
         qk_scale = sm_scale * LOG2E
         dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
@@ -147,7 +133,7 @@ def bwd_inverted_kernel(
                 dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
                 dst_ = (pt * (dpt - delta[None, :])).to(ELT).to(q.dtype)
                 dk += tl.dot(dst_, q, input_precision=PREC)
-                if WRITE_DQ and DQ_SPLIT == 1:
+                if WRITE_DQ:
                     dq = tl.dot(tl.trans(dst_), k, input_precision=PREC) * sm_scale
             else:
                 s = tl.dot(q, tl.trans(k), input_precision=PREC)
@@ -162,22 +148,12 @@ def bwd_inverted_kernel(
                 ds = p * (dp - delta[:, None])
                 ds_lo = ds.to(ELT).to(q.dtype)
                 dk += tl.dot(tl.trans(ds_lo), q, input_precision=PREC)
-                dst_ = tl.trans(ds_lo)
-                if WRITE_DQ and DQ_SPLIT == 1:
+                if WRITE_DQ:
                     dq = tl.dot(ds_lo, k, input_precision=PREC) * sm_scale
             if WRITE_DQ:
                 dst = ((b * Tc + t_loc) * (n_sel * NSUB) + slot * NSUB + sub) * HQ + hq
-                if DQ_SPLIT == 1:
-                    tl.store(DQ_PART + dst[:, None] * D + d[None, :],
-                             dq.to(DQ_PART.dtype.element_ty), mask=rm, eviction_policy=EV_STREAM)
-                else:
-                    dq_row = DQ_PART + dst[:, None] * D
-                    dq_lo = tl.dot(tl.trans(dst_), k_lo, input_precision=PREC) * sm_scale
-                    tl.store(dq_row + dh[None, :], dq_lo.to(DQ_PART.dtype.element_ty),
-                             mask=rvalid[:, None] & (dh < D)[None, :], eviction_policy=EV_STREAM)
-                    dq_hi = tl.dot(tl.trans(dst_), k_hi, input_precision=PREC) * sm_scale
-                    tl.store(dq_row + (DH + dh)[None, :], dq_hi.to(DQ_PART.dtype.element_ty),
-                             mask=rvalid[:, None] & (DH + dh < D)[None, :], eviction_policy=EV_STREAM)
+                tl.store(DQ_PART + dst[:, None] * D + d[None, :],
+                         dq.to(DQ_PART.dtype.element_ty), mask=rm, eviction_policy=EV_STREAM)
         dk = dk * sm_scale
         rows = tl.arange(0, BLOCK_N)
         single = False
