@@ -22,7 +22,6 @@ def main():
     ap.add_argument("--resources", action="store_true", help="print registers/spills/shared of the kernels")
     ap.add_argument("--backward", action="store_true", help="run the kernel backward after the forward")
     ap.add_argument("--bwd-maxnreg", type=int, default=0)
-    ap.add_argument("--bwd-dq-split", type=int, default=1)
     a = ap.parse_args()
     B, H, bs, n = 1, 4, 64, 16
     q, k, v, idx = gc.make_case(B, a.T, H, a.G, a.D, bs, n, "uniform", torch.bfloat16, gc.DEV, seed=a.G)
@@ -36,7 +35,7 @@ def main():
         import importlib
         bw = importlib.import_module("fsa_compile.lowering.backward")
         cfg = bw.backward_config(B, a.T, H, a.G, a.D, n, bs, torch.bfloat16)
-        cfg = dataclasses.replace(cfg, maxnreg=a.bwd_maxnreg, dq_split=a.bwd_dq_split)
+        cfg = dataclasses.replace(cfg, maxnreg=a.bwd_maxnreg)
         print(cfg.describe())
         bw.kernel_backward(torch.randn_like(o), q, k, v, o, lse, idx, bs, a.D ** -0.5, True, cfg)
         torch.cuda.synchronize()
