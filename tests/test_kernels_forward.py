@@ -32,13 +32,6 @@ VARIANTS = [
                                fsa_tile_map=True)),
     ("fsa-prefetch", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=3, fsa_prefetch=True,
                                  fsa_tile_map=True)),
-    # the mask applied only to sub-tiles holding a query inside the block (or a short last block)
-    ("fsa-maskskip", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=4, fsa_ent_all=True,
-                                 fsa_tile_map=True, fsa_mask_skip=True)),
-    # ... one entry per sub-tile: the sub-tile of the query on the block's second-to-last key
-    # must be masked (its own key is visible, the block's last is not)
-    ("fsa-maskskip1", "fsa", dict(chunk=32, fsa_tile_q=1, fsa_rows=16, fsa_tpp=4, fsa_ent_all=True,
-                                  fsa_tile_map=True, fsa_mask_skip=True)),
 ]
 
 

@@ -18,8 +18,7 @@ K and V are loaded once per program; for every row the program writes a *normali
 Options (constexpr, from the plan): ``ENT_ALL`` loads all sub-tiles' entries at once (a sub-tile
 then costs one dependent round trip, its query gather); ``PREFETCH`` issues the next sub-tile's
 gathers before this one's arithmetic (measured slower: registers); ``Q_EVICT`` / ``P_EVICT`` are
-L2 eviction hints for the gathered queries and the partial stores; ``MASK_SKIP`` applies the
-causal/length mask only to sub-tiles that need it.
+L2 eviction hints for the gathered queries and the partial stores.
 """
 from __future__ import annotations
 
@@ -38,7 +37,7 @@ def fsa_fwd_kernel(
     T, H, C, c0, NCHUNK, chunk, NB, ELEN, MAXT, scale_log2,
     G: tl.constexpr, N_SEL: tl.constexpr, TILE_Q: tl.constexpr, TPP: tl.constexpr,
     PREFETCH: tl.constexpr, TILE_MAP: tl.constexpr, ENT_ALL: tl.constexpr,
-    Q_EVICT: tl.constexpr, P_EVICT: tl.constexpr, MASK_SKIP: tl.constexpr,
+    Q_EVICT: tl.constexpr, P_EVICT: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BS: tl.constexpr, BLOCK_N: tl.constexpr, SEARCH: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -84,7 +83,6 @@ def fsa_fwd_kernel(
         v = tl.load(V + b64 * svb + h * svh + kpos64[:, None] * svt + offs_dv[None, :] * svd,
                     mask=kmask[:, None] & (offs_dv[None, :] < DV), other=0.0)
         kt = tl.trans(k)
-        kpos_last = j * BS + BS - 1  # the block's last key
         nsub = (end - start0 + TILE_Q - 1) // TILE_Q
         ebase = ENTRIES + seg.to(tl.int64) * ELEN
         if ENT_ALL:
@@ -131,18 +129,7 @@ def fsa_fwd_kernel(
             valid = kmask[None, :]
             if CAUSAL:
                 valid = valid & (kpos[None, :] <= tok[:, None])
-            if MASK_SKIP:
-                # Most sub-tiles need no mask: a full block (as wide as the tile) strictly before
-                # every query of the sub-tile (entries come in increasing t, so only a block's first sub-tiles hold
-                # queries of the block itself). Skipping the per-score compare and select there
-                # saves ALU issue slots, the busiest pipe of this kernel.
-                need = (kpos_last >= T) | (BLOCK_N > BS)  # a short last block, padded columns
-                if CAUSAL:
-                    need = need | (kpos_last > tl.min(tl.where(row_ok, tok, 2147483647), axis=0))
-                if need:
-                    s = tl.where(valid, s, float("-inf"))
-            else:
-                s = tl.where(valid, s, float("-inf"))
+            s = tl.where(valid, s, float("-inf"))
             m = tl.max(s, axis=1)
             m_use = tl.where(m == float("-inf"), 0.0, m)
             p = tl.exp2(s - m_use[:, None])
