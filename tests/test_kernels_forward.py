@@ -179,6 +179,19 @@ def test_plans():
     assert isinstance(Plan("reference").describe(), str)
 
 
+def test_register_cap_where_measured():
+    # head dims 65..128 with 64-row tiles: 128 registers (4 programs per SM) and 8 sub-tiles;
+    # other head dims keep the compiler's choice; the interpreter gets no launch option
+    from fsa_compile.lowering.plan import maxnreg_option
+    for G in (1, 2, 4, 8, 16):
+        p = choose_plan(1, 65536, 4, G, 128, 128, 16, 64, torch.bfloat16, True, "fsa", CPU)
+        assert (p.fsa_maxnreg, p.fsa_tpp) == (128, 8) and "max 128 registers" in p.describe()
+        for D in (64, 192):
+            p = choose_plan(1, 65536, 4, G, D, D, 16, 64, torch.bfloat16, True, "fsa", CPU)
+            assert p.fsa_maxnreg == 0
+    assert maxnreg_option(0) == {} and maxnreg_option(128) == {}  # interpreted here
+
+
 def test_bench_needs_cuda(capsys):
     if torch.cuda.is_available():
         pytest.skip("has CUDA")
