@@ -107,8 +107,9 @@ def _fsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over) -> Plan:
     # T=32K, D=64, uniform, ms: G=2 1.07 -> 1.03, G=4 1.74 -> 1.59, G=16 5.48 -> 4.99; at G=1 16
     # merge rows were slower, 0.87 -> 0.95, and at D=128 too, G=8 9.75 -> 10.24).
     narrow = _pow2(Dv) <= 64 and G >= 2
-    # Head dims 65..128: the main kernel took 163 registers, so 3 programs per SM (ncu: 18.75%
-    # occupancy, 0.41 issued warps per scheduler). Capped at 128 (a few spilled registers) 4 fit;
+    # Head dims 65..128 (one padded tile width; measured at 128): the main kernel took 163
+    # registers, so 3 programs per SM (ncu: 18.75% occupancy, 0.41 issued warps per scheduler).
+    # Capped at 128 (a few spilled registers) 4 fit;
     # with 8 sub-tiles per program (measured H100, T=64K, uniform, ms, default -> capped -> capped
     # with 8 sub-tiles): G=1 1.55/1.51/1.49, G=2 2.99/2.75/2.64, G=4 5.60/4.90/4.85, G=8
     # 9.38/10.16/8.87, G=16 18.05/17.72/17.54. A cap of 104 was slower (G=8 9.86).
