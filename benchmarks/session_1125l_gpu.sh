@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Needs the code of 7c7c509: dq_split (BwdConfig) and ncu_fwd.py --bwd-dq-split were removed after this run (results in NOTES.md).
 # GPU run (third session of 2026-11-25): the backward's dQ product in two column halves
 # (registers, spills, time at G=1/4/8/16), and the forward's new default (cap + 8 sub-tiles) checked.
 set -uo pipefail

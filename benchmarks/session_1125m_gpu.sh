@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Needs the code of 0714fe7: the fsa_mask_skip plan option was removed after this run (results in NOTES.md).
 # GPU run (third session of 2026-11-25): the main kernel's mask only where a sub-tile needs it
 # (ALU is its busiest pipe), checked and timed against the new default at D=128 and D=64.
 set -uo pipefail

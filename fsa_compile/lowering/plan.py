@@ -109,10 +109,10 @@ def _fsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over) -> Plan:
     narrow = _pow2(Dv) <= 64 and G >= 2
     # Head dims 65..128 (one padded tile width; measured at 128): the main kernel took 163
     # registers, so 3 programs per SM (ncu: 18.75% occupancy, 0.41 issued warps per scheduler).
-    # Capped at 128 (a few spilled registers) 4 fit;
-    # with 8 sub-tiles per program (measured H100, T=64K, uniform, ms, default -> capped -> capped
-    # with 8 sub-tiles): G=1 1.55/1.51/1.49, G=2 2.99/2.75/2.64, G=4 5.60/4.90/4.85, G=8
-    # 9.38/10.16/8.87, G=16 18.05/17.72/17.54. A cap of 104 was slower (G=8 9.86).
+    # Capped at 128 (a few spilled registers) 4 fit. Measured H100, T=64K, uniform, ms, default ->
+    # capped -> capped with 8 sub-tiles per program: G=1 1.55/1.51/1.49, G=2 2.99/2.75/2.64,
+    # G=4 5.60/4.90/4.85, G=8 9.38/10.16/8.87, G=16 18.05/17.72/17.54. A cap of 104 was slower
+    # (G=8 9.86).
     mid = _pow2(max(D, Dv)) == 128
     kw = dict(fsa_tile_q=tile_q, fsa_rows=rows, fsa_warps=8 if (rows >= 128 or big_d) else 4,
               fsa_stages=1, fsa_tpp=8 if (narrow or mid) else 4, fsa_tile_map=True, fsa_ent_all=True,

@@ -63,26 +63,23 @@ def row_topk_kernel(
     packed = tl.where(inside, _packed_keys(x, cols[None, :], LARGEST, NARROW), taken)
     ok = rows < R
     out_rows = rows.to(tl.int64) * K
-    if GROUP == BLOCK_L:
-        for i in range(K):
-            best = tl.max(packed, axis=1)
-            packed = tl.where(packed == best[:, None], taken, packed)
-            col = 65535 - (best & 65535)
-            # the element itself (a cached load): NaN payloads and signed zeros as they were
-            val = tl.load(row_ptr + col, mask=ok)
-            tl.store(val_ptr + out_rows + i, val, mask=ok)
-            tl.store(idx_ptr + out_rows + i, col.to(tl.int64), mask=ok)
-    else:
+    if GROUP < BLOCK_L:
         NG: tl.constexpr = BLOCK_L // GROUP
         gmax = tl.max(tl.reshape(packed, [ROWS, NG, GROUP]), axis=2)
         gid = tl.arange(0, NG)
         goff = tl.arange(0, GROUP)
-        for i in range(K):
+    for i in range(K):
+        if GROUP == BLOCK_L:
+            best = tl.max(packed, axis=1)
+            packed = tl.where(packed == best[:, None], taken, packed)
+        else:
             best = tl.max(gmax, axis=1)
-            col = 65535 - (best & 65535)
-            val = tl.load(row_ptr + col, mask=ok)
-            tl.store(val_ptr + out_rows + i, val, mask=ok)
-            tl.store(idx_ptr + out_rows + i, col.to(tl.int64), mask=ok)
+        col = 65535 - (best & 65535)
+        # the element itself (a cached load): NaN payloads and signed zeros as they were
+        val = tl.load(row_ptr + col, mask=ok)
+        tl.store(val_ptr + out_rows + i, val, mask=ok)
+        tl.store(idx_ptr + out_rows + i, col.to(tl.int64), mask=ok)
+        if GROUP < BLOCK_L:
             # the taken key's group again: its largest key below the one just taken
             g = col // GROUP
             gc = g[:, None] * GROUP + goff[None, :]
