@@ -75,7 +75,16 @@ def rel(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def check_case(B, T, H, G, D, bs, n, dtype, causal, dist, gen, layout="bthd", pad=0.05, dup=0.02):
+def parse_over(spec, G):
+    """``"split=1,dq_warps=8"`` -> dict of BwdConfig overrides (``tile_t=64/G`` divides by G)."""
+    d = {}
+    for p in filter(None, spec.split(",")):
+        key, val = p.split("=")
+        d[key] = max(1, int(val[:-2]) // G) if val.endswith("/G") else int(val)
+    return d
+
+
+def check_case(B, T, H, G, D, bs, n, dtype, causal, dist, gen, layout="bthd", pad=0.05, dup=0.02, over=None):
     HQ = H * G
     scale = D ** -0.5
 
@@ -97,10 +106,14 @@ def check_case(B, T, H, G, D, bs, n, dtype, causal, dist, gen, layout="bthd", pa
     do = mk(o.shape)
     up = torch.float64 if dtype == torch.float32 else torch.float32
     ref = reference_backward(do.to(up), q.to(up), k.to(up), v.to(up), o.to(up), lse, idx, bs, scale, causal)
+    cfg = None
+    if over:
+        base = bw.backward_config(B, T, H, G, D, n, bs, dtype)
+        cfg = base.__class__(**{**base.__dict__, **over})
     bw.POISON_FOR_TESTS = True
     try:
-        out1 = bw.kernel_backward(do, q, k, v, o, lse, idx, bs, scale, causal)
-        out2 = bw.kernel_backward(do, q, k, v, o, lse, idx, bs, scale, causal)
+        out1 = bw.kernel_backward(do, q, k, v, o, lse, idx, bs, scale, causal, cfg)
+        out2 = bw.kernel_backward(do, q, k, v, o, lse, idx, bs, scale, causal, cfg)
     finally:
         bw.POISON_FOR_TESTS = False
     torch.cuda.synchronize()
@@ -112,7 +125,7 @@ def check_case(B, T, H, G, D, bs, n, dtype, causal, dist, gen, layout="bthd", pa
     return ok, errs, det, nan
 
 
-def run_checks(quick):
+def run_checks(quick, overs=("",)):
     gen = torch.Generator(device=DEV)
     gen.manual_seed(int(time.time()) % 100000)
     T = 2048 if quick else 8192
@@ -132,11 +145,11 @@ def run_checks(quick):
     ]
     rows = []
     allok = True
-    for c in cases:
+    for c, spec in [(c, sp) for sp in overs for c in cases]:
         t = time.time()
-        ok, errs, det, nan = check_case(gen=gen, **c)
+        ok, errs, det, nan = check_case(gen=gen, over=parse_over(spec, c["G"]), **c)
         allok &= ok
-        desc = f"G={c['G']} T={c['T']} D={c['D']} bs={c['bs']} n={c['n']} {str(c['dtype'])[6:]} {'causal' if c['causal'] else 'full'} {c['dist']} {c.get('layout','bthd')}"
+        desc = (f"[{spec}] " if spec else "") + f"G={c['G']} T={c['T']} D={c['D']} bs={c['bs']} n={c['n']} {str(c['dtype'])[6:]} {'causal' if c['causal'] else 'full'} {c['dist']} {c.get('layout','bthd')}"
         rows.append((desc, errs, det, nan, ok))
         print(f"check {desc}: dq {errs[0]:.2e} dk {errs[1]:.2e} dv {errs[2]:.2e} det={det} nan={nan} {'OK' if ok else 'FAIL'} ({time.time()-t:.1f}s)", flush=True)
     return allok, rows
@@ -223,32 +236,25 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--D", type=int, default=128, help="head dim of the timed cases")
     ap.add_argument("--no-time", action="store_true")
+    ap.add_argument("--check-variants", action="store_true", help="run the checks with each variant's config too")
     ap.add_argument("--profile", type=str, default="")
     ap.add_argument("--json", type=str, default=os.path.join(os.environ.get("OUT", "/tmp"), "bwd_results.json"))
     a = ap.parse_args()
     import triton
     print(f"torch {torch.__version__} triton {triton.__version__} {torch.cuda.get_device_name()}", flush=True)
     allok, rows = (True, [])
+    names = [s for s in a.variants.split(";") if s]
     if not a.no_check:
-        allok, rows = run_checks(a.quick)
+        allok, rows = run_checks(a.quick, [""] + (names if a.check_variants else []))
     for g in filter(None, a.profile.split(",")):
         profile_once(a.T, int(g))
     res = []
     if not a.no_time:
-        names = [s for s in a.variants.split(";") if s]
-
         def variants(G):
             out = [("default", None)]
             base = bw.backward_config(1, a.T, 4, G, a.D, 16, 64, torch.bfloat16)
-            for s in names:  # e.g. "tile_t=2*;ch=512;num_warps=4"
-                kv = dict(p.split("=") for p in s.split(","))
-                d = {}
-                for key, val in kv.items():
-                    if val.endswith("/G"):
-                        d[key] = max(1, int(val[:-2]) // G)
-                    else:
-                        d[key] = int(val)
-                cfg = base.__class__(**{**base.__dict__, **d})
+            for s in names:  # e.g. "tile_t=64/G,ch=512;num_warps=4"
+                cfg = base.__class__(**{**base.__dict__, **parse_over(s, G)})
                 out.append((s, cfg))
             return out
 

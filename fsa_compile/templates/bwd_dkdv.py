@@ -42,7 +42,7 @@ def bwd_inverted_kernel(
     CH: tl.constexpr, LOG_NB: tl.constexpr, CAUSAL: tl.constexpr, WRITE_DQ: tl.constexpr,
     PREC: tl.constexpr, DOT_F32: tl.constexpr, ST: tl.constexpr, DIRECT: tl.constexpr,
     USE_ACC: tl.constexpr, LAST: tl.constexpr, EV_KEEP: tl.constexpr, EV_STREAM: tl.constexpr,
-    IDX64: tl.constexpr,
+    IDX64: tl.constexpr, DKDV: tl.constexpr = True, ENT_NEXT: tl.constexpr = False,
 ):
     # DOT_F32: the Triton interpreter (3.9) multiplies bfloat16 tiles wrongly, so there the
     # operands are widened to float32 after being rounded exactly as on the GPU.
@@ -98,10 +98,20 @@ def bwd_inverted_kernel(
         g = r % G
         hq = h * G + g
         ent_base = ENTRIES + bh * E
+        if ENT_NEXT:
+            ei = e_start + r // G
+            ent_nx = tl.load(ent_base + ei, mask=ei < e_end, other=0)
         for e0 in range(e_start, e_end, TILE_T):
             ei = e0 + r // G
             rvalid = ei < e_end
-            ent = tl.load(ent_base + ei, mask=rvalid, other=0)
+            if ENT_NEXT:
+                # this tile's entries came with the previous tile, so its gathers wait for one
+                # round trip to memory, not two; the next tile's are requested now
+                ent = ent_nx
+                en = ei + TILE_T
+                ent_nx = tl.load(ent_base + en, mask=en < e_end, other=0)
+            else:
+                ent = tl.load(ent_base + ei, mask=rvalid, other=0)
             t = ent_t0 + ent // n_sel
             if IDX64:
                 t = t.to(tl.int64)
@@ -129,10 +139,12 @@ def bwd_inverted_kernel(
                 if CAUSAL:
                     vis = vis & (kpos[:, None] <= t[None, :])
                 pt = tl.where(vis, pt, 0.0)
-                dv += tl.dot(pt.to(ELT).to(do.dtype), do, input_precision=PREC)
+                if DKDV:
+                    dv += tl.dot(pt.to(ELT).to(do.dtype), do, input_precision=PREC)
                 dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
                 dst_ = (pt * (dpt - delta[None, :])).to(ELT).to(q.dtype)
-                dk += tl.dot(dst_, q, input_precision=PREC)
+                if DKDV:
+                    dk += tl.dot(dst_, q, input_precision=PREC)
                 if WRITE_DQ:
                     dq = tl.dot(tl.trans(dst_), k, input_precision=PREC) * sm_scale
             else:
@@ -142,12 +154,14 @@ def bwd_inverted_kernel(
                 if CAUSAL:
                     vis = vis & (kpos[None, :] <= t[:, None])
                 p = tl.where(vis, p, 0.0)
-                p_lo = p.to(ELT).to(do.dtype)
-                dv += tl.dot(tl.trans(p_lo), do, input_precision=PREC)
+                if DKDV:
+                    p_lo = p.to(ELT).to(do.dtype)
+                    dv += tl.dot(tl.trans(p_lo), do, input_precision=PREC)
                 dp = tl.dot(do, tl.trans(v), input_precision=PREC)
                 ds = p * (dp - delta[:, None])
                 ds_lo = ds.to(ELT).to(q.dtype)
-                dk += tl.dot(tl.trans(ds_lo), q, input_precision=PREC)
+                if DKDV:
+                    dk += tl.dot(tl.trans(ds_lo), q, input_precision=PREC)
                 if WRITE_DQ:
                     dq = tl.dot(ds_lo, k, input_precision=PREC) * sm_scale
             if WRITE_DQ:
@@ -157,7 +171,7 @@ def bwd_inverted_kernel(
         dk = dk * sm_scale
         rows = tl.arange(0, BLOCK_N)
         single = False
-        if DIRECT:
+        if DIRECT and DKDV:
             single = (tl.load(to_base + j + 1) - tl.load(to_base + j)) == 1
         if single:
             # The block's only program in this chunk: no partial and no reduction; it adds the
@@ -176,7 +190,7 @@ def bwd_inverted_kernel(
             else:
                 tl.store(DK_ACC + aoff, dk, mask=am)
                 tl.store(DV_ACC + aoff, dv, mask=am)
-        else:
+        elif DKDV:
             pbase = (bhs * MAX_TILES + pid) * (BLOCK_N * D)
             pm = (rows[:, None] < BLOCK_N) & dmask[None, :]
             poff = pbase + rows[:, None] * D + d[None, :]
