@@ -144,16 +144,16 @@ def test_query_chunks_and_split_blocks(monkeypatch):
 
 
 @interpreted
-def test_split_passes_and_next_entries(monkeypatch):
-    # dK/dV and dQ in two launches (each score layout for the dQ one), and the next tile's
-    # entries loaded ahead; with query chunks, blocks split over programs, and padding.
+def test_next_entries_loaded_ahead(monkeypatch):
+    # A tile's index entries loaded with the previous tile's gathers: several tiles per program,
+    # a partial last tile, query chunks, blocks split over programs, padding and duplicates.
     monkeypatch.setattr(bw, "DQ_PART_BUDGET", 3000)
     B, T, H, G, D, bs, n = 1, 61, 2, 4, 24, 16, 3
     args, ref = _case(B, T, H, G, D, bs, n, torch.bfloat16, True, seed=11)
     cfg = bw.backward_config(B, T, H, G, D, n, bs, torch.bfloat16)
     assert -(-T // cfg.chunk_t) > 1
-    for over in ({"split": 1, "dq_st": 0, "ch": 4, "tile_t": 2}, {"split": 1, "dq_st": 1},
-                 {"ent_next": 1, "ch": 6, "tile_t": 2}, {"split": 1, "ent_next": 1, "ch": 4, "tile_t": 4}):
+    for over in ({"ent_next": 1, "ch": 6, "tile_t": 2}, {"ent_next": 1, "ch": 5, "tile_t": 2, "st": 0},
+                 {"ent_next": 1, "ch": 64, "tile_t": 4}):
         c = cfg.__class__(**{**cfg.__dict__, **over})
         _check(_run(args, c), ref, torch.bfloat16, args)
 

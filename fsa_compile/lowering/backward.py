@@ -64,22 +64,12 @@ class BwdConfig:
     evict: int = 1    # L2 hints: keep gathered Q/dO (evict_last), stream dQ partials (evict_first)
     maxnreg: int = 0  # register cap per thread for the inverted kernel (0: the compiler's choice)
     ent_next: int = 0  # the next tile's index entries are loaded with this tile's gathers
-    # split: dK/dV and the dQ partials in two launches of the inverted kernel. The dQ launch
-    # holds no dK/dV accumulators, so it fits in far fewer registers (more programs per SM);
-    # it recomputes the scores and dO V^T. Its own warps, stages, register cap, layout.
-    split: int = 0
-    dq_warps: int = 4
-    dq_stages: int = 1
-    dq_maxnreg: int = 0
-    dq_st: int = 0
 
     def describe(self) -> str:
         return (f"bwd(block_n={self.block_n}, nsub={self.nsub}, tile_t={self.tile_t}, ch={self.ch}, "
                 f"chunk_t={self.chunk_t}, warps={self.num_warps}, stages={self.num_stages}, st={self.st}, direct={self.direct}, evict={self.evict}"
                 + (f", maxnreg={self.maxnreg}" if self.maxnreg else "")
-                + (", ent_next" if self.ent_next else "")
-                + (f", split dq(warps={self.dq_warps}, stages={self.dq_stages}, maxnreg={self.dq_maxnreg}, st={self.dq_st})"
-                   if self.split else "") + ")")
+                + (", ent_next" if self.ent_next else "") + ")")
 
 
 def supported(q, k, v, idx, block_size) -> str | None:
@@ -136,7 +126,11 @@ def backward_config(B, T, H, G, D, n, block_size, dtype) -> BwdConfig:
     num_warps = 4 if d_pad <= 128 else 8
     # Measured: 1 stage is best at G >= 8 (38.2 vs 40.9 ms at G=16), 2 elsewhere.
     num_stages = 1 if G >= 8 else 2
-    return BwdConfig(block_n, nsub, tile_t, ch, chunk_t, num_warps, num_stages)
+    # Next tile's entries loaded ahead: measured H100, T=64K, uniform, ms: G=1 2.47 -> 2.28,
+    # G=4 9.28 -> 8.89; slower where the kernel already spills (G=8 18.60 -> 18.93, G=16
+    # 35.45 -> 37.67).
+    ent_next = int(G <= 4)
+    return BwdConfig(block_n, nsub, tile_t, ch, chunk_t, num_warps, num_stages, ent_next=ent_next)
 
 
 def _alloc(shape, dtype, device, zero=False):
@@ -237,30 +231,20 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
             torch.cumsum(tiles, 1, dtype=torch.int32, out=tile_offsets[:, 1:])
         start, end = start.contiguous(), end.contiguous()
         grid = (_max_tiles((t1 - t0) * n, nb, cfg.ch), BH * nsub)
-        common = (
+        bwd_inverted_kernel[grid](
             q, k, v, do, lse2, delta,
             start, end, entries, tile_offsets,
             dk_part, dv_part, dq_part, dk, dv, dk_acc, dv_acc,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
             T, t0, 0, Tc, nb, E, max_tiles, n, float(scale),
-        )
-        ckw = dict(
             H=H, G=G, BS=block_size, BLOCK_N=bn, NSUB=nsub, D=D, D_PAD=d_pad,
-            TILE_T=cfg.tile_t, CH=cfg.ch, LOG_NB=log_nb, CAUSAL=bool(causal),
-            PREC=prec, DOT_F32=(dev.type == "cpu"), DIRECT=bool(cfg.direct), USE_ACC=use_acc,
-            LAST=(c == nchunks - 1),
+            TILE_T=cfg.tile_t, CH=cfg.ch, LOG_NB=log_nb, CAUSAL=bool(causal), WRITE_DQ=True,
+            PREC=prec, DOT_F32=(dev.type == "cpu"), ST=bool(cfg.st),
+            DIRECT=bool(cfg.direct), USE_ACC=use_acc, LAST=(c == nchunks - 1), num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages, **maxnreg_option(cfg.maxnreg),
             EV_KEEP="evict_last" if cfg.evict else "", EV_STREAM="evict_first" if cfg.evict else "",
             IDX64=i64, ENT_NEXT=bool(cfg.ent_next),
         )
-        bwd_inverted_kernel[grid](
-            *common, WRITE_DQ=not cfg.split, DKDV=True, ST=bool(cfg.st),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **maxnreg_option(cfg.maxnreg), **ckw,
-        )
-        if cfg.split:
-            bwd_inverted_kernel[grid](
-                *common, WRITE_DQ=True, DKDV=False, ST=bool(cfg.dq_st),
-                num_warps=cfg.dq_warps, num_stages=cfg.dq_stages, **maxnreg_option(cfg.dq_maxnreg), **ckw,
-            )
         bwd_dkdv_reduce_kernel[(nb, BH * nsub)](
             dk_part, dv_part, tile_offsets, dk_acc, dv_acc, dk, dv,
             *dk.stride(), *dv.stride(),

@@ -7,7 +7,8 @@ selected the block), and the dK/dV reduction over the tiles of one block.
     exits when ``pid`` is past the real tile count. It loads the block's ``BLOCK_N`` keys and
     values once, then walks its (at most ``CH``) index entries ``TILE_T`` tokens at a time; the
     rows of a tile are (token, query head of the group), ``TILE_T * G`` of them, so the tile is
-    full whatever ``G`` is. Per tile it recomputes ``p = exp2(s - lse2)`` (causal and padding
+    full whatever ``G`` is; with ``ENT_NEXT`` a tile's index entries are loaded with the previous
+    tile's gathers. Per tile it recomputes ``p = exp2(s - lse2)`` (causal and padding
     masked), and accumulates ``dV += p^T dO`` and ``dK += dS^T Q`` in float32 registers, with
     ``dS = p * (dO V^T - delta)``. The dQ contribution of the block, ``dS K``, is written to a
     partial buffer indexed by (token, slot, key sub-block, head) that ``bwd_dq`` sums.
@@ -42,7 +43,7 @@ def bwd_inverted_kernel(
     CH: tl.constexpr, LOG_NB: tl.constexpr, CAUSAL: tl.constexpr, WRITE_DQ: tl.constexpr,
     PREC: tl.constexpr, DOT_F32: tl.constexpr, ST: tl.constexpr, DIRECT: tl.constexpr,
     USE_ACC: tl.constexpr, LAST: tl.constexpr, EV_KEEP: tl.constexpr, EV_STREAM: tl.constexpr,
-    IDX64: tl.constexpr, DKDV: tl.constexpr = True, ENT_NEXT: tl.constexpr = False,
+    IDX64: tl.constexpr, ENT_NEXT: tl.constexpr,
 ):
     # DOT_F32: the Triton interpreter (3.9) multiplies bfloat16 tiles wrongly, so there the
     # operands are widened to float32 after being rounded exactly as on the GPU.
@@ -139,12 +140,10 @@ def bwd_inverted_kernel(
                 if CAUSAL:
                     vis = vis & (kpos[:, None] <= t[None, :])
                 pt = tl.where(vis, pt, 0.0)
-                if DKDV:
-                    dv += tl.dot(pt.to(ELT).to(do.dtype), do, input_precision=PREC)
+                dv += tl.dot(pt.to(ELT).to(do.dtype), do, input_precision=PREC)
                 dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
                 dst_ = (pt * (dpt - delta[None, :])).to(ELT).to(q.dtype)
-                if DKDV:
-                    dk += tl.dot(dst_, q, input_precision=PREC)
+                dk += tl.dot(dst_, q, input_precision=PREC)
                 if WRITE_DQ:
                     dq = tl.dot(tl.trans(dst_), k, input_precision=PREC) * sm_scale
             else:
@@ -154,14 +153,12 @@ def bwd_inverted_kernel(
                 if CAUSAL:
                     vis = vis & (kpos[None, :] <= t[:, None])
                 p = tl.where(vis, p, 0.0)
-                if DKDV:
-                    p_lo = p.to(ELT).to(do.dtype)
-                    dv += tl.dot(tl.trans(p_lo), do, input_precision=PREC)
+                p_lo = p.to(ELT).to(do.dtype)
+                dv += tl.dot(tl.trans(p_lo), do, input_precision=PREC)
                 dp = tl.dot(do, tl.trans(v), input_precision=PREC)
                 ds = p * (dp - delta[:, None])
                 ds_lo = ds.to(ELT).to(q.dtype)
-                if DKDV:
-                    dk += tl.dot(tl.trans(ds_lo), q, input_precision=PREC)
+                dk += tl.dot(tl.trans(ds_lo), q, input_precision=PREC)
                 if WRITE_DQ:
                     dq = tl.dot(ds_lo, k, input_precision=PREC) * sm_scale
             if WRITE_DQ:
@@ -171,7 +168,7 @@ def bwd_inverted_kernel(
         dk = dk * sm_scale
         rows = tl.arange(0, BLOCK_N)
         single = False
-        if DIRECT and DKDV:
+        if DIRECT:
             single = (tl.load(to_base + j + 1) - tl.load(to_base + j)) == 1
         if single:
             # The block's only program in this chunk: no partial and no reduction; it adds the
@@ -190,7 +187,7 @@ def bwd_inverted_kernel(
             else:
                 tl.store(DK_ACC + aoff, dk, mask=am)
                 tl.store(DV_ACC + aoff, dv, mask=am)
-        elif DKDV:
+        else:
             pbase = (bhs * MAX_TILES + pid) * (BLOCK_N * D)
             pm = (rows[:, None] < BLOCK_N) & dmask[None, :]
             poff = pbase + rows[:, None] * D + d[None, :]
