@@ -104,9 +104,12 @@ def backward_config(B, T, H, G, D, n, block_size, dtype) -> BwdConfig:
         nsub = max(1, block_size // block_n)
     else:
         block_n, nsub = max(16, _next_pow2(block_size)), 1
-    # Rows (tokens x heads) per inner tile: measured on the H100, 32 beats 64 at G <= 4
-    # (2.91 vs 3.09 ms at G=1, 9.77 vs 10.06 at G=4), 64 wins at G=16 (36.2 vs 37.9).
-    rows = 32 if (G <= 4 or d_pad > 128) else 64
+    # Rows (tokens x heads) per inner tile: 32. Measured on the H100 (T=64K, ms): 32 beat 64 at
+    # G <= 4 (2.91 vs 3.09 at G=1, 9.77 vs 10.06 at G=4). At G >= 8, 64-row tiles spill registers
+    # and 32-row ones do not; alone 32 rows were slower there (G=16 37.9 vs 36.2), but with the
+    # next entries loaded ahead and 2 stages they are faster (G=8 18.67 -> 17.22, G=16 35.37 ->
+    # 33.65, uniform).
+    rows = 32
     tile_t = max(1, rows // G) if G < rows else 1
     # Rows per program (tokens x heads): long enough to amortise loading K/V, short enough that
     # the block every query selects (block 0) is spread over many programs.
@@ -124,12 +127,13 @@ def backward_config(B, T, H, G, D, n, block_size, dtype) -> BwdConfig:
         ch = max(tile_t, ch // 2)
     # Measured (H100, bf16, T=64K): 4 warps beat 8 by 10-20% at every G for D <= 128.
     num_warps = 4 if d_pad <= 128 else 8
-    # Measured: 1 stage is best at G >= 8 (38.2 vs 40.9 ms at G=16), 2 elsewhere.
-    num_stages = 1 if G >= 8 else 2
+    # 2 stages. With 64-row tiles 1 stage was best at G >= 8 (D=128, G=16: 38.2 vs 40.9 ms); head
+    # dims over 128 keep that rule, since they were not timed again with 2 stages.
+    num_stages = 2 if (d_pad <= 128 or G < 8) else 1
     # Next tile's entries loaded ahead: measured H100, T=64K, uniform, ms: G=1 2.47 -> 2.28,
-    # G=4 9.28 -> 8.89; slower where the kernel already spills (G=8 18.60 -> 18.93, G=16
-    # 35.45 -> 37.67).
-    ent_next = int(G <= 4)
+    # G=4 9.28 -> 8.89 (with 64-row tiles at G >= 8 it spilled and was slower: G=8 18.60 ->
+    # 18.93). Not timed at head dims over 128.
+    ent_next = int(d_pad <= 128)
     return BwdConfig(block_n, nsub, tile_t, ch, chunk_t, num_warps, num_stages, ent_next=ent_next)
 
 
