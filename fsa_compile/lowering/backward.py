@@ -127,9 +127,15 @@ def backward_config(B, T, H, G, D, n, block_size, dtype) -> BwdConfig:
         ch = max(tile_t, ch // 2)
     # Measured (H100, bf16, T=64K): 4 warps beat 8 by 10-20% at every G for D <= 128.
     num_warps = 4 if d_pad <= 128 else 8
-    # 2 stages. With 64-row tiles 1 stage was best at G >= 8 (D=128, G=16: 38.2 vs 40.9 ms); head
-    # dims over 128 keep that rule, since they were not timed again with 2 stages.
-    num_stages = 2 if (d_pad <= 128 or G < 8) else 1
+    # Stages of the gathers' pipeline, measured (T=64K, D=128, uniform, ms, 2 -> 3 stages):
+    # G=1 2.29 -> 2.53, G=2 4.57 -> 4.68, G=4 8.87 -> 8.52, G=8 17.11 -> 15.53, G=16 33.60 ->
+    # 31.76. Four would not fit two programs' shared memory on an SM (offline: 119.5 KB each).
+    # Head dims over 128 keep the rule of the 64-row tiles (1 stage at G >= 8; D=128, G=16: 38.2
+    # vs 40.9 ms), since they were not timed again.
+    if d_pad <= 128:
+        num_stages = 3 if G >= 4 else 2
+    else:
+        num_stages = 2 if G < 8 else 1
     # Next tile's entries loaded ahead: measured H100, T=64K, uniform, ms: G=1 2.47 -> 2.28,
     # G=4 9.28 -> 8.89 (with 64-row tiles at G >= 8 it spilled and was slower: G=8 18.60 ->
     # 18.93). Not timed at head dims over 128.
