@@ -64,6 +64,8 @@ class BwdConfig:
     evict: int = 1    # L2 hints: keep gathered Q/dO (evict_last), stream dQ partials (evict_first)
     maxnreg: int = 0  # register cap per thread for the inverted kernel (0: the compiler's choice)
     ent_next: int = 0  # the next tile's index entries are loaded with this tile's gathers
+    dq_block_hq: int = 0  # query heads per program of the dQ reduction (0: as many as fit 8K elements)
+    dq_warps: int = 4     # warps of the dQ reduction
 
     def describe(self) -> str:
         return (f"bwd(block_n={self.block_n}, nsub={self.nsub}, tile_t={self.tile_t}, ch={self.ch}, "
@@ -132,8 +134,11 @@ def backward_config(B, T, H, G, D, n, block_size, dtype) -> BwdConfig:
     # 31.76. Four would not fit two programs' shared memory on an SM (offline: 119.5 KB each).
     # Head dims over 128 keep the rule of the 64-row tiles (1 stage at G >= 8; D=128, G=16: 38.2
     # vs 40.9 ms), since they were not timed again.
-    if d_pad <= 128:
+    # At D=64 (T=32K, G=4) 2 stages were faster: 2.15 vs 2.30 ms.
+    if d_pad == 128:
         num_stages = 3 if G >= 4 else 2
+    elif d_pad < 128:
+        num_stages = 2
     else:
         num_stages = 2 if G < 8 else 1
     # Next tile's entries loaded ahead: measured H100, T=64K, uniform, ms: G=1 2.47 -> 2.28,
@@ -210,7 +215,7 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
         dk_acc = dv_acc = dk_part  # unused
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     log_nb = max(1, math.ceil(math.log2(nb + 1)) + 1)
-    block_hq = min(_next_pow2(HQ), max(1, 8192 // d_pad))
+    block_hq = cfg.dq_block_hq or min(_next_pow2(HQ), max(1, 8192 // d_pad))
     # One index over all T; a query chunk's entries of block j are the contiguous sub-range of
     # tokens [t0, t1) of block j's list (entries are in increasing t inside a block).
     if index is None:
@@ -266,7 +271,7 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
             dq_part, idx, dq,
             *idx.stride(), *dq.stride(),
             t0, Tc, n,
-            H=H, G=G, NSUB=nsub, D=D, D_PAD=d_pad, BLOCK_HQ=block_hq, IDX64=i64, num_warps=4,
+            H=H, G=G, NSUB=nsub, D=D, D_PAD=d_pad, BLOCK_HQ=block_hq, IDX64=i64, num_warps=cfg.dq_warps,
         )
     return dq, dk, dv
 
