@@ -66,6 +66,7 @@ class BwdConfig:
     ent_next: int = 0  # the next tile's index entries are loaded with this tile's gathers
     dq_block_hq: int = 0  # query heads per program of the dQ reduction (0: as many as fit 8K elements)
     dq_warps: int = 4     # warps of the dQ reduction
+    dq_unroll: int = 0    # the dQ reduction's loop over the n slots unrolled (n <= 32)
 
     def describe(self) -> str:
         return (f"bwd(block_n={self.block_n}, nsub={self.nsub}, tile_t={self.tile_t}, ch={self.ch}, "
@@ -271,7 +272,8 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
             dq_part, idx, dq,
             *idx.stride(), *dq.stride(),
             t0, Tc, n,
-            H=H, G=G, NSUB=nsub, D=D, D_PAD=d_pad, BLOCK_HQ=block_hq, IDX64=i64, num_warps=cfg.dq_warps,
+            H=H, G=G, NSUB=nsub, D=D, D_PAD=d_pad, BLOCK_HQ=block_hq, IDX64=i64,
+            UNROLL=n if (cfg.dq_unroll and n <= 32) else 0, num_warps=cfg.dq_warps,
         )
     return dq, dk, dv
 
