@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Needs the code of 15599d5: the dq_block_hq/dq_warps/dq_unroll options were removed after this run (NOTES.md).
 # GPU run (fourth session of 2026-11-25): G = 8 skewed forward + backward is 0.113 of dense
 # against 0.11. Knobs around the new backward default at G = 8 (both selections) and 16: 8 warps
 # (offline 210 registers, no spills), 16-row tiles, and the dQ reduction's heads per program and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Needs the code of 15599d5: the dq_block_hq/dq_warps/dq_unroll options were removed after this run (NOTES.md).
 # GPU run (fourth session of 2026-11-25): the dQ reduction (3.17 ms of the 15.6 ms backward at
 # G = 8, ~2.7 TB/s) with its loop over the n slots unrolled, so that every slot's load is in
 # flight at once. Checked at quick sizes and timed at T=64K.

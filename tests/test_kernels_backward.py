@@ -159,18 +159,6 @@ def test_next_entries_loaded_ahead(monkeypatch):
 
 
 @interpreted
-def test_dq_reduction_unrolled_is_bitwise_the_loop():
-    # The unrolled loop over slots adds in the same order as the loop: equal bits, with padding.
-    B, T, H, G, D, bs, n = 1, 50, 1, 2, 48, 16, 4
-    args, ref = _case(B, T, H, G, D, bs, n, torch.float16, True, seed=12)
-    cfg = bw.backward_config(B, T, H, G, D, n, bs, torch.float16)
-    loop = _run(args, cfg.__class__(**{**cfg.__dict__, "dq_unroll": 0}))
-    unrolled = _run(args, cfg.__class__(**{**cfg.__dict__, "dq_unroll": 1}))
-    _check(unrolled, ref, torch.float16, args)
-    assert all(torch.equal(a, b) for a, b in zip(loop, unrolled))
-
-
-@interpreted
 def test_untransposed_score_variant():
     args, ref = _case(1, 45, 1, 2, 32, 16, 3, torch.float16, True, seed=8)
     cfg = bw.backward_config(1, 45, 1, 2, 32, 3, 16, torch.float16)

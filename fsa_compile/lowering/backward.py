@@ -64,9 +64,6 @@ class BwdConfig:
     evict: int = 1    # L2 hints: keep gathered Q/dO (evict_last), stream dQ partials (evict_first)
     maxnreg: int = 0  # register cap per thread for the inverted kernel (0: the compiler's choice)
     ent_next: int = 0  # the next tile's index entries are loaded with this tile's gathers
-    dq_block_hq: int = 0  # query heads per program of the dQ reduction (0: as many as fit 8K elements)
-    dq_warps: int = 4     # warps of the dQ reduction
-    dq_unroll: int = 0    # the dQ reduction's loop over the n slots unrolled (n <= 32)
 
     def describe(self) -> str:
         return (f"bwd(block_n={self.block_n}, nsub={self.nsub}, tile_t={self.tile_t}, ch={self.ch}, "
@@ -216,7 +213,7 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
         dk_acc = dv_acc = dk_part  # unused
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     log_nb = max(1, math.ceil(math.log2(nb + 1)) + 1)
-    block_hq = cfg.dq_block_hq or min(_next_pow2(HQ), max(1, 8192 // d_pad))
+    block_hq = min(_next_pow2(HQ), max(1, 8192 // d_pad))
     # One index over all T; a query chunk's entries of block j are the contiguous sub-range of
     # tokens [t0, t1) of block j's list (entries are in increasing t inside a block).
     if index is None:
@@ -272,8 +269,7 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
             dq_part, idx, dq,
             *idx.stride(), *dq.stride(),
             t0, Tc, n,
-            H=H, G=G, NSUB=nsub, D=D, D_PAD=d_pad, BLOCK_HQ=block_hq, IDX64=i64,
-            UNROLL=n if (cfg.dq_unroll and n <= 32) else 0, num_warps=cfg.dq_warps,
+            H=H, G=G, NSUB=nsub, D=D, D_PAD=d_pad, BLOCK_HQ=block_hq, IDX64=i64, num_warps=4,
         )
     return dq, dk, dv
 

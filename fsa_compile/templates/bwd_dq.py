@@ -3,22 +3,10 @@ sub-blocks, of the partials the inverted-loop kernel wrote. Slots holding paddin
 index) were never written and are skipped; the order of the sum is fixed (deterministic).
 
 Grid ``(Tc, B, cdiv(HQ, BLOCK_HQ))``; one program owns ``BLOCK_HQ`` query heads of one token.
-``UNROLL`` (= ``n_sel``, or 0 for a loop) unrolls the loop over slots.
 """
 from __future__ import annotations
 
 from .bwd_common import tl, triton
-
-
-@triton.jit
-def _add_slot(acc, s, DQ_PART, ibase, s_i_n, hq, hmask, d, dmask, b, t_loc, Tc, n_sel,
-              HQ: tl.constexpr, NSUB: tl.constexpr, D: tl.constexpr):
-    sel = tl.load(ibase + s * s_i_n, mask=hmask, other=-1)
-    m = (hmask & (sel >= 0))[:, None] & dmask[None, :]
-    for u in tl.static_range(NSUB):
-        src = ((b * Tc + t_loc) * (n_sel * NSUB) + s * NSUB + u) * HQ + hq
-        acc += tl.load(DQ_PART + src[:, None] * D + d[None, :], mask=m, other=0.0).to(tl.float32)
-    return acc
 
 
 @triton.jit
@@ -28,7 +16,7 @@ def bwd_dq_reduce_kernel(
     s_dq_b, s_dq_t, s_dq_h, s_dq_d,
     t0, Tc, n_sel,
     H: tl.constexpr, G: tl.constexpr, NSUB: tl.constexpr, D: tl.constexpr,
-    D_PAD: tl.constexpr, BLOCK_HQ: tl.constexpr, IDX64: tl.constexpr, UNROLL: tl.constexpr,
+    D_PAD: tl.constexpr, BLOCK_HQ: tl.constexpr, IDX64: tl.constexpr,
 ):
     HQ: tl.constexpr = H * G
     t_loc = tl.program_id(0)
@@ -43,15 +31,12 @@ def bwd_dq_reduce_kernel(
         t = t.to(tl.int64)
     acc = tl.zeros([BLOCK_HQ, D_PAD], dtype=tl.float32)
     ibase = IDX + b * s_i_b + t * s_i_t + (hq // G) * s_i_h
-    if UNROLL > 0:
-        # n_sel known at compile time: every slot's load is issued before the first add
-        for s in tl.static_range(UNROLL):
-            acc = _add_slot(acc, s, DQ_PART, ibase, s_i_n, hq, hmask, d, dmask, b, t_loc, Tc, UNROLL,
-                            HQ, NSUB, D)
-    else:
-        for s in range(n_sel):
-            acc = _add_slot(acc, s, DQ_PART, ibase, s_i_n, hq, hmask, d, dmask, b, t_loc, Tc, n_sel,
-                            HQ, NSUB, D)
+    for s in range(n_sel):
+        sel = tl.load(ibase + s * s_i_n, mask=hmask, other=-1)
+        m = (hmask & (sel >= 0))[:, None] & dmask[None, :]
+        for u in tl.static_range(NSUB):
+            src = ((b * Tc + t_loc) * (n_sel * NSUB) + s * NSUB + u) * HQ + hq
+            acc += tl.load(DQ_PART + src[:, None] * D + d[None, :], mask=m, other=0.0).to(tl.float32)
     om = hmask[:, None] & dmask[None, :]
     tl.store(DQ + b * s_dq_b + t * s_dq_t + hq[:, None] * s_dq_h + d[None, :] * s_dq_d,
              acc.to(DQ.dtype.element_ty), mask=om)
