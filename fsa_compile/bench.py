@@ -198,7 +198,7 @@ def plot(rows, path):
                 pts = sorted((r["T"], r["ms"]) for r in sub if r["dist"] == dist and r["strategy"] == strat)
                 ax.plot(*zip(*pts), marker="o", label=f"{strat} {dist}")
             pts = sorted({(r["T"], r["dense_ms"]) for r in sub if r["dist"] == dist})
-            ax.plot(*zip(*pts), "k--", label=f"dense ({dist})")
+            ax.plot(*zip(*pts), "k--", marker="x", label=f"dense ({dist})")  # a marker: one T is one point
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(f"G = {G}")

@@ -130,8 +130,8 @@ def backward_config(B, T, H, G, D, n, block_size, dtype) -> BwdConfig:
     # Stages of the gathers' pipeline, measured (T=64K, D=128, uniform, ms, 2 -> 3 stages):
     # G=1 2.29 -> 2.53, G=2 4.57 -> 4.68, G=4 8.87 -> 8.52, G=8 17.11 -> 15.53, G=16 33.60 ->
     # 31.76. Four would not fit two programs' shared memory on an SM (offline: 119.5 KB each).
-    # Head dims over 128 keep the rule of the 64-row tiles (1 stage at G >= 8; D=128, G=16: 38.2
-    # vs 40.9 ms), since they were not timed again.
+    # Head dims over 128 keep the earlier rule, 1 stage at G >= 8 (measured at D=128 with 64-row
+    # tiles, G=16: 38.2 vs 40.9 ms), since they were not timed again with 32-row tiles.
     # At D=64 (T=32K, G=4) 2 stages were faster: 2.15 vs 2.30 ms.
     if d_pad == 128:
         num_stages = 3 if G >= 4 else 2
