@@ -13,6 +13,7 @@ Prints a short table last.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import math
@@ -109,7 +110,7 @@ def check_case(B, T, H, G, D, bs, n, dtype, causal, dist, gen, layout="bthd", pa
     cfg = None
     if over:
         base = bw.backward_config(B, T, H, G, D, n, bs, dtype)
-        cfg = base.__class__(**{**base.__dict__, **over})
+        cfg = dataclasses.replace(base, **over)
     bw.POISON_FOR_TESTS = True
     try:
         out1 = bw.kernel_backward(do, q, k, v, o, lse, idx, bs, scale, causal, cfg)
@@ -254,7 +255,7 @@ def main():
             out = [("default", None)]
             base = bw.backward_config(1, a.T, 4, G, a.D, 16, 64, torch.bfloat16)
             for s in names:  # e.g. "tile_t=64/G,ch=512;num_warps=4"
-                cfg = base.__class__(**{**base.__dict__, **parse_over(s, G)})
+                cfg = dataclasses.replace(base, **parse_over(s, G))
                 out.append((s, cfg))
             return out
 

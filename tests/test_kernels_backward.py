@@ -6,6 +6,7 @@ test_kernels* modules); the whole file takes well under a minute on one core.
 GPU (``pytest -m gpu``): the same kernels at real sizes against the reference's gradients on
 float32-upcast inputs.
 """
+import dataclasses
 import importlib
 import os
 
@@ -31,10 +32,8 @@ def _rel(a, b):
 def _indices(B, T, H, n, bs, gen, causal=True, pad=0.15, dup=0.1, device="cpu"):
     nb = -(-T // bs)
     t = torch.arange(T).view(1, T, 1, 1)
-    hi = (t // bs + 1) if causal else torch.full_like(t, nb)
+    hi = (t // bs + 1) if causal else torch.full_like(t, nb)  # non-causal: any block, future ones too
     idx = (torch.rand(B, T, H, n, generator=gen) * hi).floor().to(torch.int32)
-    if not causal:  # a few future blocks: selected but invisible under causal, visible here
-        pass
     idx = torch.where(torch.rand(idx.shape, generator=gen) < pad, torch.full_like(idx, -1), idx)
     idx = torch.where(torch.rand(idx.shape, generator=gen) < dup, idx[..., :1].expand_as(idx), idx)
     return idx.contiguous().to(device)
@@ -129,40 +128,39 @@ def test_large_head_dim_key_subblocks():
     _check(_run(args), ref, torch.float32, args)
 
 
+def _check_in_chunks(monkeypatch, shape, dtype, seed, overrides):
+    """The case checked under each config override, with a dQ-partial budget so small that the
+    queries go in several chunks (float32 running dK/dV totals between them)."""
+    monkeypatch.setattr(bw, "DQ_PART_BUDGET", 3000)
+    B, T, H, G, D, bs, n = shape
+    args, ref = _case(B, T, H, G, D, bs, n, dtype, True, seed=seed)
+    cfg = bw.backward_config(B, T, H, G, D, n, bs, dtype)
+    assert -(-T // cfg.chunk_t) > 1
+    for over in overrides:
+        _check(_run(args, dataclasses.replace(cfg, **over)), ref, dtype, args)
+
+
 @interpreted
 def test_query_chunks_and_split_blocks(monkeypatch):
-    # A tiny dQ-partial budget forces several query chunks (float32 running dK/dV totals), and a
-    # small ch splits every busy block over several programs (partials + reduction).
-    monkeypatch.setattr(bw, "DQ_PART_BUDGET", 3000)
-    B, T, H, G, D, bs, n = 2, 64, 1, 2, 16, 16, 3
-    args, ref = _case(B, T, H, G, D, bs, n, torch.float32, True, seed=7)
-    cfg = bw.backward_config(B, T, H, G, D, n, bs, torch.float32)
-    assert -(-T // cfg.chunk_t) > 1
-    for over in ({"tile_t": 8, "ch": 8}, {"tile_t": 8, "ch": 8, "direct": 0}, {"tile_t": 4, "ch": 64}):
-        c = cfg.__class__(**{**cfg.__dict__, **over})
-        _check(_run(args, c), ref, torch.float32, args)
+    # A small ch splits every busy block over several programs (partials + reduction).
+    _check_in_chunks(monkeypatch, (2, 64, 1, 2, 16, 16, 3), torch.float32, 7,
+                     [{"tile_t": 8, "ch": 8}, {"tile_t": 8, "ch": 8, "direct": 0}, {"tile_t": 4, "ch": 64}])
 
 
 @interpreted
 def test_next_entries_loaded_ahead(monkeypatch):
     # A tile's index entries loaded with the previous tile's gathers: several tiles per program,
-    # a partial last tile, query chunks, blocks split over programs, padding and duplicates.
-    monkeypatch.setattr(bw, "DQ_PART_BUDGET", 3000)
-    B, T, H, G, D, bs, n = 1, 61, 2, 4, 24, 16, 3
-    args, ref = _case(B, T, H, G, D, bs, n, torch.bfloat16, True, seed=11)
-    cfg = bw.backward_config(B, T, H, G, D, n, bs, torch.bfloat16)
-    assert -(-T // cfg.chunk_t) > 1
-    for over in ({"ent_next": 1, "ch": 6, "tile_t": 2}, {"ent_next": 1, "ch": 5, "tile_t": 2, "st": 0},
-                 {"ent_next": 1, "ch": 64, "tile_t": 4}):
-        c = cfg.__class__(**{**cfg.__dict__, **over})
-        _check(_run(args, c), ref, torch.bfloat16, args)
+    # a partial last tile, blocks split over programs, padding and duplicates.
+    _check_in_chunks(monkeypatch, (1, 61, 2, 4, 24, 16, 3), torch.bfloat16, 11,
+                     [{"ent_next": 1, "ch": 6, "tile_t": 2}, {"ent_next": 1, "ch": 5, "tile_t": 2, "st": 0},
+                      {"ent_next": 1, "ch": 64, "tile_t": 4}])
 
 
 @interpreted
 def test_untransposed_score_variant():
     args, ref = _case(1, 45, 1, 2, 32, 16, 3, torch.float16, True, seed=8)
     cfg = bw.backward_config(1, 45, 1, 2, 32, 3, 16, torch.float16)
-    cfg = cfg.__class__(**{**cfg.__dict__, "st": 0, "ch": 8, "tile_t": 8})
+    cfg = dataclasses.replace(cfg, st=0, ch=8, tile_t=8)
     _check(_run(args, cfg), ref, torch.float16, args)
 
 
@@ -170,7 +168,7 @@ def test_untransposed_score_variant():
 def test_deterministic():
     args, _ = _case(1, 48, 1, 4, 16, 16, 3, torch.bfloat16, True, seed=9)
     cfg = bw.backward_config(1, 48, 1, 4, 16, 3, 16, torch.bfloat16)
-    cfg = cfg.__class__(**{**cfg.__dict__, "ch": 4, "tile_t": 4})  # block 0 split over programs
+    cfg = dataclasses.replace(cfg, ch=4, tile_t=4)  # block 0 split over programs
     a = bw.kernel_backward(*args, config=cfg)
     b = bw.kernel_backward(*args, config=cfg)
     for x, y in zip(a, b):
