@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU run of 2026-12-01 (one call, H200): the backward's -m gpu tests on the final code, the e2e
 # table at 32K (fsa vs dense), then the kernel table at T=64K, each under its own time limit.
-# (The run of 2026-12-01 also piped the pytest output through `grep -v -i warn`, which dropped
-# pytest's summary line, "N passed, .. warnings"; the pytest logs are no longer filtered.)
+# (The run of 2026-12-01 also piped the pytest output through `grep -v -i warn`, which drops
+# pytest's summary line whenever it reports warnings; the pytest log is no longer filtered.)
 set -uo pipefail
 . benchmarks/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader
