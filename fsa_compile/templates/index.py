@@ -11,8 +11,9 @@ Shared by the forward and backward inverted-loop kernels. The layout is CSR per 
   ``ceil(count_jc / tile)`` (``count_jc``: block ``j``'s entries in chunk ``c``) so that a grid of
   :func:`max_tiles` programs per (b, h) can find its (block, tile) by a search, with no host sync.
 
-Built on the device (one Triton kernel for the sort keys, then torch ops); the grid sizes it
-implies are upper bounds known from the static shapes alone.
+Built on the device (a Triton kernel for the sort keys, torch's sort, three Triton kernels for the
+rest), with no host sync; the grid sizes it implies are upper bounds known from the static shapes
+alone.
 """
 from __future__ import annotations
 
@@ -70,7 +71,6 @@ def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: b
     nc = -(-T // chunk) if chunk else 1
     nbin = nb1 * nc
     dev = idx.device
-    seg = torch.arange(nseg, device=dev, dtype=torch.int64).view(nseg, 1)
     nkey = nseg * nb1
     if nkey < 2**31:
         # 16-bit keys where they fit: the radix sort then makes 2 passes instead of 4
@@ -81,37 +81,35 @@ def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: b
     else:  # pragma: no cover - enormous B*H*NB
         # Padding sorts last in its segment: it is given the key num_blocks, past every real block.
         key = torch.where(idx < 0, torch.full_like(idx, num_blocks), idx).long()
+        seg = torch.arange(nseg, device=dev, dtype=torch.int64).view(nseg, 1)
         flat = (key.permute(0, 2, 1, 3).reshape(nseg, L) + seg * nb1).reshape(-1)
     keys, order = torch.sort(flat, stable=True)
-    # Where each (block, chunk) bin starts. The stable sort leaves a block's entries t * n + slot
-    # in increasing order, so chunk c of block j starts at its first entry >= c * chunk * n: one
-    # search of (key, entry) pairs, sorted as one int64 each, for every bin's lower bound.
-    # (Counting with scatter_add instead meets every query's block 0 on one counter per segment.)
+    # The rest is three launches (it was ~30 small torch ops: their launches and gaps cost more
+    # than their work). The entries, then where each (block, chunk) bin starts: the stable sort
+    # leaves a block's entries t * n + slot in increasing order, so chunk c of block j starts at
+    # the first (key, entry) pair >= (key of j, c * chunk * n), found by a binary search. (Counting
+    # with atomics instead meets every query's block 0 on one counter per segment.)
     entries = torch.empty(nseg * L, dtype=torch.int32, device=dev)
-    pairs = torch.empty(nseg * L, dtype=torch.int64, device=dev)
-    if entries.numel():
-        _entries_kernel[(triton.cdiv(L, 1024), nseg)](keys, order, entries, pairs, L, BLOCK=1024)
-    entries = entries.view(B, H, L)
-    starts_c = torch.arange(nc, device=dev, dtype=torch.int64) * (chunk * n if nc > 1 else 0)
-    key_of_bin = seg * nb1 + torch.arange(nb1, device=dev, dtype=torch.int64).view(1, nb1)
-    bounds = torch.cat([(key_of_bin.view(nseg, nb1, 1) * L + starts_c.view(1, 1, nc)).view(nseg, nbin),
-                        ((seg + 1) * nb1 * L).view(nseg, 1)], 1)
-    starts = torch.searchsorted(pairs, bounds.view(-1)).view(nseg, nbin + 1)
-    bin_offsets = (starts - seg * L).to(torch.int32)
-    counts = (bin_offsets[:, 1:] - bin_offsets[:, :-1]).view(nseg, nb1, nc)
-    offsets = bin_offsets[:, : num_blocks * nc + 1 : nc]  # where block j's first chunk starts
-    tiles = (counts[:, :num_blocks, :] + (tile - 1)) // tile
-    tile_offsets = torch.zeros(nseg, nc, nb1, dtype=torch.int32, device=dev)
-    torch.cumsum(tiles.transpose(1, 2), -1, dtype=torch.int32, out=tile_offsets[..., 1:])
-    tile_block = None
+    bin_offsets = torch.empty(nseg, nbin + 1, dtype=torch.int32, device=dev)
+    offsets = torch.empty(nseg, nb1, dtype=torch.int32, device=dev)
+    tile_offsets = torch.empty(nseg, nc, nb1, dtype=torch.int32, device=dev)
     chunk_entries = chunk * n if nc > 1 else L
-    if tile_map:
-        mt = max_tiles(chunk_entries, num_blocks, tile)
-        ids = torch.arange(mt, device=dev, dtype=torch.int32).expand(nseg * nc, mt).contiguous()
-        tile_block = torch.searchsorted(tile_offsets.view(nseg * nc, nb1)[:, 1:].contiguous(), ids,
-                                        right=True, out_int32=True).view(B, H, nc, mt)
-    return BlockIndex(offsets.contiguous().view(B, H, nb1), entries.contiguous(),
-                      tile_offsets.view(B, H, nc, nb1), tile, num_blocks, tile_block,
+    mt = max_tiles(chunk_entries, num_blocks, tile)
+    tile_block = torch.empty(nseg, nc, mt, dtype=torch.int32, device=dev) if tile_map else None
+    if nseg:
+        if L:
+            _entries_kernel[(triton.cdiv(L, 1024), nseg)](order, entries, L, BLOCK=1024)
+        # 128 bins per program, one per thread: a search is ~20 dependent loads, so its time is
+        # their latency; spread over many programs they are in flight together (measured H200,
+        # T=32K: 50 us per call with 1024 bins per program)
+        _bins_kernel[(triton.cdiv(nbin + 1, 128), nseg)](
+            keys, entries, bin_offsets, offsets, L, nb1, nc, chunk * n if nc > 1 else 0,
+            max(1, L.bit_length()), BLOCK=128, num_warps=4)
+        _tiles_kernel[(nc, nseg)](
+            bin_offsets, tile_offsets, tile_block if tile_map else tile_offsets, num_blocks, nc, tile, mt,
+            max(1, num_blocks.bit_length()), TILE_MAP=tile_map, BLOCK=1024)
+    return BlockIndex(offsets.view(B, H, nb1), entries.view(B, H, L), tile_offsets.view(B, H, nc, nb1), tile,
+                      num_blocks, tile_block.view(B, H, nc, mt) if tile_map else None,
                       bin_offsets.view(B, H, nbin + 1), nc, chunk_entries)
 
 
@@ -142,13 +140,77 @@ def _sort_keys_kernel(IDX, KEYS, sib, sit, sih, sis, H, NB, L, N: tl.constexpr, 
 
 
 @triton.jit
-def _entries_kernel(KEYS, ORDER, ENTRIES, PAIRS, L, BLOCK: tl.constexpr):
-    """From the sorted keys and the sort's permutation of segment ``seg``: the entries
-    ``t * n + slot`` (int32, relative to the segment) and ``key * L + entry`` (int64, sorted)."""
+def _entries_kernel(ORDER, ENTRIES, L, BLOCK: tl.constexpr):
+    """The entries ``t * n + slot`` (int32, relative to their segment) from the sort's permutation."""
     seg = tl.program_id(1)
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = p < L
     at = seg.to(tl.int64) * L + p
     e = tl.load(ORDER + at, mask=ok, other=0) - seg.to(tl.int64) * L
     tl.store(ENTRIES + at, e.to(tl.int32), mask=ok)
-    tl.store(PAIRS + at, tl.load(KEYS + at, mask=ok, other=0).to(tl.int64) * L + e, mask=ok)
+
+
+@triton.jit
+def _bins_kernel(KEYS, ENTRIES, BINS, OFFS, L, NB1, NC, CHUNK_ENTRIES, STEPS, BLOCK: tl.constexpr):
+    """``BINS[seg, r]``: where bin ``r = j * NC + c`` starts in segment ``seg``'s sorted entries, the
+    first ``(key, entry) >= (seg * NB1 + j, c * CHUNK_ENTRIES)`` (``BINS[seg, NB1 * NC] = L``);
+    ``OFFS[seg, j]`` = ``BINS[seg, j * NC]``. A binary search of ``STEPS >= log2(L + 1)`` halvings."""
+    seg = tl.program_id(1)
+    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    nbin = NB1 * NC
+    ok = r <= nbin
+    j = r // NC
+    c = r % NC
+    kb = seg.to(tl.int64) * NB1 + j
+    te = c * CHUNK_ENTRIES
+    base = seg.to(tl.int64) * L
+    lo = tl.zeros([BLOCK], dtype=tl.int32)
+    hi = tl.where(r < nbin, L, 0).to(tl.int32)
+    for _ in range(STEPS):
+        live = lo < hi
+        mid = (lo + hi) // 2
+        key = tl.load(KEYS + base + mid, mask=live, other=0).to(tl.int64)
+        ent = tl.load(ENTRIES + base + mid, mask=live, other=0)
+        less = (key < kb) | ((key == kb) & (ent < te))
+        lo = tl.where(live & less, mid + 1, lo)
+        hi = tl.where(live & (~less), mid, hi)
+    start = tl.where(r < nbin, lo, L)
+    tl.store(BINS + seg.to(tl.int64) * (nbin + 1) + r, start, mask=ok)
+    tl.store(OFFS + seg.to(tl.int64) * NB1 + j, start, mask=ok & (c == 0) & (j < NB1))
+
+
+@triton.jit
+def _tiles_kernel(BINS, TOFFS, TMAP, NB, NC, TILE, MT, STEPS, TILE_MAP: tl.constexpr, BLOCK: tl.constexpr):
+    """For one (segment, chunk): ``TOFFS[seg, c, :]`` = 0 then the running sum over blocks ``j < NB``
+    of ``ceil(count(j, c) / TILE)``; with ``TILE_MAP`` also ``TMAP[seg, c, p]`` = the block of tile
+    ``p`` (``NB`` past the last tile), by a binary search of the offsets this program just wrote."""
+    c = tl.program_id(0)
+    seg = tl.program_id(1)
+    nbin = (NB + 1) * NC
+    bins = BINS + seg.to(tl.int64) * (nbin + 1)
+    row = TOFFS + (seg * NC + c).to(tl.int64) * (NB + 1)
+    tl.store(row, 0)
+    carry = tl.full([], 0, tl.int32)
+    for j0 in range(0, NB, BLOCK):
+        j = j0 + tl.arange(0, BLOCK)
+        ok = j < NB
+        r = j * NC + c
+        cnt = tl.load(bins + r + 1, mask=ok, other=0) - tl.load(bins + r, mask=ok, other=0)
+        t = tl.where(ok, (cnt + TILE - 1) // TILE, 0)
+        tl.store(row + 1 + j, carry + tl.cumsum(t, axis=0), mask=ok)
+        carry += tl.sum(t, axis=0)
+    if TILE_MAP:
+        tl.debug_barrier()  # the offsets above, stored by this program's threads, are read below
+        out = TMAP + (seg * NC + c).to(tl.int64) * MT
+        for p0 in range(0, MT, BLOCK):
+            p = p0 + tl.arange(0, BLOCK)
+            # the number of j' in [1, NB] with TOFFS[j'] <= p
+            lo = tl.zeros([BLOCK], dtype=tl.int32)
+            hi = tl.zeros([BLOCK], dtype=tl.int32) + NB
+            for _ in range(STEPS):
+                live = lo < hi
+                mid = (lo + hi) // 2
+                le = tl.load(row + 1 + mid, mask=live, other=0) <= p
+                lo = tl.where(live & le, mid + 1, lo)
+                hi = tl.where(live & (~le), mid, hi)
+            tl.store(out + p, lo, mask=p < MT)
