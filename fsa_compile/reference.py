@@ -61,14 +61,16 @@ def canonical_indices(
                 (idx < nb).all(),
                 "fsa_compile: block_indices has an entry >= ceil(T / block_size)",
             )
-    elif on_out_of_range == "drop":
-        idx = torch.where(idx >= nb, torch.full_like(idx, -1), idx)
-    else:
+    elif on_out_of_range != "drop":
         raise ValueError(
             f"on_out_of_range must be one of {OUT_OF_RANGE_POLICIES}, got {on_out_of_range!r}"
         )
-    idx = idx.to(torch.int32)
-    idx = torch.where(idx < 0, torch.full_like(idx, -1), idx)
+    # Compared in the indices' own dtype (an int64 entry >= 2**31 must not wrap into range), filled
+    # after the cast (-1 does not exist in uint8). Few ops: each is a kernel launch on every call.
+    bad = idx < 0
+    if on_out_of_range == "drop":
+        bad = bad | (idx >= nb)
+    idx = idx.to(torch.int32).masked_fill(bad, -1)
     if not count_duplicates and idx.shape[-1] > 1:
         srt, _ = torch.sort(idx, dim=-1)
         dup = torch.zeros_like(srt, dtype=torch.bool)

@@ -132,6 +132,16 @@ def test_canonical_indices_policies():
     assert math.ceil(T / bs) == 3
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int64])
+def test_canonical_indices_drop_in_every_integer_dtype(dtype):
+    """Out-of-range entries become -1 whatever the dtype: one past the range of int32 must not wrap
+    into range, and uint8 (which has no -1) must not come back as 255."""
+    big = {torch.uint8: 200, torch.int16: 30000, torch.int64: 2**32 + 1}[dtype]
+    idx = torch.tensor([[[[0, 2, big, 3]]]], dtype=dtype)
+    c = canonical_indices(idx, 20, 8, count_duplicates=True, on_out_of_range="drop")
+    assert c.tolist() == [[[[0, 2, -1, -1]]]] and c.dtype == torch.int32
+
+
 def test_gradient_through_lse():
     B, T, H, G, D, bs, n = 1, 30, 2, 2, 8, 8, 3
     q, k, v, g = _inputs(B, T, H, G, D, seed=6, grad=True)
