@@ -61,11 +61,12 @@ def test_two_processes_follow_one_process(dist, tmp_path, one_process_batch_2):
 
 @settings(max_examples=20, deadline=None)
 @given(B=st.integers(1, 3), T=st.integers(1, 300), window=st.sampled_from([8, 32, 64]),
-       win_chunk=st.sampled_from([1, 7, 32, 256]))
-def test_model_sliding_branch_is_causal_window_attention(B, T, window, win_chunk):
+       win_chunk=st.sampled_from([1, 7, 32, 256]), win_chunk_no_grad=st.sampled_from([1, 5, 128]))
+def test_model_sliding_branch_is_causal_window_attention(B, T, window, win_chunk, win_chunk_no_grad):
     from nsa_model import NSAAttention, NSAConfig
 
-    attn = NSAAttention(NSAConfig(dim=64, heads=4, kv_heads=2, head_dim=16, window=window, win_chunk=win_chunk))
+    attn = NSAAttention(NSAConfig(dim=64, heads=4, kv_heads=2, head_dim=16, window=window, win_chunk=win_chunk,
+                                  win_chunk_no_grad=win_chunk_no_grad))
     g = torch.Generator().manual_seed(T)
     q = torch.randn(B, T, 4, 16, generator=g, requires_grad=True)
     k = torch.randn(B, T, 2, 16, generator=g, requires_grad=True)
@@ -75,6 +76,8 @@ def test_model_sliding_branch_is_causal_window_attention(B, T, window, win_chunk
     near = (t.view(T, 1) >= t.view(1, T)) & (t.view(T, 1) - t.view(1, T) < window)
     s = torch.einsum("bthd,bshd->bhts", q, kk) * 16**-0.5
     want = torch.einsum("bhts,bshd->bthd", s.masked_fill(~near, float("-inf")).softmax(-1), vv)
+    with torch.no_grad():  # the prefill's chunking
+        torch.testing.assert_close(attn.sliding(q, k, v), want, rtol=1e-5, atol=1e-5)
     got = attn.sliding(q, k, v)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     go = torch.randn(got.shape, generator=g)
