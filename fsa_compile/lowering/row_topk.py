@@ -35,19 +35,28 @@ def describe(L, k: int, dtype, device) -> str:
 
 
 def tiles(L: int, two_level: bool | None = None) -> tuple[int, int, int, int]:
-    """(BLOCK_L, ROWS, num_warps, GROUP): about 4K keys per program; with two levels the row is
-    cut into about sqrt(BLOCK_L) groups of about sqrt(BLOCK_L) columns.
+    """(BLOCK_L, ROWS, num_warps, GROUP).
 
     By default two levels for rows of 256 to 1024 (measured H100, ms, one level -> two levels:
     bf16 [131072, 512] top-16 0.289 -> 0.153, [262144, 1024] 1.083 -> 0.481, [131072, 256]
     0.138 -> 0.093; float32 0.973 -> 0.274, 3.12 -> 1.04, 0.516 -> 0.165); one level for shorter
     rows (bf16 [16384, 64] 0.015 -> 0.023) and longer ones, where few rows per program leave the
-    reloads' latency exposed (bf16 [1000, 4096] top-64 0.065 -> 0.082).
+    reloads' latency exposed (bf16 [1000, 4096] top-64 0.065 -> 0.082). One level holds about 4K
+    keys per program.
+
+    Two levels: a step is a chain of dependent reductions and one reload, so the kernel is bound
+    by latency, and narrow groups (short reloads) on 2 warps (more programs per SM) pay. The
+    table is the best of 4-32 rows x 2 or 4 warps x groups of 8-32, measured on the H200 at
+    bf16 top-16 (`benchmarks/topk_knobs_gpu.py`, ms, the previous default -> this one): 256
+    columns [65536, 256] 0.0512 -> 0.0463, 512 [131072, 512] 0.150 -> 0.109, 1024 [262144, 1024]
+    0.478 -> 0.347.
     """
     block_l = max(16, 1 << max(0, (L - 1).bit_length()))
-    rows = max(1, min(32, 4096 // block_l))
     if two_level is None:
         two_level = 256 <= block_l <= 1024
+    if two_level and 256 <= block_l <= 1024:
+        return block_l, 16 if block_l == 512 else 8, 2, 16 if block_l == 1024 else 8
+    rows = max(1, min(32, 4096 // block_l))
     group = 1 << ((block_l.bit_length() - 1) // 2) if two_level else block_l
     return block_l, rows, 4 if block_l * rows <= 4096 else 8, group
 
