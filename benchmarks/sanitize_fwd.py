@@ -27,7 +27,7 @@ idx[:, :, :, 0] = nb - 1  # the partial last block everywhere
 idx[:, ::2, :, 1] = -1
 idx[:, ::3, :, 2] = idx[:, ::3, :, 3]
 ro, _ = reference_forward(q.float(), k.float(), v.float(), idx, bs, D ** -0.5, True)
-for strat, over in (("fsa", {}), ("fsa", dict(chunk=128, fsa_prefetch=True, fsa_tile_map=True)),
+for strat, over in (("fsa", {}), ("fsa", dict(chunk=128, fsa_tpp=3, fsa_ent_all=False)),
                     ("nsa", {}), ("nsa", dict(tok=4))):
     plan = choose_plan(B, T, H, G, D, D, n, bs, q.dtype, True, strat, dev, **over)
     o, lse = forward(q, k, v, idx, bs, D ** -0.5, True, plan, poison=True)

@@ -163,9 +163,8 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
             bi.tile_block if plan.fsa_tile_map else bi.tile_offsets, po, pl,
             *q.stride(), *k.stride(), *v.stride(),
             T, H, C, c0, nc, c, NB, elen, grid0, scale * LOG2E,
-            G=G, N_SEL=n, TILE_Q=tile_q, TPP=plan.fsa_tpp, PREFETCH=plan.fsa_prefetch, TILE_MAP=plan.fsa_tile_map,
-            ENT_ALL=plan.fsa_ent_all and not plan.fsa_prefetch
-            and plan.fsa_tpp == triton.next_power_of_2(plan.fsa_tpp),
+            G=G, N_SEL=n, TILE_Q=tile_q, TPP=plan.fsa_tpp, TILE_MAP=plan.fsa_tile_map,
+            ENT_ALL=plan.fsa_ent_all and plan.fsa_tpp == triton.next_power_of_2(plan.fsa_tpp),
             Q_EVICT="evict_last" if plan.fsa_evict else "",
             P_EVICT="evict_first" if plan.fsa_evict else "",
             BLOCK_R=rows, SEARCH=search, CAUSAL=causal,

@@ -56,7 +56,6 @@ class Plan:
     fsa_warps: int = 4
     fsa_stages: int = 1
     fsa_tpp: int = 1  # sub-tiles per program (K/V loaded once for all of them)
-    fsa_prefetch: bool = False  # issue the next sub-tile's gathers before this one's math
     fsa_tile_map: bool = False  # programs read their block from a tile->block map (one load)
     fsa_ent_all: bool = False  # one load of all sub-tiles' entries per program (tpp pow2)
     fsa_evict: bool = False  # L2 hints: keep gathered queries (evict_last), stream partials
@@ -70,7 +69,7 @@ class Plan:
         if self.strategy == "fsa":
             return (f"fsa: tile {self.fsa_rows}x({self.fsa_tile_q} sel x "
                     f"{self.fsa_rows // self.fsa_tile_q} heads) x{self.fsa_tpp} per program, "
-                    f"warps {self.fsa_warps}, " + ("prefetch, " if self.fsa_prefetch else "")
+                    f"warps {self.fsa_warps}, "
                     + ("entries at once, " if self.fsa_ent_all else "")
                     + ("L2 hints, " if self.fsa_evict else "")
                     + (f"max {self.fsa_maxnreg} registers, " if self.fsa_maxnreg else "")

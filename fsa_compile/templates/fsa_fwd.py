@@ -16,9 +16,10 @@ K and V are loaded once per program; for every row the program writes a *normali
 ``(t_local, slot, hq)``; :mod:`.merge` combines a query's partials.
 
 Options (constexpr, from the plan): ``ENT_ALL`` loads all sub-tiles' entries at once (a sub-tile
-then costs one dependent round trip, its query gather); ``PREFETCH`` issues the next sub-tile's
-gathers before this one's arithmetic (measured slower: registers); ``Q_EVICT`` / ``P_EVICT`` are
-L2 eviction hints for the gathered queries and the partial stores.
+then costs one dependent round trip, its query gather); ``Q_EVICT`` / ``P_EVICT`` are L2 eviction
+hints for the gathered queries and the partial stores. (Issuing the next sub-tile's gathers before
+this one's arithmetic was measured 10-15% slower, benchmarks/NOTES.md v4/v5, and its loop-carried
+tiles stopped compiling with triton 3.6: removed.)
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def fsa_fwd_kernel(
     svb, svt, svh, svd,
     T, H, C, c0, NCHUNK, chunk, NB, ELEN, MAXT, scale_log2,
     G: tl.constexpr, N_SEL: tl.constexpr, TILE_Q: tl.constexpr, TPP: tl.constexpr,
-    PREFETCH: tl.constexpr, TILE_MAP: tl.constexpr, ENT_ALL: tl.constexpr,
+    TILE_MAP: tl.constexpr, ENT_ALL: tl.constexpr,
     Q_EVICT: tl.constexpr, P_EVICT: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BS: tl.constexpr, BLOCK_N: tl.constexpr, SEARCH: tl.constexpr,
@@ -92,36 +93,17 @@ def fsa_fwd_kernel(
             e_all = start0 + tp[:, None] * TILE_Q + (rows // G)[None, :]
             ok_all = (rows < TILE_Q * G)[None, :] & (e_all < end)
             ent_all = tl.load(ebase + e_all, mask=ok_all, other=0)
-        if PREFETCH:
-            # sub-tile 0's entries and queries; in the loop the next sub-tile's gathers are issued
-            # before this one's arithmetic, so their latency hides behind it
-            e = start0 + rows // G
+        for st in range(0, nsub):
+            e = start0 + st * TILE_Q + rows // G
             row_ok = (rows < TILE_Q * G) & (e < end)
-            ent = tl.load(ebase + e, mask=row_ok, other=0)
+            if ENT_ALL:
+                ent = tl.sum(tl.where(tp[:, None] == st, ent_all, 0), axis=0)
+            else:
+                ent = tl.load(ebase + e, mask=row_ok, other=0)
             q = tl.load(Q + b64 * sqb + (ent // N_SEL).to(tl.int64)[:, None] * sqt
                         + hq[:, None] * sqh + offs_d[None, :] * sqd,
                         mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0,
                         eviction_policy=Q_EVICT)
-        for st in range(0, nsub):
-            if PREFETCH:
-                e_n = start0 + (st + 1) * TILE_Q + rows // G
-                ok_n = (rows < TILE_Q * G) & (e_n < end)
-                ent_n = tl.load(ebase + e_n, mask=ok_n, other=0)
-                q_n = tl.load(Q + b64 * sqb + (ent_n // N_SEL).to(tl.int64)[:, None] * sqt
-                              + hq[:, None] * sqh + offs_d[None, :] * sqd,
-                              mask=ok_n[:, None] & (offs_d[None, :] < D), other=0.0,
-                              eviction_policy=Q_EVICT)
-            else:
-                e = start0 + st * TILE_Q + rows // G
-                row_ok = (rows < TILE_Q * G) & (e < end)
-                if ENT_ALL:
-                    ent = tl.sum(tl.where(tp[:, None] == st, ent_all, 0), axis=0)
-                else:
-                    ent = tl.load(ebase + e, mask=row_ok, other=0)
-                q = tl.load(Q + b64 * sqb + (ent // N_SEL).to(tl.int64)[:, None] * sqt
-                            + hq[:, None] * sqh + offs_d[None, :] * sqd,
-                            mask=row_ok[:, None] & (offs_d[None, :] < D), other=0.0,
-                            eviction_policy=Q_EVICT)
             tok = ent // N_SEL
             slot = ent % N_SEL
             t_loc = tok - c0
@@ -143,7 +125,3 @@ def fsa_fwd_kernel(
             tl.store(PO + prow[:, None] * DV + offs_dv[None, :], o.to(PO.dtype.element_ty),
                      mask=row_ok[:, None] & (offs_dv[None, :] < DV), eviction_policy=P_EVICT)
             tl.store(PL + prow, lse2, mask=row_ok, eviction_policy=P_EVICT)
-            if PREFETCH:
-                ent = ent_n
-                q = q_n
-                row_ok = ok_n
