@@ -1,5 +1,5 @@
 """Prefill of the example NSA model under backend="fsa" with a few knobs turned, one process:
-the sliding branch's query chunk (``win_chunk``) and the inverted loop's chunk of query tokens
+the sliding branch's query chunk without gradients and the inverted loop's chunk of query tokens
 (through the partial buffer's budget), against the same model's dense-attention twin. Each
 variant compiles afresh; its output is checked against the first variant's.
 

@@ -135,9 +135,10 @@ class NSAAttention(nn.Module):
 
         The first ``window`` tokens see every token up to themselves: plain causal attention. The
         later ones go in chunks of ``win_chunk`` queries (``win_chunk_no_grad`` when no gradient
-        is recorded), each against the ``window + win_chunk`` keys that end with it, as one SDPA call with the chunks in the batch dim; every chunk then
-        has the same band mask, one ``[win_chunk, window + win_chunk]`` pattern broadcast over the
-        chunks rather than a mask per chunk.
+        is recorded), each against the ``window + win_chunk`` keys that end with it, as one SDPA
+        call with the chunks in the batch dim; every chunk then has the same band mask, one
+        ``[win_chunk, window + win_chunk]`` pattern broadcast over the chunks rather than a mask
+        per chunk.
         """
         c = self.c
         B, T, HQ, D = q.shape
