@@ -16,13 +16,15 @@ def expected(idx, nb, chunk):
     B, T, H, n = idx.shape
     nc = -(-T // chunk) if chunk else 1
     C = chunk if chunk else T
-    out = {}
+    out = {(b, h, j, c): [] for b in range(B) for h in range(H) for j in range(nb) for c in range(nc)}
+    rows = idx.tolist()
     for b in range(B):
-        for h in range(H):
-            for j in range(nb):
-                for c in range(nc):
-                    out[b, h, j, c] = [t * n + s for t in range(c * C, min(T, (c + 1) * C))
-                                       for s in range(n) if int(idx[b, t, h, s]) == j]
+        for t in range(T):  # in increasing t * n + s, the order the index must keep
+            for h in range(H):
+                for s in range(n):
+                    j = rows[b][t][h][s]
+                    if 0 <= j < nb:
+                        out[b, h, j, t // C].append(t * n + s)
     return out, nc
 
 
@@ -31,26 +33,27 @@ def check(idx, nb, tile, chunk, tile_map):
     bi = build_block_index(idx, nb, tile, tile_map=tile_map, chunk=chunk)
     want, nc = expected(idx.cpu(), nb, chunk)
     assert bi.chunks == nc and bi.entries.shape == (B, H, T * n) and bi.offsets.shape == (B, H, nb + 1)
-    off, ent, bins = bi.offsets.cpu(), bi.entries.cpu(), bi.bin_offsets.cpu()
-    toff = bi.tile_offsets.cpu()
+    # as lists: indexing tensors element by element is what made this check slow at 16K blocks
+    off, ent, bins = bi.offsets.tolist(), bi.entries.tolist(), bi.bin_offsets.tolist()
+    toff = bi.tile_offsets.tolist()
     for b in range(B):
         for h in range(H):
             for j in range(nb):
-                whole = ent[b, h, off[b, h, j]:off[b, h, j + 1]].tolist()
+                whole = ent[b][h][off[b][h][j]:off[b][h][j + 1]]
                 assert whole == sum((want[b, h, j, c] for c in range(nc)), [])
                 for c in range(nc):
-                    s0, s1 = bins[b, h, j * nc + c], bins[b, h, j * nc + c + 1]
-                    assert ent[b, h, s0:s1].tolist() == want[b, h, j, c]
+                    s0, s1 = bins[b][h][j * nc + c], bins[b][h][j * nc + c + 1]
+                    assert ent[b][h][s0:s1] == want[b, h, j, c]
                     ntiles = -(-len(want[b, h, j, c]) // tile)
-                    assert int(toff[b, h, c, j + 1] - toff[b, h, c, j]) == ntiles
+                    assert toff[b][h][c][j + 1] - toff[b][h][c][j] == ntiles
             for c in range(nc):
-                assert int(toff[b, h, c, nb]) <= bi.max_tiles
+                assert toff[b][h][c][nb] <= bi.max_tiles
                 if tile_map:
-                    tb = bi.tile_block[b, h, c].cpu()
+                    tb = bi.tile_block[b, h, c].tolist()
                     for pid in range(bi.max_tiles):
-                        j = int(tb[pid])
-                        if pid < int(toff[b, h, c, nb]):
-                            assert toff[b, h, c, j] <= pid < toff[b, h, c, j + 1]
+                        j = tb[pid]
+                        if pid < toff[b][h][c][nb]:
+                            assert toff[b][h][c][j] <= pid < toff[b][h][c][j + 1]
                         else:
                             assert j == nb
     # the backward's tiles over all of T, from the block offsets alone

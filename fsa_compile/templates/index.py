@@ -17,6 +17,7 @@ alone.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -101,10 +102,12 @@ def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: b
             _entries_kernel[(triton.cdiv(L, 1024), nseg)](order, entries, L, BLOCK=1024)
         # 128 bins per program, one per thread: a search is ~20 dependent loads, so its time is
         # their latency; spread over many programs they are in flight together (measured H200,
-        # T=32K: 50 us per call with 1024 bins per program)
-        _bins_kernel[(triton.cdiv(nbin + 1, 128), nseg)](
+        # T=32K: 50 us per call with 1024 bins per program). The interpreter pays per program,
+        # so it takes 1024.
+        per = 1024 if os.environ.get("TRITON_INTERPRET") == "1" else 128
+        _bins_kernel[(triton.cdiv(nbin + 1, per), nseg)](
             keys, entries, bin_offsets, offsets, L, nb1, nc, chunk * n if nc > 1 else 0,
-            max(1, L.bit_length()), BLOCK=128, num_warps=4)
+            max(1, L.bit_length()), BLOCK=per, num_warps=4)
         _tiles_kernel[(nc, nseg)](
             bin_offsets, tile_offsets, tile_block if tile_map else tile_offsets, num_blocks, nc, tile, mt,
             max(1, num_blocks.bit_length()), TILE_MAP=tile_map, BLOCK=1024)
