@@ -21,10 +21,11 @@ from nsa_model import NSAConfig, NSAModel  # noqa: E402
 
 # per query token, the e2e model's partials (HQ 16, n 16, head dim 64, bf16 + fp32 lse)
 PER_TOK = 16 * 16 * (64 * 2 + 4)
-KERNELS = False  # --kernels: print the first variant's kernel table (by launch count)
 
 
-def prefill_ms(attention, win_chunk, budget, x, steps, backend="fsa"):
+def prefill_ms(attention, win_chunk, budget, x, steps, backend="fsa", kernels=False):
+    """Best wall ms of 3 runs, the runs, profiled GPU ms and kernel count, the output; with
+    ``kernels`` also print the kernel table by launch count."""
     torch._dynamo.reset()
     plan_mod.PARTIAL_BUDGET = budget
     torch.manual_seed(0)
@@ -50,7 +51,7 @@ def prefill_ms(attention, win_chunk, budget, x, steps, backend="fsa"):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as p:
             f(x)
             torch.cuda.synchronize()
-    if KERNELS:
+    if kernels:
         print(p.key_averages().table(sort_by="count", row_limit=80, max_name_column_width=60), flush=True)
     ka = [e for e in p.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
     gpu = sum(e.self_device_time_total for e in ka) / 1e3
@@ -65,7 +66,6 @@ def main():
     ap.add_argument("--win", default="256,128")
     ap.add_argument("--kernels", action="store_true")
     a = ap.parse_args()
-    global KERNELS
     default_budget = plan_mod.PARTIAL_BUDGET
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (1, a.T), generator=g).cuda()
@@ -77,8 +77,7 @@ def main():
     for win in [int(w) for w in a.win.split(",")]:
         for c in [int(c) for c in a.chunks.split(",")]:
             budget = default_budget if c == 0 else c * PER_TOK
-            KERNELS = a.kernels and ref is None
-            ms, runs, gpu, nk, out = prefill_ms("nsa", win, budget, x, a.steps)
+            ms, runs, gpu, nk, out = prefill_ms("nsa", win, budget, x, a.steps, kernels=a.kernels and ref is None)
             if ref is None:
                 ref = out.float()
             err = (out.float() - ref).abs().max().item()

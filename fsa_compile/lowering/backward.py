@@ -12,13 +12,12 @@ so still deterministic).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 
 from ..reference import reference_backward
-from .plan import maxnreg_option
+from .plan import interpret_mode, maxnreg_option
 
 # Scratch budgets (bytes). Chosen so that T = 64K, H = 4, G <= 16, D = 128, bs = 64, n = 16 stays
 # under 2 GiB of backward extra memory in total.
@@ -40,10 +39,6 @@ def _needs_idx64(*ts) -> bool:
         if max(span, t.numel()) >= 2**31 - 1:
             return True
     return False
-
-
-def _interpret() -> bool:
-    return os.environ.get("FSA_COMPILE_INTERPRET", "") == "1"
 
 
 def _next_pow2(x: int) -> int:
@@ -88,7 +83,7 @@ def supported(q, k, v, idx, block_size) -> str | None:
     if not (q.dtype == k.dtype == v.dtype):
         return "mixed dtypes"
     dev = q.device
-    if dev.type == "cpu" and not _interpret():
+    if dev.type == "cpu" and not interpret_mode():
         return "CPU tensors without FSA_COMPILE_INTERPRET=1"
     if dev.type not in ("cpu", "cuda"):
         return f"device {dev.type}"

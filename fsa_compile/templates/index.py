@@ -17,7 +17,6 @@ alone.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -102,9 +101,9 @@ def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: b
             _entries_kernel[(triton.cdiv(L, 1024), nseg)](order, entries, L, BLOCK=1024)
         # 128 bins per program, one per thread: a search is ~20 dependent loads, so its time is
         # their latency; spread over many programs they are in flight together (measured H200,
-        # T=32K: 50 us per call with 1024 bins per program). The interpreter pays per program,
-        # so it takes 1024.
-        per = 1024 if os.environ.get("TRITON_INTERPRET") == "1" else 128
+        # T=32K: 50 us per call with 1024 bins per program). On CPU tensors the kernels run in
+        # the interpreter, which pays per program, so there it takes 1024.
+        per = 1024 if dev.type == "cpu" else 128
         _bins_kernel[(triton.cdiv(nbin + 1, per), nseg)](
             keys, entries, bin_offsets, offsets, L, nb1, nc, chunk * n if nc > 1 else 0,
             max(1, L.bit_length()), BLOCK=per, num_warps=4)
