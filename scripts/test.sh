@@ -8,7 +8,9 @@ bash scripts/setup.sh
 # One pytest worker per core, at most 4 (pytest-xdist): the interpreted kernels keep one core
 # busy each, and on the 2-core CI machine two workers halve the suite's time (15 -> 8.5 min).
 # A later -n in the arguments wins; FSA_TEST_WORKERS=0 runs in this process.
-workers=${FSA_TEST_WORKERS:-$(python -c "import os; n = len(os.sched_getaffinity(0)); print(min(4, n) if n > 1 else 0)")}
+workers=${FSA_TEST_WORKERS:-$(python -c "import os
+n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+print(min(4, n) if n > 1 else 0)")}
 if [ "$workers" -gt 0 ]; then
   python -m pytest -q -n "$workers" "$@"
 else
