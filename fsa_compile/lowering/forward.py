@@ -167,7 +167,7 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
             ENT_ALL=plan.fsa_ent_all and plan.fsa_tpp == triton.next_power_of_2(plan.fsa_tpp),
             Q_EVICT="evict_last" if plan.fsa_evict else "",
             P_EVICT="evict_first" if plan.fsa_evict else "",
-            BLOCK_R=rows, SEARCH=search, CAUSAL=causal, WS=bool(plan.fsa_ws),
+            BLOCK_R=rows, SEARCH=search, CAUSAL=causal,
             num_warps=plan.fsa_warps, num_stages=plan.fsa_stages, **maxnreg_option(plan.fsa_maxnreg), **common,
         )
         merge_fwd_kernel[(triton.cdiv(C * HQ, plan.merge_rows), B)](

@@ -60,7 +60,6 @@ class Plan:
     fsa_ent_all: bool = False  # one load of all sub-tiles' entries per program (tpp pow2)
     fsa_evict: bool = False  # L2 hints: keep gathered queries (evict_last), stream partials
     fsa_maxnreg: int = 0  # register cap per thread for the main kernel (0: the compiler's choice)
-    fsa_ws: bool = False  # the sub-tile loop warp-specialised by the compiler (experimental)
     chunk: int = 16384  # query tokens per inverted-loop pass (bounds the partial buffer)
     merge_rows: int = 8
     merge_warps: int = 4

@@ -43,7 +43,6 @@ def fsa_fwd_kernel(
     BS: tl.constexpr, BLOCK_N: tl.constexpr, SEARCH: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    WS: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -94,7 +93,7 @@ def fsa_fwd_kernel(
             e_all = start0 + tp[:, None] * TILE_Q + (rows // G)[None, :]
             ok_all = (rows < TILE_Q * G)[None, :] & (e_all < end)
             ent_all = tl.load(ebase + e_all, mask=ok_all, other=0)
-        for st in tl.range(0, nsub, warp_specialize=WS):
+        for st in range(0, nsub):
             e = start0 + st * TILE_Q + rows // G
             row_ok = (rows < TILE_Q * G) & (e < end)
             if ENT_ALL:
