@@ -105,7 +105,7 @@ def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: b
         # the interpreter, which pays per program, so there it takes 1024.
         per = 1024 if dev.type == "cpu" else 128
         _bins_kernel[(triton.cdiv(nbin + 1, per), nseg)](
-            keys, entries, bin_offsets, offsets, L, nb1, nc, chunk * n if nc > 1 else 0,
+            keys, entries, bin_offsets, offsets, L, nb1, nc, chunk_entries,
             max(1, L.bit_length()), BLOCK=per, num_warps=4)
         _tiles_kernel[(nc, nseg)](
             bin_offsets, tile_offsets, tile_block if tile_map else tile_offsets, num_blocks, nc, tile, mt,
