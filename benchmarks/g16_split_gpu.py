@@ -15,18 +15,15 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-from triton.testing import do_bench  # noqa: E402
 
 from fsa_compile.bench import dense_sdpa, _no_math, make_case  # noqa: E402
 from fsa_compile.lowering.forward import forward  # noqa: E402
 from fsa_compile.lowering.plan import choose_plan  # noqa: E402
-
-
-def ms_of(fn):
-    return do_bench(fn, warmup=50, rep=300, return_mode="median")
+from g16_floor_gpu import ms_of  # noqa: E402  (the same timing as the floors)
 
 
 def combine(oa, la, ob, lb):
