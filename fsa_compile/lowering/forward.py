@@ -11,6 +11,7 @@ from ..reference import reference_forward
 from ..templates.fsa_fwd import fsa_fwd_kernel
 from ..templates.index import build_block_index
 from ..templates.merge import merge_fwd_kernel
+from ..templates.merge_local import merge_local_fwd_kernel
 from ..templates.nsa_fwd import nsa_fwd_kernel, tile_block_union
 from .plan import Plan, interpret_mode, maxnreg_option
 
@@ -144,8 +145,10 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
     tile_q = plan.fsa_tile_q
     rows = max(plan.fsa_rows, _p2(tile_q * G))
     # One index over all of T, binned by (block, chunk): each launch reads its chunk's bins, and
-    # the backward reuses the same index.
-    bi = build_block_index(idx, NB, tile_q * plan.fsa_tpp, tile_map=plan.fsa_tile_map, chunk=C)
+    # the backward reuses the same index, unless it leaves out the local blocks (fsa_local: the
+    # merge computes those), which the backward then builds again in full.
+    bi = build_block_index(idx, NB, tile_q * plan.fsa_tpp, tile_map=plan.fsa_tile_map, chunk=C,
+                           skip_local=block_size if plan.fsa_local else 0)
     grid0 = bi.max_tiles
     elen = bi.entries.shape[-1]
     pdt = torch.float32 if q.dtype == torch.float32 else q.dtype
@@ -170,6 +173,17 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
             BLOCK_R=rows, SEARCH=search, CAUSAL=causal,
             num_warps=plan.fsa_warps, num_stages=plan.fsa_stages, **maxnreg_option(plan.fsa_maxnreg), **common,
         )
+        if plan.fsa_local:
+            mtok = plan.merge_tok
+            merge_local_fwd_kernel[(triton.cdiv(C, mtok), B * H)](
+                q, k, v, po, pl, idx, o, lse,
+                *q.stride(), *k.stride(), *v.stride(), *idx.stride(), *o.stride(),
+                T, H, C, c0, scale * LOG2E,
+                G=G, TOK=mtok, BLOCK_R=max(16, _p2(mtok * G)), N_SEL=n, BLOCK_SEL=_p2(n), CAUSAL=causal,
+                P_EVICT="evict_first" if plan.fsa_evict else "", num_warps=plan.merge_warps,
+                num_stages=plan.merge_stages, **common,
+            )
+            continue
         merge_fwd_kernel[(triton.cdiv(C * HQ, plan.merge_rows), B)](
             po, pl, idx, o, lse,
             *idx.stride(), *o.stride(),
@@ -177,4 +191,4 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
             G=G, N_SEL=n, BLOCK_SEL=_p2(n), BLOCK_M=plan.merge_rows, DV=Dv, BLOCK_DV=_p2(Dv),
             P_EVICT="evict_first" if plan.fsa_evict else "", num_warps=plan.merge_warps,
         )
-    return bi
+    return None if plan.fsa_local else bi
