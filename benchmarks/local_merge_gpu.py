@@ -31,11 +31,28 @@ def ms_of(fn):
 def variants(G):
     base = max(1, 64 // G)
     out = [("nsa", "nsa", {}), ("fsa", "fsa", {})]
-    for tok in sorted({base, max(1, 128 // G), max(1, 32 // G)}):
-        for warps in (4, 8):
-            out.append((f"fsa local tok{tok} w{warps}", "fsa", dict(fsa_local=True, merge_tok=tok, merge_warps=warps)))
-    out.append((f"fsa local tok{base} w4 st2", "fsa", dict(fsa_local=True, merge_tok=base, merge_stages=2)))
+    for tok in (base, 2 * base):
+        out.append((f"local merge tok{tok}", "fsa", dict(fsa_local="merge", merge_tok=tok)))
+        out.append((f"local merge unroll tok{tok}", "fsa", dict(fsa_local="merge", merge_tok=tok, merge_unroll=True)))
+        out.append((f"local slot tok{tok}", "fsa", dict(fsa_local="slot", merge_tok=tok)))
     return out
+
+
+def kernel_ms(fn, reps=5):
+    """GPU time per call of each kernel (by name), from the profiler, over ``reps`` calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    ks = {}
+    for e in prof.events():  # the way benchmarks/profile_fwd.py reads them
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            ks[e.name[:40]] = ks.get(e.name[:40], 0.0) + e.device_time / reps / 1000
+    return ks
 
 
 def err(o, lse, ro, rl):
@@ -88,6 +105,16 @@ def main():
                       f"vs fsa: rel {e:.1e} lse {le:.1e}{'' if si else ' INF MISMATCH'}", flush=True)
             del q, k, v, idx, ro, rl
             torch.cuda.empty_cache()
+    # where the time goes, per kernel, at G = 16 and 8 (uniform)
+    for G in [g for g in (8, 16) if str(g) in a.G.split(",")]:
+        q, k, v, idx = make_case(B, T, H, G, D, bs, n, "uniform", torch.bfloat16, dev, seed=G)
+        for name, strat, over in variants(G)[1:]:
+            plan = choose_plan(B, T, H, G, D, D, n, bs, torch.bfloat16, True, strat, dev, **over)
+            ks = kernel_ms(lambda: forward(q, k, v, idx, bs, D ** -0.5, True, plan))
+            top = sorted(ks.items(), key=lambda x: -x[1])[:6]
+            print(f"profile G={G} {name}: " + ", ".join(f"{kname} {t:.2f}" for kname, t in top), flush=True)
+        del q, k, v, idx
+        torch.cuda.empty_cache()
     print(f"\n=== T={T}, H={H}, D={D}, bs={bs}, n={n}, bf16: forward ms (ratio to dense) ===")
     for G, dist, name, t, r, e, le in rows:
         print(f"G={G:2d} {dist:7s} {name:24s} {t:8.3f}  ({r:.3f})")

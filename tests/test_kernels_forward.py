@@ -30,8 +30,11 @@ VARIANTS = [
     ("fsa-tpp", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=3, fsa_evict=True)),
     ("fsa-entall", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=4, fsa_ent_all=True,
                                fsa_tile_map=True)),
-    # the local blocks computed in the merge, 3 tokens x G heads per merge program
-    ("fsa-local", "fsa", dict(chunk=16, fsa_local=True, merge_tok=3)),
+    # the local blocks computed query-major, 3 tokens x G heads per program: in the merge, and as
+    # one partial for the merge (slot loop unrolled in one, not the other)
+    ("fsa-local", "fsa", dict(chunk=16, fsa_local="merge", merge_tok=3)),
+    ("fsa-local-unroll", "fsa", dict(chunk=16, fsa_local="merge", merge_tok=2, merge_unroll=True)),
+    ("fsa-local-slot", "fsa", dict(chunk=16, fsa_local="slot", merge_tok=3)),
 ]
 
 
@@ -251,10 +254,10 @@ if given is not None:
 # ----------------------------------------------------------------------------------------- GPU
 GPU_CASES = []
 for _G in (1, 2, 4, 8, 16):
-    for _strat, _over in (("fsa", {}), ("fsa", dict(fsa_local=True)), ("nsa", {}), ("nsa", dict(tok=4)),
-                          ("auto", {})):
+    for _strat, _over in (("fsa", {}), ("fsa", dict(fsa_local="merge")), ("fsa", dict(fsa_local="slot")),
+                          ("nsa", {}), ("nsa", dict(tok=4)), ("auto", {})):
         for _dt in (torch.float16, torch.bfloat16):
-            _tag = _over.get("tok", "-local" if _over.get("fsa_local") else "")
+            _tag = _over.get("tok", f"-{_over['fsa_local']}" if _over.get("fsa_local") else "")
             GPU_CASES.append(pytest.param(_G, _strat, _over, _dt, id=f"{_strat}{_tag}-G{_G}-{str(_dt)[6:]}"))
 
 
