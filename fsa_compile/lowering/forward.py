@@ -188,7 +188,8 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
         if plan.fsa_local == "slot":
             local_fwd_kernel[(triton.cdiv(C, mtok), B * H)](
                 *local_args, *q.stride(), *k.stride(), *v.stride(), *idx.stride(),
-                T, H, C, c0, scale * LOG2E, **local_kw,
+                T, H, C, c0, scale * LOG2E, **dict(local_kw, num_warps=plan.local_warps),
+                num_stages=plan.local_stages,
             )
         merge_fwd_kernel[(triton.cdiv(C * HQ, plan.merge_rows), B)](
             po, pl, idx, o, lse,

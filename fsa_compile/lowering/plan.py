@@ -69,6 +69,8 @@ class Plan:
     fsa_local: str = ""
     merge_tok: int = 4
     merge_unroll: bool = False  # "merge": the partials' slot loop unrolled
+    local_warps: int = 4  # "slot": the local kernel's launch
+    local_stages: int = 3
     t_bucket: int = 0
 
     def describe(self) -> str:
