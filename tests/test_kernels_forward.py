@@ -30,11 +30,6 @@ VARIANTS = [
     ("fsa-tpp", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=3, fsa_evict=True)),
     ("fsa-entall", "fsa", dict(chunk=32, fsa_tile_q=2, fsa_rows=16, fsa_tpp=4, fsa_ent_all=True,
                                fsa_tile_map=True)),
-    # the local blocks computed query-major, 3 tokens x G heads per program: in the merge, and as
-    # one partial for the merge (slot loop unrolled in one, not the other)
-    ("fsa-local", "fsa", dict(chunk=16, fsa_local="merge", merge_tok=3)),
-    ("fsa-local-unroll", "fsa", dict(chunk=16, fsa_local="merge", merge_tok=2, merge_unroll=True)),
-    ("fsa-local-slot", "fsa", dict(chunk=16, fsa_local="slot", merge_tok=3)),
 ]
 
 
@@ -254,11 +249,10 @@ if given is not None:
 # ----------------------------------------------------------------------------------------- GPU
 GPU_CASES = []
 for _G in (1, 2, 4, 8, 16):
-    for _strat, _over in (("fsa", {}), ("fsa", dict(fsa_local="merge")), ("fsa", dict(fsa_local="slot")),
-                          ("nsa", {}), ("nsa", dict(tok=4)), ("auto", {})):
+    for _strat, _over in (("fsa", {}), ("nsa", {}), ("nsa", dict(tok=4)), ("auto", {})):
         for _dt in (torch.float16, torch.bfloat16):
-            _tag = _over.get("tok", f"-{_over['fsa_local']}" if _over.get("fsa_local") else "")
-            GPU_CASES.append(pytest.param(_G, _strat, _over, _dt, id=f"{_strat}{_tag}-G{_G}-{str(_dt)[6:]}"))
+            GPU_CASES.append(pytest.param(_G, _strat, _over, _dt,
+                                          id=f"{_strat}{_over.get('tok', '')}-G{_G}-{str(_dt)[6:]}"))
 
 
 @pytest.mark.gpu
@@ -279,7 +273,7 @@ def test_gpu_real_sizes(G, strategy, over, dtype):
         else:
             idx = random_indices(B, T, H, n, bs, gen, device=dev)
         plan = choose_plan(B, T, H, G, D, D, n, bs, dtype, causal, strategy, dev,
-                           **(dict(over, chunk=1024) if strategy == "fsa" else over))
+                           **(dict(chunk=1024) if strategy == "fsa" else over))
         o, lse = forward(q, k, v, idx, bs, D**-0.5, causal, plan, poison=True)
         ro, rl = reference_forward(q.float(), k.float(), v.float(), idx, bs, D**-0.5, causal)
         assert not o.isnan().any() and not lse.isnan().any()

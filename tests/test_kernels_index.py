@@ -9,10 +9,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fsa_compile.templates.index import build_block_index, is_local, max_tiles, retile
+from fsa_compile.templates.index import build_block_index, max_tiles, retile
 
 
-def expected(idx, nb, chunk, skip_local=0):
+def expected(idx, nb, chunk):
     B, T, H, n = idx.shape
     nc = -(-T // chunk) if chunk else 1
     C = chunk if chunk else T
@@ -23,15 +23,15 @@ def expected(idx, nb, chunk, skip_local=0):
             for h in range(H):
                 for s in range(n):
                     j = rows[b][t][h][s]
-                    if 0 <= j < nb and not (skip_local and is_local(j, t, skip_local)):
+                    if 0 <= j < nb:
                         out[b, h, j, t // C].append(t * n + s)
     return out, nc
 
 
-def check(idx, nb, tile, chunk, tile_map, skip_local=0):
+def check(idx, nb, tile, chunk, tile_map):
     B, T, H, n = idx.shape
-    bi = build_block_index(idx, nb, tile, tile_map=tile_map, chunk=chunk, skip_local=skip_local)
-    want, nc = expected(idx.cpu(), nb, chunk, skip_local)
+    bi = build_block_index(idx, nb, tile, tile_map=tile_map, chunk=chunk)
+    want, nc = expected(idx.cpu(), nb, chunk)
     assert bi.chunks == nc and bi.entries.shape == (B, H, T * n) and bi.offsets.shape == (B, H, nb + 1)
     # as lists: indexing tensors element by element is what made this check slow at 16K blocks
     off, ent, bins = bi.offsets.tolist(), bi.entries.tolist(), bi.bin_offsets.tolist()
@@ -87,22 +87,6 @@ def test_index_at_the_16_bit_key_limit(nb):
     check(idx, nb, 2, 4, tile_map=False)
 
 
-@pytest.mark.parametrize("bs", [1, 3, 8])
-def test_index_without_the_local_blocks(bs):
-    """``skip_local``: block 0, the token's block and the one before are left out, the rest kept
-    in order (here a selection that lists all of them for every token, and random ones)."""
-    gen = torch.Generator().manual_seed(bs)
-    T, nb = 37, (37 + bs - 1) // bs
-    idx = random_idx(1, T, 2, 4, nb, gen, "bthd")
-    cur = torch.arange(T, dtype=torch.int32) // bs
-    idx[0, :, 0, 0], idx[0, :, 0, 1], idx[0, :, 0, 2] = 0, cur, cur - 1
-    check(idx, nb, 3, 16, tile_map=True, skip_local=bs)
-    bi = build_block_index(idx, nb, 3, chunk=16, skip_local=bs)
-    listed = int(bi.offsets[0, 0, -1])
-    assert listed == sum(1 for t in range(T) for j in idx[0, t, 0].tolist() if j >= 0 and not is_local(j, t, bs))
-    assert is_local(0, 100, 8) and is_local(12, 100, 8) and is_local(11, 100, 8) and not is_local(10, 100, 8)
-
-
 def test_max_tiles_bound():
     assert max_tiles(100, 10, 8) == 12 + 10 and max_tiles(3, 10, 8) == 0 + 3
 
@@ -121,4 +105,3 @@ def test_index_on_cuda():
         pytest.skip("needs CUDA")
     gen = torch.Generator().manual_seed(0)
     check(random_idx(2, 300, 2, 4, 9, gen, "bhtd", device="cuda"), 9, 8, 64, tile_map=True)
-    check(random_idx(2, 300, 2, 4, 9, gen, "bhtd", device="cuda"), 9, 8, 64, tile_map=True, skip_local=40)

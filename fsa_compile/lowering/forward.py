@@ -11,7 +11,6 @@ from ..reference import reference_forward
 from ..templates.fsa_fwd import fsa_fwd_kernel
 from ..templates.index import build_block_index
 from ..templates.merge import merge_fwd_kernel
-from ..templates.merge_local import local_fwd_kernel, merge_local_fwd_kernel
 from ..templates.nsa_fwd import nsa_fwd_kernel, tile_block_union
 from .plan import Plan, interpret_mode, maxnreg_option
 
@@ -145,10 +144,8 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
     tile_q = plan.fsa_tile_q
     rows = max(plan.fsa_rows, _p2(tile_q * G))
     # One index over all of T, binned by (block, chunk): each launch reads its chunk's bins, and
-    # the backward reuses the same index, unless it leaves out the local blocks (fsa_local: the
-    # merge computes those), which the backward then builds again in full.
-    bi = build_block_index(idx, NB, tile_q * plan.fsa_tpp, tile_map=plan.fsa_tile_map, chunk=C,
-                           skip_local=block_size if plan.fsa_local else 0)
+    # the backward reuses the same index.
+    bi = build_block_index(idx, NB, tile_q * plan.fsa_tpp, tile_map=plan.fsa_tile_map, chunk=C)
     grid0 = bi.max_tiles
     elen = bi.entries.shape[-1]
     pdt = torch.float32 if q.dtype == torch.float32 else q.dtype
@@ -173,30 +170,11 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
             BLOCK_R=rows, SEARCH=search, CAUSAL=causal,
             num_warps=plan.fsa_warps, num_stages=plan.fsa_stages, **maxnreg_option(plan.fsa_maxnreg), **common,
         )
-        mtok = plan.merge_tok
-        local_args = (q, k, v, po, pl, idx)
-        local_kw = dict(G=G, TOK=mtok, BLOCK_R=max(16, _p2(mtok * G)), N_SEL=n, BLOCK_SEL=_p2(n), CAUSAL=causal,
-                        num_warps=plan.merge_warps, **common)
-        if plan.fsa_local == "merge":
-            merge_local_fwd_kernel[(triton.cdiv(C, mtok), B * H)](
-                *local_args, o, lse,
-                *q.stride(), *k.stride(), *v.stride(), *idx.stride(), *o.stride(),
-                T, H, C, c0, scale * LOG2E,
-                P_EVICT="evict_first" if plan.fsa_evict else "", UNROLL=plan.merge_unroll, **local_kw,
-            )
-            continue
-        if plan.fsa_local == "slot":
-            local_fwd_kernel[(triton.cdiv(C, mtok), B * H)](
-                *local_args, *q.stride(), *k.stride(), *v.stride(), *idx.stride(),
-                T, H, C, c0, scale * LOG2E, **dict(local_kw, num_warps=plan.local_warps),
-                num_stages=plan.local_stages,
-            )
         merge_fwd_kernel[(triton.cdiv(C * HQ, plan.merge_rows), B)](
             po, pl, idx, o, lse,
             *idx.stride(), *o.stride(),
             T, C, c0, HQ,
             G=G, N_SEL=n, BLOCK_SEL=_p2(n), BLOCK_M=plan.merge_rows, DV=Dv, BLOCK_DV=_p2(Dv),
-            P_EVICT="evict_first" if plan.fsa_evict else "", LOCAL=bool(plan.fsa_local), BS=block_size,
-            num_warps=plan.merge_warps,
+            P_EVICT="evict_first" if plan.fsa_evict else "", num_warps=plan.merge_warps,
         )
-    return None if plan.fsa_local else bi
+    return bi

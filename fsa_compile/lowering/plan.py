@@ -63,14 +63,6 @@ class Plan:
     chunk: int = 16384  # query tokens per inverted-loop pass (bounds the partial buffer)
     merge_rows: int = 8
     merge_warps: int = 4
-    # local blocks (block 0, the token's and the one before) computed query-major, merge_tok
-    # tokens x G heads per program, instead of as inverted-loop partials: "merge" in the merge
-    # kernel itself, "slot" by a kernel that writes them as one partial for the merge; "" off
-    fsa_local: str = ""
-    merge_tok: int = 4
-    merge_unroll: bool = False  # "merge": the partials' slot loop unrolled
-    local_warps: int = 4  # "slot": the local kernel's launch
-    local_stages: int = 3
     t_bucket: int = 0
 
     def describe(self) -> str:
@@ -82,9 +74,7 @@ class Plan:
                     + ("L2 hints, " if self.fsa_evict else "")
                     + (f"max {self.fsa_maxnreg} registers, " if self.fsa_maxnreg else "")
                     + f"stages {self.fsa_stages}, chunk {self.chunk}, "
-                    + (f"local blocks ({self.fsa_local}) {self.merge_tok} tok x heads, merge {self.merge_rows} rows"
-                       if self.fsa_local
-                       else f"merge {self.merge_rows} rows"))
+                    + f"merge {self.merge_rows} rows")
         if self.strategy == "nsa":
             union = " union" if self.nsa_tok > 1 else ""
             seq = f" x{self.nsa_seq} in sequence" if self.nsa_seq > 1 else ""

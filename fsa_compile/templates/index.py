@@ -54,13 +54,8 @@ def max_tiles(num_entries: int, num_blocks: int, tile: int) -> int:
 
 
 def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: bool = False,
-                      chunk: int = 0, skip_local: int = 0) -> BlockIndex:
+                      chunk: int = 0) -> BlockIndex:
     """``idx``: canonical ``[B, T, H, n]`` int32 indices (negative = nothing, all < num_blocks).
-
-    ``skip_local = bs > 0`` leaves out, like padding, every entry whose block is one of the
-    token's *local* blocks (:func:`is_local`: block 0, the token's own block ``t // bs`` and the
-    one before), which a query-major kernel computes instead (:mod:`.merge_local`); such an index
-    then lists only the other entries and must not be used for the backward.
 
     One flat stable sort of the keys ``segment * (num_blocks + 1) + block`` (a segment is one
     ``(b, h)``; 16-bit where they fit, else 32-bit; a flat sort of 32-bit keys measured on the
@@ -82,15 +77,10 @@ def build_block_index(idx: torch.Tensor, num_blocks: int, tile: int, tile_map: b
         flat = torch.empty(nseg * L, dtype=torch.int16 if nkey <= 2**15 else torch.int32, device=dev)
         if flat.numel():
             _sort_keys_kernel[(triton.cdiv(L, 1024), nseg)](
-                idx, flat, *idx.stride(), H, num_blocks, L, max(1, skip_local), N=n,
-                SKIP_LOCAL=skip_local > 0, BLOCK=1024)
+                idx, flat, *idx.stride(), H, num_blocks, L, N=n, BLOCK=1024)
     else:  # pragma: no cover - enormous B*H*NB
         # Padding sorts last in its segment: it is given the key num_blocks, past every real block.
-        drop = idx < 0
-        if skip_local:
-            cur = (torch.arange(T, device=dev, dtype=torch.int32) // skip_local).view(1, T, 1, 1)
-            drop = drop | (idx == 0) | (idx == cur) | (idx == cur - 1)
-        key = torch.where(drop, torch.full_like(idx, num_blocks), idx).long()
+        key = torch.where(idx < 0, torch.full_like(idx, num_blocks), idx).long()
         seg = torch.arange(nseg, device=dev, dtype=torch.int64).view(nseg, 1)
         flat = (key.permute(0, 2, 1, 3).reshape(nseg, L) + seg * nb1).reshape(-1)
     keys, order = torch.sort(flat, stable=True)
@@ -135,24 +125,10 @@ def retile(offsets: torch.Tensor, tile: int) -> torch.Tensor:
     return out
 
 
-def is_local(block, t, bs):
-    """Whether ``block`` is one of token ``t``'s local blocks for a block size ``bs``: block 0,
-    ``t // bs`` or ``t // bs - 1``. Every query tile of one query block shares them, so a
-    query-major kernel loads each once per tile instead of the inverted loop writing a partial
-    per (token, block). Works on Python ints and on tensors (Triton ones too)."""
-    cur = t // bs
-    return (block == 0) | (block == cur) | (block == cur - 1)
-
-
-_is_local = triton.jit(is_local)
-
-
 @triton.jit
-def _sort_keys_kernel(IDX, KEYS, sib, sit, sih, sis, H, NB, L, BS, N: tl.constexpr, SKIP_LOCAL: tl.constexpr,
-                      BLOCK: tl.constexpr):
+def _sort_keys_kernel(IDX, KEYS, sib, sit, sih, sis, H, NB, L, N: tl.constexpr, BLOCK: tl.constexpr):
     """``KEYS[seg * L + t * N + slot] = seg * (NB + 1) + block`` for segment ``seg = b * H + h``,
-    padding (negative) counted as block ``NB`` so that it sorts last, and with ``SKIP_LOCAL`` the
-    token's local blocks too; written in KEYS' dtype."""
+    padding (negative) counted as block ``NB`` so that it sorts last; written in KEYS' dtype."""
     seg = tl.program_id(1)
     b = seg // H
     h = seg % H
@@ -161,10 +137,7 @@ def _sort_keys_kernel(IDX, KEYS, sib, sit, sih, sis, H, NB, L, BS, N: tl.constex
     t = p // N
     v = tl.load(IDX + b.to(tl.int64) * sib + t.to(tl.int64) * sit + h * sih + (p % N) * sis,
                 mask=ok, other=-1)
-    drop = v < 0
-    if SKIP_LOCAL:
-        drop = drop | _is_local(v, t, BS)
-    v = tl.where(drop, NB, v)
+    v = tl.where(v < 0, NB, v)
     tl.store(KEYS + seg.to(tl.int64) * L + p, (seg * (NB + 1) + v).to(KEYS.dtype.element_ty), mask=ok)
 
 

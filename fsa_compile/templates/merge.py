@@ -11,8 +11,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .index import _is_local
-
 
 @triton.jit
 def _store_rows(O, LSE, acc, l, m_use, b64, tok64, hq, offs_dv, row_ok, T, HQ, sob, sot, soh, sod,
@@ -35,12 +33,9 @@ def merge_fwd_kernel(
     T, C, c0, HQ,
     G: tl.constexpr, N_SEL: tl.constexpr, BLOCK_SEL: tl.constexpr, BLOCK_M: tl.constexpr,
     DV: tl.constexpr, BLOCK_DV: tl.constexpr, P_EVICT: tl.constexpr = "",
-    LOCAL: tl.constexpr = False, BS: tl.constexpr = 1,
 ):
     """``BLOCK_M`` rows per program; all ``n`` partial rows of a row are loaded at once as one
-    ``[BLOCK_M, BLOCK_SEL, BLOCK_DV]`` tile (every load in flight together). With ``LOCAL`` the
-    row's local blocks are one partial, in the slot of the first of them
-    (:func:`.merge_local.local_fwd_kernel`), and their other slots hold nothing."""
+    ``[BLOCK_M, BLOCK_SEL, BLOCK_DV]`` tile (every load in flight together)."""
     pid = tl.program_id(0)
     b = tl.program_id(1)
     b64 = b.to(tl.int64)
@@ -55,10 +50,6 @@ def merge_fwd_kernel(
     sel = tl.load(IDX + b64 * sib + tok64[:, None] * sit + h[:, None] * sih + offs_s[None, :] * sis,
                   mask=row_ok[:, None] & (offs_s[None, :] < N_SEL), other=-1)
     used = sel >= 0
-    if LOCAL:
-        local = used & _is_local(sel, tok[:, None], BS)
-        first = tl.min(tl.where(local, offs_s[None, :], BLOCK_SEL), axis=1)
-        used = used & ((~local) | (offs_s[None, :] == first[:, None]))
     prow = ((b64 * C + t_loc) * N_SEL)[:, None] * HQ + offs_s[None, :] * HQ + hq[:, None]
     ls = tl.load(PL + prow, mask=used, other=float("-inf"), eviction_policy=P_EVICT)
     m = tl.max(ls, axis=1)
