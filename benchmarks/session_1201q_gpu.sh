@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU run of 2026-12-01, fourth session, first call (H200): the local blocks in the merge
 # (fsa_local and the scripts this calls were removed after these runs; they are in commit 885f039)
+# GPU run of 2026-12-01, fourth session, first call (H200): the local blocks in the merge
 # (fsa_local) against the partials-only merge at T = 64K, every G, both distributions; then the
 # forward and index tests at real sizes, the new variant included.
 set -uo pipefail

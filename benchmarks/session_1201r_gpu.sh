@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU run of 2026-12-01, fourth session, second call (H200): the local blocks again, as an
 # (fsa_local and the scripts this calls were removed after these runs; they are in commit 885f039)
+# GPU run of 2026-12-01, fourth session, second call (H200): the local blocks again, as an
 # unrolled merge and as one extra partial ("slot"), with a per-kernel profile at G = 8 and 16; then
 # the forward tests at real sizes, both new variants included.
 set -uo pipefail
