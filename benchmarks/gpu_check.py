@@ -29,7 +29,7 @@ from fsa_compile.lowering.forward import forward  # noqa: E402
 from fsa_compile.lowering.plan import choose_plan  # noqa: E402
 from fsa_compile.reference import reference_forward  # noqa: E402
 from fsa_compile.selection import skewed_selection, uniform_selection  # noqa: E402
-from fsa_compile.bench import dense_sdpa, _no_math, visible_pairs, make_case  # noqa: E402
+from fsa_compile.bench import dense_sdpa, _no_math, measure, visible_pairs, make_case  # noqa: E402
 from fsa_compile.templates.index import build_block_index  # noqa: E402
 from fsa_compile.templates.nsa_fwd import tile_block_union  # noqa: E402
 
@@ -167,16 +167,8 @@ msg_log = []
 
 
 def bench_once(fn):
-    import triton
-
-    fn()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    mem = (torch.cuda.max_memory_allocated() - base) / 2**30
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"), mem
+    """(median ms, extra peak GiB): the bench CLI's own measurement, so the two agree."""
+    return measure(fn)
 
 
 def part2(T, Gs, names, dists, D=128):
