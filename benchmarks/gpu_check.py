@@ -166,11 +166,6 @@ def part1(quick, names):
 msg_log = []
 
 
-def bench_once(fn):
-    """(median ms, extra peak GiB): the bench CLI's own measurement, so the two agree."""
-    return measure(fn)
-
-
 def part2(T, Gs, names, dists, D=128):
     B, H, bs, n = 1, 4, 64, 16
     rows = []
@@ -178,7 +173,7 @@ def part2(T, Gs, names, dists, D=128):
         for dist in dists:
             q, k, v, idx = make_case(B, T, H, G, D, bs, n, dist, torch.bfloat16, DEV, seed=G)
             with _no_math():
-                dms, _ = bench_once(lambda: dense_sdpa(q, k, v))
+                dms, _ = measure(lambda: dense_sdpa(q, k, v))
             # the selection's own statistics: how many (token, slot) land on each block
             cnt = torch.bincount(idx[0, :, 0].clamp_min(0).flatten().long())
             line = f"T={T} G={G} {dist}: dense {dms:.3f} ms; block counts max {cnt.max().item()} " \
@@ -189,7 +184,7 @@ def part2(T, Gs, names, dists, D=128):
             for name in names:
                 plan = plan_for(name, B, T, H, G, D, D, n, bs, torch.bfloat16, True)
                 try:
-                    ms, mem = bench_once(lambda: forward(q, k, v, idx, bs, D ** -0.5, True, plan))
+                    ms, mem = measure(lambda: forward(q, k, v, idx, bs, D ** -0.5, True, plan))
                 except Exception as e:  # noqa: BLE001
                     print(f"   {name}: EXCEPTION {str(e)[:200]}", flush=True)
                     continue
@@ -202,8 +197,8 @@ def part2(T, Gs, names, dists, D=128):
             C = min(pf.chunk, T)
             nc = (T + C - 1) // C
             ipad = torch.cat([idx, idx.new_full((B, nc * C - T, H, n), -1)], 1)
-            ims, _ = bench_once(lambda: build_block_index(ipad.view(B * nc, C, H, n), (T + bs - 1) // bs, pf.fsa_tile_q))
-            ums, _ = bench_once(lambda: tile_block_union(idx, 4, bs, True))
+            ims, _ = measure(lambda: build_block_index(ipad.view(B * nc, C, H, n), (T + bs - 1) // bs, pf.fsa_tile_q))
+            ums, _ = measure(lambda: tile_block_union(idx, 4, bs, True))
             print(f"   pieces: fsa index build {ims:.3f} ms (chunk {C}), union(4) build {ums:.3f} ms", flush=True)
             rows.append((G, dist, dms, res))
             del q, k, v, idx
