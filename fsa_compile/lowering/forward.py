@@ -12,6 +12,7 @@ from ..templates.fsa_fwd import fsa_fwd_kernel
 from ..templates.index import build_block_index
 from ..templates.merge import merge_fwd_kernel
 from ..templates.nsa_fwd import nsa_fwd_kernel, tile_block_union
+from ..templates.nsa_shared_fwd import nsa_shared_fwd_kernel
 from .plan import Plan, interpret_mode, maxnreg_option
 
 LOG2E = 1.4426950408889634
@@ -114,6 +115,9 @@ def _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse):
     G = HQ // H
     n = idx.shape[-1]
     tok = plan.nsa_tok
+    if plan.nsa_shared:
+        _nsa_shared(q, k, v, idx, block_size, scale, causal, plan, o, lse)
+        return
     rows = max(plan.nsa_rows, _p2(tok * G))
     union = tok > 1
     NT = triton.cdiv(T, tok)
@@ -129,6 +133,22 @@ def _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse):
         T, H, NT, ulen, scale * LOG2E,
         G=G, TOK=tok, SEQ=plan.nsa_seq, BLOCK_R=rows, N_SEL=n, BLOCK_SEL=_p2(n), CAUSAL=causal, UNION=union,
         TMA=kd is not None,
+        num_warps=plan.nsa_warps, num_stages=plan.nsa_stages, **_common(q, k, v, block_size),
+    )
+
+
+def _nsa_shared(q, k, v, idx, block_size, scale, causal, plan, o, lse):
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    n = idx.shape[-1]
+    tok = plan.nsa_tok
+    kd, vd = _tma_descriptors(k, v, block_size) if plan.nsa_tma else (None, None)
+    nsa_shared_fwd_kernel[(triton.cdiv(T, tok), B * H)](
+        q, k, v, idx, o, lse, kd if kd is not None else k, vd if vd is not None else v,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *idx.stride(),
+        T, H, triton.cdiv(T, block_size), scale * LOG2E,
+        G=G, TOK=tok, N_SEL=n, BLOCK_SEL=_p2(n), CAUSAL=causal, TMA=kd is not None,
         num_warps=plan.nsa_warps, num_stages=plan.nsa_stages, **_common(q, k, v, block_size),
     )
 

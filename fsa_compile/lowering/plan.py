@@ -50,6 +50,8 @@ class Plan:
     nsa_stages: int = 2
     nsa_seq: int = 1  # tiles one program walks one after the other (L1 reuse of shared blocks)
     nsa_tma: bool = False  # K/V blocks by bulk tensor copies (where the layout allows)
+    # tiles of nsa_tok tokens: blocks they all list loaded once for the tile, the rest per token
+    nsa_shared: bool = False
     # inverted loop: tiles of fsa_tile_q (query, slot) entries x G heads
     fsa_tile_q: int = 64
     fsa_rows: int = 64
@@ -76,7 +78,7 @@ class Plan:
                     + f"stages {self.fsa_stages}, chunk {self.chunk}, "
                     + f"merge {self.merge_rows} rows")
         if self.strategy == "nsa":
-            union = " union" if self.nsa_tok > 1 else ""
+            union = (" shared" if self.nsa_shared else " union") if self.nsa_tok > 1 else ""
             seq = f" x{self.nsa_seq} in sequence" if self.nsa_seq > 1 else ""
             tma = ", bulk copies" if self.nsa_tma else ""
             return (f"nsa: tile {self.nsa_rows}x({self.nsa_tok} tok x heads){union}{seq}{tma}, "
@@ -122,13 +124,18 @@ def _fsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over) -> Plan:
 
 
 def _nsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, tok=None, **over) -> Plan:
+    shared = bool(over.get("nsa_shared", False))
     if tok is None:
         tok = 1
+    if shared and (G < 16 or G & (G - 1) or tok < 2 or tok & (tok - 1)):
+        raise ValueError(f"shared-block tiles need G a power of two >= 16 and tok a power of two "
+                         f">= 2, got G={G}, tok={tok}")
     rows = max(16, _pow2(tok * G))
     # One token per tile: K/V by bulk tensor copies, 3 stages deep (measured H100, T=64K, G=16:
     # 17.20 ms with plain loads and 2 stages, 16.64 with bulk copies, 16.40 with 3 stages too;
     # plain loads with 3 stages 17.88). Union tiles keep plain loads (not measured with copies).
-    one = tok == 1
+    # Shared-block tiles load one block per step, as one-token tiles do.
+    one = tok == 1 or shared
     kw = dict(nsa_tok=tok, nsa_rows=rows, nsa_warps=4 if rows <= 64 else 8, nsa_stages=3 if one else 2,
               nsa_tma=one, t_bucket=t_bucket(T))
     kw.update(over)

@@ -1,0 +1,158 @@
+"""Query-major (NSA-order) forward for tiles of ``TOK`` tokens that share some of their blocks.
+
+NSA puts block 0 and the token's local blocks into every selection, so consecutive tokens list
+several blocks in common. Each program takes ``TOK`` consecutive tokens of one KV head and:
+
+1. finds the blocks that every token of the tile lists exactly once (in registers, from the
+   tile's ``TOK x n`` selection; a block listed twice by some token is not shared, so duplicates
+   keep their count-twice meaning), and attends to them with one tile of ``TOK * G`` rows: one
+   K/V load per shared block instead of ``TOK``;
+2. splits that online-softmax state per token and walks each token's other slots with its own
+   ``G``-row tile, as the one-token kernel does.
+
+Each token's result is the online softmax over exactly its own slots, only in another order.
+``G`` is a power of two >= 16 (a token's tile is then a whole matrix-product tile).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import mma
+
+
+@triton.jit
+def _kv_tiles(K_DESC, V_DESC, k_base, v_base, b, h, blk, T, skt, skd, svt, svd,
+              BS: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+              DV: tl.constexpr, BLOCK_DV: tl.constexpr, TMA: tl.constexpr):
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    kpos = blk * BS + offs_n
+    kmask = (offs_n < BS) & (kpos < T) & (kpos >= 0)
+    if TMA:  # out-of-range rows and columns read as zeros, as the masked loads do
+        k = tl.reshape(K_DESC.load([b, blk * BS, h, 0]), [BLOCK_N, BLOCK_D])
+        v = tl.reshape(V_DESC.load([b, blk * BS, h, 0]), [BLOCK_N, BLOCK_DV])
+    else:
+        kpos64 = kpos.to(tl.int64)
+        k = tl.load(k_base + kpos64[:, None] * skt + offs_d[None, :] * skd,
+                    mask=kmask[:, None] & (offs_d[None, :] < D), other=0.0)
+        v = tl.load(v_base + kpos64[:, None] * svt + offs_dv[None, :] * svd,
+                    mask=kmask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    return k, v, kpos, kmask
+
+
+@triton.jit
+def _attend(q, k, v, m_i, l_i, acc, kpos, kmask, tok, row_ok, scale_log2,
+            CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    s = mma(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
+    valid = row_ok[:, None] & kmask[None, :]
+    if CAUSAL:
+        valid = valid & (kpos[None, :] <= tok[:, None])
+    s = tl.where(valid, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, PRECISION, UPCAST)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def nsa_shared_fwd_kernel(
+    Q, K, V, IDX, O, LSE, K_DESC, V_DESC,
+    sqb, sqt, sqh, sqd,
+    skb, skt, skh, skd,
+    svb, svt, svh, svd,
+    sob, sot, soh, sod,
+    sib, sit, sih, sis,
+    T, H, NB, scale_log2,
+    G: tl.constexpr, TOK: tl.constexpr, N_SEL: tl.constexpr, BLOCK_SEL: tl.constexpr,
+    BS: tl.constexpr, BLOCK_N: tl.constexpr,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
+    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    b64 = b.to(tl.int64)
+    t0 = pid_t * TOK
+    offs_s = tl.arange(0, BLOCK_SEL)
+    offs_j = tl.arange(0, TOK)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    s_ok = offs_s < N_SEL
+    i_base = IDX + b64 * sib + h * sih
+    k_base = K + b64 * skb + h * skh
+    v_base = V + b64 * svb + h * svh
+
+    # The shared blocks: entries of token 0 that every token of the tile lists exactly once.
+    tj = t0 + offs_j
+    sel = tl.load(i_base + tj.to(tl.int64)[:, None] * sit + offs_s[None, :] * sis,
+                  mask=(tj < T)[:, None] & s_ok[None, :], other=-1)
+    e0 = tl.load(i_base + t0.to(tl.int64) * sit + offs_s * sis, mask=s_ok & (t0 + offs_s * 0 < T), other=-1)
+    hits = tl.sum((sel[:, :, None] == e0[None, None, :]).to(tl.int32), axis=1)
+    shared = (tl.min(hits, axis=0) == 1) & (tl.max(hits, axis=0) == 1) & (e0 >= 0) & (e0 < NB)
+    if CAUSAL:  # a block no token of the tile can see is left to the (skipping) own loops
+        shared = shared & (e0 * BS <= tl.minimum(t0 + TOK, T) - 1)
+    shv = tl.where(shared, e0, -2)  # -2: never a listed block that an own loop takes
+    sh_pos = tl.cumsum(shared.to(tl.int32), axis=0) - 1
+    n_sh = tl.sum(shared.to(tl.int32), axis=0)
+
+    # Phase 1: all TOK * G rows against each shared block.
+    rows = tl.arange(0, TOK * G)
+    tok1 = t0 + rows // G
+    hq1 = h * G + rows % G
+    ok1 = tok1 < T
+    q1 = tl.load(Q + b64 * sqb + tok1.to(tl.int64)[:, None] * sqt + hq1[:, None] * sqh
+                 + offs_d[None, :] * sqd, mask=ok1[:, None] & (offs_d[None, :] < D), other=0.0)
+    m1 = tl.full([TOK * G], float("-inf"), tl.float32)
+    l1 = tl.zeros([TOK * G], tl.float32)
+    a1 = tl.zeros([TOK * G, BLOCK_DV], tl.float32)
+    for i in range(0, n_sh):
+        blk = tl.sum(tl.where(shared & (sh_pos == i), e0, 0), axis=0)
+        k, v, kpos, kmask = _kv_tiles(K_DESC, V_DESC, k_base, v_base, b, h, blk, T, skt, skd, svt, svd,
+                                      BS, BLOCK_N, D, BLOCK_D, DV, BLOCK_DV, TMA)
+        m1, l1, a1 = _attend(q1, k, v, m1, l1, a1, kpos, kmask, tok1, ok1, scale_log2,
+                             CAUSAL, PRECISION, UPCAST)
+    m3 = tl.reshape(m1, [TOK, G])
+    l3 = tl.reshape(l1, [TOK, G])
+    a3 = tl.reshape(a1, [TOK, G, BLOCK_DV])
+
+    # Phase 2: each token from its share of that state, over its own slots.
+    rows2 = tl.arange(0, G)
+    hq2 = h * G + rows2
+    for j in tl.static_range(TOK):
+        tok = t0 + j
+        sj = tl.load(i_base + tok.to(tl.int64) * sit + offs_s * sis, mask=s_ok & (tok + offs_s * 0 < T),
+                     other=-1)
+        in_sh = tl.sum((sj[:, None] == shv[None, :]).to(tl.int32), axis=1)
+        own = s_ok & (sj >= 0) & (sj < NB) & (in_sh == 0)
+        if CAUSAL:  # a block wholly after the token adds nothing: not loaded at all
+            own = own & (sj * BS <= tok)
+        pos = tl.cumsum(own.to(tl.int32), axis=0) - 1
+        cnt = tl.sum(own.to(tl.int32), axis=0)
+        mine = offs_j == j
+        m_i = tl.max(tl.where(mine[:, None], m3, float("-inf")), axis=0)
+        l_i = tl.sum(tl.where(mine[:, None], l3, 0.0), axis=0)
+        acc = tl.sum(tl.where(mine[:, None, None], a3, 0.0), axis=0)
+        tokv = tok + rows2 * 0
+        okv = tokv < T
+        tok64 = tok.to(tl.int64)
+        q = tl.load(Q + b64 * sqb + tok64 * sqt + hq2[:, None] * sqh + offs_d[None, :] * sqd,
+                    mask=okv[:, None] & (offs_d[None, :] < D), other=0.0)
+        for i in range(0, cnt):
+            blk = tl.sum(tl.where(own & (pos == i), sj, 0), axis=0)
+            k, v, kpos, kmask = _kv_tiles(K_DESC, V_DESC, k_base, v_base, b, h, blk, T, skt, skd, svt,
+                                          svd, BS, BLOCK_N, D, BLOCK_D, DV, BLOCK_DV, TMA)
+            m_i, l_i, acc = _attend(q, k, v, m_i, l_i, acc, kpos, kmask, tokv, okv, scale_log2,
+                                    CAUSAL, PRECISION, UPCAST)
+        has = l_i > 0
+        o = acc / tl.where(has, l_i, 1.0)[:, None]
+        lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453,
+                       float("-inf"))
+        tl.store(O + b64 * sob + tok64 * sot + hq2[:, None] * soh + offs_dv[None, :] * sod,
+                 o.to(O.dtype.element_ty), mask=okv[:, None] & (offs_dv[None, :] < DV))
+        tl.store(LSE + (b64 * T + tok64) * (H * G) + hq2, lse, mask=okv)
