@@ -28,11 +28,10 @@ VARIANTS = {
     "nsa1": {},
     "sh2": dict(tok=2, nsa_shared=True),
     "sh4": dict(tok=4, nsa_shared=True),
-    "sh8": dict(tok=8, nsa_shared=True),
-    "sh4w8": dict(tok=4, nsa_shared=True, nsa_warps=8),
-    "sh8w8": dict(tok=8, nsa_shared=True, nsa_warps=8),
-    "sh4s2": dict(tok=4, nsa_shared=True, nsa_stages=2),
-    "sh4plain": dict(tok=4, nsa_shared=True, nsa_tma=False),
+    "sh4r168": dict(tok=4, nsa_shared=True, nsa_maxnreg=168),
+    "sh8r168": dict(tok=8, nsa_shared=True, nsa_maxnreg=168),
+    "sh2s2": dict(tok=2, nsa_shared=True, nsa_stages=2),
+    "sh4plain": dict(tok=4, nsa_shared=True, nsa_tma=False, nsa_maxnreg=168),
 }
 
 
@@ -72,7 +71,7 @@ def check(name, B, T, H, G, D, bs, n, dtype, dist, causal, layout, seed):
 
 def part1():
     cases = []
-    for name in ("sh2", "sh4", "sh8", "sh4w8", "sh4plain"):
+    for name in ("sh2", "sh4r168", "sh8r168", "sh4plain"):
         cases += [
             (name, 2, 3000, 2, 16, 128, 64, 16, torch.bfloat16, "uniform", True, "bthd"),
             (name, 1, 2048, 2, 16, 128, 64, 16, torch.bfloat16, "skewed", True, "bhtd"),

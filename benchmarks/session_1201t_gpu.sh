@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU run of 2026-12-01, fifth session, first call (H200): NSA-order shared-block tiles,
+# GPU run of 2026-12-01, fifth session, calls t and u (H200): NSA-order shared-block tiles,
 # checked against the reference at real sizes, then timed at T = 64K, G = 16.
 set -uo pipefail
 . benchmarks/gpu_env.sh

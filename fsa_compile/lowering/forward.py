@@ -143,13 +143,17 @@ def _nsa_shared(q, k, v, idx, block_size, scale, causal, plan, o, lse):
     G = HQ // H
     n = idx.shape[-1]
     tok = plan.nsa_tok
+    NT = triton.cdiv(T, tok)
+    # each program's block lists (shared, then per token), written and read by that program only
+    lists = torch.empty(B * H * NT * (tok + 1) * _p2(n), dtype=torch.int32, device=q.device)
     kd, vd = _tma_descriptors(k, v, block_size) if plan.nsa_tma else (None, None)
-    nsa_shared_fwd_kernel[(triton.cdiv(T, tok), B * H)](
-        q, k, v, idx, o, lse, kd if kd is not None else k, vd if vd is not None else v,
+    nsa_shared_fwd_kernel[(NT, B * H)](
+        q, k, v, idx, o, lse, lists, kd if kd is not None else k, vd if vd is not None else v,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *idx.stride(),
-        T, H, triton.cdiv(T, block_size), scale * LOG2E,
+        T, H, triton.cdiv(T, block_size), NT, scale * LOG2E,
         G=G, TOK=tok, N_SEL=n, BLOCK_SEL=_p2(n), CAUSAL=causal, TMA=kd is not None,
-        num_warps=plan.nsa_warps, num_stages=plan.nsa_stages, **_common(q, k, v, block_size),
+        num_warps=plan.nsa_warps, num_stages=plan.nsa_stages, **maxnreg_option(plan.nsa_maxnreg),
+        **_common(q, k, v, block_size),
     )
 
 

@@ -52,6 +52,7 @@ class Plan:
     nsa_tma: bool = False  # K/V blocks by bulk tensor copies (where the layout allows)
     # tiles of nsa_tok tokens: blocks they all list loaded once for the tile, the rest per token
     nsa_shared: bool = False
+    nsa_maxnreg: int = 0  # register cap per thread for the shared-block kernel (0: compiler's)
     # inverted loop: tiles of fsa_tile_q (query, slot) entries x G heads
     fsa_tile_q: int = 64
     fsa_rows: int = 64
@@ -81,8 +82,9 @@ class Plan:
             union = (" shared" if self.nsa_shared else " union") if self.nsa_tok > 1 else ""
             seq = f" x{self.nsa_seq} in sequence" if self.nsa_seq > 1 else ""
             tma = ", bulk copies" if self.nsa_tma else ""
+            cap = f", max {self.nsa_maxnreg} registers" if self.nsa_maxnreg else ""
             return (f"nsa: tile {self.nsa_rows}x({self.nsa_tok} tok x heads){union}{seq}{tma}, "
-                    f"warps {self.nsa_warps}, stages {self.nsa_stages}")
+                    f"warps {self.nsa_warps}, stages {self.nsa_stages}{cap}")
         return self.strategy
 
 

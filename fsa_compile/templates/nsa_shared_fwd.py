@@ -61,13 +61,13 @@ def _attend(q, k, v, m_i, l_i, acc, kpos, kmask, tok, row_ok, scale_log2,
 
 @triton.jit
 def nsa_shared_fwd_kernel(
-    Q, K, V, IDX, O, LSE, K_DESC, V_DESC,
+    Q, K, V, IDX, O, LSE, LST, K_DESC, V_DESC,
     sqb, sqt, sqh, sqd,
     skb, skt, skh, skd,
     svb, svt, svh, svd,
     sob, sot, soh, sod,
     sib, sit, sih, sis,
-    T, H, NB, scale_log2,
+    T, H, NB, NT, scale_log2,
     G: tl.constexpr, TOK: tl.constexpr, N_SEL: tl.constexpr, BLOCK_SEL: tl.constexpr,
     BS: tl.constexpr, BLOCK_N: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -87,6 +87,8 @@ def nsa_shared_fwd_kernel(
     i_base = IDX + b64 * sib + h * sih
     k_base = K + b64 * skb + h * skh
     v_base = V + b64 * svb + h * svh
+    # this program's lists: the shared blocks, then each token's own ones, BLOCK_SEL apart
+    lst = LST + (pid_bh.to(tl.int64) * NT + pid_t) * ((TOK + 1) * BLOCK_SEL)
 
     # The shared blocks: entries of token 0 that every token of the tile lists exactly once.
     tj = t0 + offs_j
@@ -95,64 +97,79 @@ def nsa_shared_fwd_kernel(
     e0 = tl.load(i_base + t0.to(tl.int64) * sit + offs_s * sis, mask=s_ok & (t0 + offs_s * 0 < T), other=-1)
     hits = tl.sum((sel[:, :, None] == e0[None, None, :]).to(tl.int32), axis=1)
     shared = (tl.min(hits, axis=0) == 1) & (tl.max(hits, axis=0) == 1) & (e0 >= 0) & (e0 < NB)
-    if CAUSAL:  # a block no token of the tile can see is left to the (skipping) own loops
+    if CAUSAL:  # a block no token of the tile can see is left to the (skipping) own lists
         shared = shared & (e0 * BS <= tl.minimum(t0 + TOK, T) - 1)
-    shv = tl.where(shared, e0, -2)  # -2: never a listed block that an own loop takes
-    sh_pos = tl.cumsum(shared.to(tl.int32), axis=0) - 1
+    shv = tl.where(shared, e0, -2)  # -2: never a listed block that an own list takes
     n_sh = tl.sum(shared.to(tl.int32), axis=0)
+    tl.store(lst + tl.cumsum(shared.to(tl.int32), axis=0) - 1, e0, mask=shared)
+    # Each token's own slots: the rest, less padding, out-of-range and (causal) future blocks.
+    in_sh = tl.sum((sel[:, :, None] == shv[None, None, :]).to(tl.int32), axis=2)
+    own = s_ok[None, :] & (sel >= 0) & (sel < NB) & (in_sh == 0)
+    if CAUSAL:  # a block wholly after the token adds nothing: not loaded at all
+        own = own & (sel * BS <= tj[:, None])
+    tl.store(lst + (offs_j[:, None] + 1) * BLOCK_SEL + tl.cumsum(own.to(tl.int32), axis=1) - 1, sel,
+             mask=own)
+    n_own = tl.sum(own.to(tl.int32), axis=1)
 
-    # Phase 1: all TOK * G rows against each shared block.
+    # Phase 1: all TOK * G rows against each shared block; the state goes out through o / lse
+    # (normalised), where phase 2 picks up each token's rows.
     rows = tl.arange(0, TOK * G)
     tok1 = t0 + rows // G
     hq1 = h * G + rows % G
     ok1 = tok1 < T
-    q1 = tl.load(Q + b64 * sqb + tok1.to(tl.int64)[:, None] * sqt + hq1[:, None] * sqh
-                 + offs_d[None, :] * sqd, mask=ok1[:, None] & (offs_d[None, :] < D), other=0.0)
-    m1 = tl.full([TOK * G], float("-inf"), tl.float32)
-    l1 = tl.zeros([TOK * G], tl.float32)
-    a1 = tl.zeros([TOK * G, BLOCK_DV], tl.float32)
-    for i in range(0, n_sh):
-        blk = tl.sum(tl.where(shared & (sh_pos == i), e0, 0), axis=0)
-        k, v, kpos, kmask = _kv_tiles(K_DESC, V_DESC, k_base, v_base, b, h, blk, T, skt, skd, svt, svd,
-                                      BS, BLOCK_N, D, BLOCK_D, DV, BLOCK_DV, TMA)
-        m1, l1, a1 = _attend(q1, k, v, m1, l1, a1, kpos, kmask, tok1, ok1, scale_log2,
-                             CAUSAL, PRECISION, UPCAST)
-    m3 = tl.reshape(m1, [TOK, G])
-    l3 = tl.reshape(l1, [TOK, G])
-    a3 = tl.reshape(a1, [TOK, G, BLOCK_DV])
+    tl.debug_barrier()  # the lists, written by other threads of this program
+    if n_sh > 0:
+        q1 = tl.load(Q + b64 * sqb + tok1.to(tl.int64)[:, None] * sqt + hq1[:, None] * sqh
+                     + offs_d[None, :] * sqd, mask=ok1[:, None] & (offs_d[None, :] < D), other=0.0)
+        m1 = tl.full([TOK * G], float("-inf"), tl.float32)
+        l1 = tl.zeros([TOK * G], tl.float32)
+        a1 = tl.zeros([TOK * G, BLOCK_DV], tl.float32)
+        # a few steps at most: not pipelined, so that the kernel keeps the one-token kernel's
+        # shared memory (3 programs per SM on Hopper; pipelined, it took 2)
+        for i in tl.range(0, n_sh, num_stages=1):
+            blk = tl.load(lst + i)
+            k, v, kpos, kmask = _kv_tiles(K_DESC, V_DESC, k_base, v_base, b, h, blk, T, skt, skd, svt,
+                                          svd, BS, BLOCK_N, D, BLOCK_D, DV, BLOCK_DV, TMA)
+            m1, l1, a1 = _attend(q1, k, v, m1, l1, a1, kpos, kmask, tok1, ok1, scale_log2,
+                                 CAUSAL, PRECISION, UPCAST)
+        _finish(O, LSE, b64, tok1, hq1, ok1, m1, l1, a1, T, H, sob, sot, soh, sod, G, DV, BLOCK_DV)
+    tl.debug_barrier()  # phase 1's o / lse rows, read back by other threads
 
-    # Phase 2: each token from its share of that state, over its own slots.
+    # Phase 2: each token from its rows of that state, over its own slots.
     rows2 = tl.arange(0, G)
     hq2 = h * G + rows2
     for j in tl.static_range(TOK):
         tok = t0 + j
-        sj = tl.load(i_base + tok.to(tl.int64) * sit + offs_s * sis, mask=s_ok & (tok + offs_s * 0 < T),
-                     other=-1)
-        in_sh = tl.sum((sj[:, None] == shv[None, :]).to(tl.int32), axis=1)
-        own = s_ok & (sj >= 0) & (sj < NB) & (in_sh == 0)
-        if CAUSAL:  # a block wholly after the token adds nothing: not loaded at all
-            own = own & (sj * BS <= tok)
-        pos = tl.cumsum(own.to(tl.int32), axis=0) - 1
-        cnt = tl.sum(own.to(tl.int32), axis=0)
-        mine = offs_j == j
-        m_i = tl.max(tl.where(mine[:, None], m3, float("-inf")), axis=0)
-        l_i = tl.sum(tl.where(mine[:, None], l3, 0.0), axis=0)
-        acc = tl.sum(tl.where(mine[:, None, None], a3, 0.0), axis=0)
         tokv = tok + rows2 * 0
         okv = tokv < T
         tok64 = tok.to(tl.int64)
+        o_ptrs = O + b64 * sob + tok64 * sot + hq2[:, None] * soh + offs_dv[None, :] * sod
+        start = okv & (rows2 * 0 + n_sh > 0)
+        lse0 = tl.load(LSE + (b64 * T + tok64) * (H * G) + hq2, mask=start, other=float("-inf"))
+        seen = lse0 > float("-inf")
+        m_i = tl.where(seen, lse0 * 1.4426950408889634, float("-inf"))
+        l_i = tl.where(seen, 1.0, 0.0)
+        acc = tl.load(o_ptrs, mask=(start & seen)[:, None] & (offs_dv[None, :] < DV), other=0.0).to(tl.float32)
         q = tl.load(Q + b64 * sqb + tok64 * sqt + hq2[:, None] * sqh + offs_d[None, :] * sqd,
                     mask=okv[:, None] & (offs_d[None, :] < D), other=0.0)
+        cnt = tl.sum(tl.where(offs_j == j, n_own, 0), axis=0)
         for i in range(0, cnt):
-            blk = tl.sum(tl.where(own & (pos == i), sj, 0), axis=0)
+            blk = tl.load(lst + (j + 1) * BLOCK_SEL + i)
             k, v, kpos, kmask = _kv_tiles(K_DESC, V_DESC, k_base, v_base, b, h, blk, T, skt, skd, svt,
                                           svd, BS, BLOCK_N, D, BLOCK_D, DV, BLOCK_DV, TMA)
             m_i, l_i, acc = _attend(q, k, v, m_i, l_i, acc, kpos, kmask, tokv, okv, scale_log2,
                                     CAUSAL, PRECISION, UPCAST)
-        has = l_i > 0
-        o = acc / tl.where(has, l_i, 1.0)[:, None]
-        lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453,
-                       float("-inf"))
-        tl.store(O + b64 * sob + tok64 * sot + hq2[:, None] * soh + offs_dv[None, :] * sod,
-                 o.to(O.dtype.element_ty), mask=okv[:, None] & (offs_dv[None, :] < DV))
-        tl.store(LSE + (b64 * T + tok64) * (H * G) + hq2, lse, mask=okv)
+        _finish(O, LSE, b64, tokv, hq2, okv, m_i, l_i, acc, T, H, sob, sot, soh, sod, G, DV, BLOCK_DV)
+
+
+@triton.jit
+def _finish(O, LSE, b64, tok, hq, ok, m_i, l_i, acc, T, H, sob, sot, soh, sod,
+            G: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr):
+    offs_dv = tl.arange(0, BLOCK_DV)
+    has = l_i > 0
+    o = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    tok64 = tok.to(tl.int64)
+    tl.store(O + b64 * sob + tok64[:, None] * sot + hq[:, None] * soh + offs_dv[None, :] * sod,
+             o.to(O.dtype.element_ty), mask=ok[:, None] & (offs_dv[None, :] < DV))
+    tl.store(LSE + (b64 * T + tok64) * (H * G) + hq, lse, mask=ok)
