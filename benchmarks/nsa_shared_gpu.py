@@ -26,12 +26,12 @@ DEV = torch.device("cuda")
 # name -> plan overrides of the "nsa" strategy
 VARIANTS = {
     "nsa1": {},
-    "sh2": dict(tok=2, nsa_shared=True),
-    "sh4": dict(tok=4, nsa_shared=True),
     "sh4r168": dict(tok=4, nsa_shared=True, nsa_maxnreg=168),
-    "sh8r168": dict(tok=8, nsa_shared=True, nsa_maxnreg=168),
-    "sh2s2": dict(tok=2, nsa_shared=True, nsa_stages=2),
-    "sh4plain": dict(tok=4, nsa_shared=True, nsa_tma=False, nsa_maxnreg=168),
+    "sh4r160": dict(tok=4, nsa_shared=True, nsa_maxnreg=160),
+    "sh2r168": dict(tok=2, nsa_shared=True, nsa_maxnreg=168),
+    "sh2r168p2": dict(tok=2, nsa_shared=True, nsa_maxnreg=168, nsa_shared_stages=2),
+    "sh4r168p2": dict(tok=4, nsa_shared=True, nsa_maxnreg=168, nsa_shared_stages=2),
+    "sh4r168s4": dict(tok=4, nsa_shared=True, nsa_maxnreg=168, nsa_stages=4),
 }
 
 
@@ -71,7 +71,7 @@ def check(name, B, T, H, G, D, bs, n, dtype, dist, causal, layout, seed):
 
 def part1():
     cases = []
-    for name in ("sh2", "sh4r168", "sh8r168", "sh4plain"):
+    for name in ("sh2r168p2", "sh4r168p2", "sh4r160"):
         cases += [
             (name, 2, 3000, 2, 16, 128, 64, 16, torch.bfloat16, "uniform", True, "bthd"),
             (name, 1, 2048, 2, 16, 128, 64, 16, torch.bfloat16, "skewed", True, "bhtd"),

@@ -152,6 +152,7 @@ def _nsa_shared(q, k, v, idx, block_size, scale, causal, plan, o, lse):
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *idx.stride(),
         T, H, triton.cdiv(T, block_size), NT, scale * LOG2E,
         G=G, TOK=tok, N_SEL=n, BLOCK_SEL=_p2(n), CAUSAL=causal, TMA=kd is not None,
+        P1_STAGES=plan.nsa_shared_stages,
         num_warps=plan.nsa_warps, num_stages=plan.nsa_stages, **maxnreg_option(plan.nsa_maxnreg),
         **_common(q, k, v, block_size),
     )

@@ -53,6 +53,7 @@ class Plan:
     # tiles of nsa_tok tokens: blocks they all list loaded once for the tile, the rest per token
     nsa_shared: bool = False
     nsa_maxnreg: int = 0  # register cap per thread for the shared-block kernel (0: compiler's)
+    nsa_shared_stages: int = 1  # pipeline depth of its shared-block loop
     # inverted loop: tiles of fsa_tile_q (query, slot) entries x G heads
     fsa_tile_q: int = 64
     fsa_rows: int = 64
