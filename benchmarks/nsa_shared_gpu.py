@@ -2,6 +2,9 @@
 
     python benchmarks/nsa_shared_gpu.py [--T 65536] [--skip-check]
 
+(The calls of 2026-12-01 also timed variants whose knobs were removed afterwards: phase 1
+pipelined 2 deep, ``nsa_shared_stages``, in commit 8603ad7; see NOTES.md.)
+
 Part 1: every shared-tile variant against the float32 reference at real sizes (fresh random
 inputs, poisoned outputs), G = 16 and 32, several head dims, layouts, selections (NSA's uniform
 and skewed, random with padding, duplicates and future blocks), causal or not, bulk copies or
@@ -25,13 +28,13 @@ from fsa_compile.selection import skewed_selection, uniform_selection  # noqa: E
 DEV = torch.device("cuda")
 # name -> plan overrides of the "nsa" strategy
 VARIANTS = {
-    "nsa1": {},
-    "sh4r168": dict(tok=4, nsa_shared=True, nsa_maxnreg=168),
+    "nsa1": dict(tok=1),  # the one-token kernel
+    "sh4r168": dict(tok=4, nsa_shared=True, nsa_maxnreg=168),  # the default at G = 16
+    "sh4": dict(tok=4, nsa_shared=True),
     "sh4r160": dict(tok=4, nsa_shared=True, nsa_maxnreg=160),
     "sh2r168": dict(tok=2, nsa_shared=True, nsa_maxnreg=168),
-    "sh2r168p2": dict(tok=2, nsa_shared=True, nsa_maxnreg=168, nsa_shared_stages=2),
-    "sh4r168p2": dict(tok=4, nsa_shared=True, nsa_maxnreg=168, nsa_shared_stages=2),
-    "sh4r168s4": dict(tok=4, nsa_shared=True, nsa_maxnreg=168, nsa_stages=4),
+    "sh8r168": dict(tok=8, nsa_shared=True, nsa_maxnreg=168),
+    "sh4plain": dict(tok=4, nsa_shared=True, nsa_tma=False, nsa_maxnreg=168),
 }
 
 
@@ -71,7 +74,7 @@ def check(name, B, T, H, G, D, bs, n, dtype, dist, causal, layout, seed):
 
 def part1():
     cases = []
-    for name in ("sh2r168p2", "sh4r168p2", "sh4r160"):
+    for name in ("sh4r168", "sh2r168", "sh4plain"):
         cases += [
             (name, 2, 3000, 2, 16, 128, 64, 16, torch.bfloat16, "uniform", True, "bthd"),
             (name, 1, 2048, 2, 16, 128, 64, 16, torch.bfloat16, "skewed", True, "bhtd"),

@@ -147,6 +147,74 @@ def test_bulk_copies_only_where_the_layout_allows():
     run_and_compare(q, k, v, idx, bs, True, plan, torch.float32)
 
 
+# NSA order with shared-block tiles: G a power of two >= 16, tok tokens per program.
+SHARED = [
+    pytest.param(16, 2, 16, torch.float32, True, "bthd", True, id="G16-tok2-D16-f32-causal-copies"),
+    pytest.param(16, 4, 48, torch.float16, False, "bhtd", True, id="G16-tok4-D48-f16-copies"),
+    pytest.param(16, 4, 24, torch.bfloat16, True, "bthd", False, id="G16-tok4-D24-bf16-causal-loads"),
+    pytest.param(32, 2, 16, torch.float32, True, "bhtd", False, id="G32-tok2-D16-f32-causal-loads"),
+]
+
+
+@pytest.mark.parametrize("G,tok,D,dtype,causal,layout,tma", SHARED)
+def test_shared_tiles_match_reference(G, tok, D, dtype, causal, layout, tma):
+    gen = torch.Generator().manual_seed(G + tok + D)
+    B, T, H, bs, n = 1, 37, 1, 8, 4  # T not a multiple of bs; tiles of 4 inside one block
+    q, k, v = make_inputs(B, T, H, G, D, D, dtype, layout, gen)
+    for idx in (random_indices(B, T, H, n, bs, gen), uniform_selection(B, T, H, n, bs, generator=gen),
+                skewed_selection(q, k, n, bs)):
+        plan = plan_of("nsa", dict(tok=tok, nsa_shared=True, nsa_tma=tma), q, k, idx, bs, causal)
+        assert plan.nsa_shared and "shared" in plan.describe()
+        run_and_compare(q, k, v, idx, bs, causal, plan, dtype)
+
+
+def test_shared_tiles_count_a_block_listed_twice_twice():
+    """Near miss for sharing: every token of a tile lists block 0, but one lists it twice. Shared,
+    its rows would weigh it once; the gather forms count it twice, so it must stay per token."""
+    gen = torch.Generator().manual_seed(21)
+    B, T, H, G, D, bs = 1, 8, 1, 16, 16, 4
+    q, k, v = make_inputs(B, T, H, G, D, D, torch.float32, "bthd", gen)
+    idx = torch.tensor([0, 1, -1], dtype=torch.int32).repeat(B, T, H, 1)
+    idx[0, 5, 0] = torch.tensor([0, 0, 1], dtype=torch.int32)  # token 5: block 0 twice
+    idx[0, 2, 0] = torch.tensor([1, 0, 1], dtype=torch.int32)  # token 2: block 1 twice (future)
+    plan = plan_of("nsa", dict(tok=4, nsa_shared=True), q, k, idx, bs, True)
+    run_and_compare(q, k, v, idx, bs, True, plan, torch.float32)
+    # the same with the duplicate gone: now block 0 is shared by tokens 4-7, same answer as the
+    # reference either way
+    idx[0, 5, 0] = torch.tensor([0, 1, -1], dtype=torch.int32)
+    run_and_compare(q, k, v, idx, bs, True, plan, torch.float32)
+
+
+def test_shared_tiles_plan():
+    """The default at G = 16, head dims 65-128, 16-bit (where it was measured); nowhere else, and a
+    request that cannot be met is an error, not a silent fallback."""
+    p = choose_plan(1, 65536, 4, 16, 128, 128, 16, 64, torch.bfloat16, True, "auto", CPU)
+    assert (p.strategy, p.nsa_shared, p.nsa_tok, p.nsa_maxnreg) == ("nsa", True, 4, 168)
+    assert "shared" in p.describe() and "max 168 registers" in p.describe()
+    for D, dt in ((64, torch.bfloat16), (256, torch.float16), (128, torch.float32)):
+        assert not choose_plan(1, 65536, 4, 16, D, D, 16, 64, dt, True, "auto", CPU).nsa_shared
+    assert not choose_plan(1, 65536, 4, 32, 128, 128, 16, 64, torch.bfloat16, True, "nsa", CPU).nsa_shared
+    # an explicit token count keeps the union tiles it always meant
+    p = choose_plan(1, 65536, 4, 16, 128, 128, 16, 64, torch.bfloat16, True, "nsa", CPU, tok=4)
+    assert p.nsa_tok == 4 and not p.nsa_shared and "union" in p.describe()
+    for G, tok in ((8, 4), (12, 4), (16, 3), (16, 1)):
+        with pytest.raises(ValueError, match="shared-block tiles"):
+            choose_plan(1, 4096, 1, G, 64, 64, 16, 64, torch.float16, True, "nsa", CPU, tok=tok,
+                        nsa_shared=True)
+
+
+def test_shared_tiles_fall_back_where_bulk_copies_cannot_go():
+    """A layout the tensor descriptors cannot take runs the one-token kernel (same result)."""
+    gen = torch.Generator().manual_seed(13)
+    B, T, H, G, D, bs, n = 1, 30, 1, 16, 16, 8, 3
+    q, k, v = make_inputs(B, T, H, G, D, D, torch.float16, "bthd", gen)
+    strided = torch.randn(B, T, H, 2 * D, generator=gen).to(torch.float16)[..., ::2]
+    idx = uniform_selection(B, T, H, n, bs, generator=gen)
+    plan = plan_of("nsa", dict(tok=4, nsa_shared=True), q, k, idx, bs, True)
+    assert plan.nsa_tma
+    run_and_compare(q, strided, v, idx, bs, True, plan, torch.float16)
+
+
 def test_reference_strategy_is_the_reference():
     gen = torch.Generator().manual_seed(5)
     q, k, v = make_inputs(1, 20, 1, 2, 16, 16, torch.float32, "bthd", gen)
@@ -246,13 +314,36 @@ if given is not None:
         run_and_compare(q, k, v, idx, bs, causal, plan, torch.float32)
 
 
+    @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        T=st.integers(1, 29), G=st.sampled_from([16, 32]), tok=st.sampled_from([2, 4]),
+        bs=st.sampled_from([4, 8, 12]), n=st.integers(1, 4), share=st.floats(0, 1),
+        causal=st.booleans(), tma=st.booleans(), seed=st.integers(0, 2**16),
+    )
+    def test_property_shared_tiles(T, G, tok, bs, n, share, causal, tma, seed):
+        """Random selections where a random share of the tiles copy their first token's row into
+        every token (so they share everything, duplicates and padding included)."""
+        gen = torch.Generator().manual_seed(seed)
+        q, k, v = make_inputs(1, T, 1, G, 16, 16, torch.float32, "bthd", gen)
+        nb = (T + bs - 1) // bs
+        idx = torch.randint(-1, nb, (1, T, 1, n), generator=gen, dtype=torch.int32)
+        for t0 in range(0, T, tok):
+            if torch.rand((), generator=gen).item() < share:
+                idx[:, t0:t0 + tok] = idx[:, t0:t0 + 1]
+        plan = plan_of("nsa", dict(tok=tok, nsa_shared=True, nsa_tma=tma), q, k, idx, bs, causal)
+        run_and_compare(q, k, v, idx, bs, causal, plan, torch.float32)
+
+
 # ----------------------------------------------------------------------------------------- GPU
 GPU_CASES = []
 for _G in (1, 2, 4, 8, 16):
-    for _strat, _over in (("fsa", {}), ("nsa", {}), ("nsa", dict(tok=4)), ("auto", {})):
+    for _strat, _over in (("fsa", {}), ("nsa", {}), ("nsa", dict(tok=4)), ("auto", {}),
+                          ("nsa", dict(tok=4, nsa_shared=True, nsa_maxnreg=168))):
+        if _over.get("nsa_shared") and _G < 16:
+            continue
         for _dt in (torch.float16, torch.bfloat16):
-            GPU_CASES.append(pytest.param(_G, _strat, _over, _dt,
-                                          id=f"{_strat}{_over.get('tok', '')}-G{_G}-{str(_dt)[6:]}"))
+            _name = _strat + str(_over.get("tok", "")) + ("shared" if _over.get("nsa_shared") else "")
+            GPU_CASES.append(pytest.param(_G, _strat, _over, _dt, id=f"{_name}-G{_G}-{str(_dt)[6:]}"))
 
 
 @pytest.mark.gpu

@@ -53,7 +53,6 @@ class Plan:
     # tiles of nsa_tok tokens: blocks they all list loaded once for the tile, the rest per token
     nsa_shared: bool = False
     nsa_maxnreg: int = 0  # register cap per thread for the shared-block kernel (0: compiler's)
-    nsa_shared_stages: int = 1  # pipeline depth of its shared-block loop
     # inverted loop: tiles of fsa_tile_q (query, slot) entries x G heads
     fsa_tile_q: int = 64
     fsa_rows: int = 64
@@ -127,6 +126,14 @@ def _fsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, **over) -> Plan:
 
 
 def _nsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, tok=None, **over) -> Plan:
+    # Shared-block tiles of 4 tokens, capped at 168 registers (3 programs per SM), where measured:
+    # H200, T=64K, G=16, D=128, bf16, ms uniform / skewed, two calls: one-token kernel
+    # 14.96 / 15.12 and 15.11 / 15.12, shared tiles 14.76 / 14.71 and 14.89 / 14.74; uncapped
+    # 17.51 / 17.47; 2 tokens 15.5-16.0 (benchmarks/NOTES.md, results/nsa_shared_h200_v*.log).
+    measured = G == 16 and _pow2(max(D, Dv)) == 128 and dtype in (torch.float16, torch.bfloat16)
+    if tok is None and "nsa_shared" not in over and measured:
+        tok = 4
+        over = {"nsa_shared": True, "nsa_maxnreg": 168, **over}
     shared = bool(over.get("nsa_shared", False))
     if tok is None:
         tok = 1

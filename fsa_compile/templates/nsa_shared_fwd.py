@@ -72,7 +72,6 @@ def nsa_shared_fwd_kernel(
     BS: tl.constexpr, BLOCK_N: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr,
-    P1_STAGES: tl.constexpr = 1,
 ):
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -125,10 +124,10 @@ def nsa_shared_fwd_kernel(
         m1 = tl.full([TOK * G], float("-inf"), tl.float32)
         l1 = tl.zeros([TOK * G], tl.float32)
         a1 = tl.zeros([TOK * G, BLOCK_DV], tl.float32)
-        # a few steps at most: pipelined only as deep as P1_STAGES, so that the kernel keeps the
-        # one-token kernel's shared memory (3 programs per SM on Hopper; at the kernel's depth it
-        # took 2)
-        for i in tl.range(0, n_sh, num_stages=P1_STAGES):
+        # A few steps: not pipelined, so that the kernel needs no more shared memory than the
+        # one-token kernel (3 programs per SM on Hopper). Pipelined 2 deep at tok 4 it took 82 KB,
+        # 2 programs per SM, and was 15% slower at G = 16 (benchmarks/NOTES.md).
+        for i in tl.range(0, n_sh, num_stages=1):
             blk = tl.load(lst + i)
             k, v, kpos, kmask = _kv_tiles(K_DESC, V_DESC, k_base, v_base, b, h, blk, T, skt, skd, svt,
                                           svd, BS, BLOCK_N, D, BLOCK_D, DV, BLOCK_DV, TMA)
