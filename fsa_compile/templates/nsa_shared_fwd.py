@@ -3,12 +3,15 @@
 NSA puts block 0 and the token's local blocks into every selection, so consecutive tokens list
 several blocks in common. Each program takes ``TOK`` consecutive tokens of one KV head and:
 
-1. finds the blocks that every token of the tile lists exactly once (in registers, from the
-   tile's ``TOK x n`` selection; a block listed twice by some token is not shared, so duplicates
-   keep their count-twice meaning), and attends to them with one tile of ``TOK * G`` rows: one
-   K/V load per shared block instead of ``TOK``;
-2. splits that online-softmax state per token and walks each token's other slots with its own
-   ``G``-row tile, as the one-token kernel does.
+1. finds, from the tile's ``TOK x n`` selection, the blocks that every token of the tile lists
+   exactly once (a block that some token lists twice is not shared, so duplicates keep their
+   count-twice meaning) and writes its block lists, shared and per token, to a scratch buffer
+   ``LST`` of its own, so that its loops read one block index per step;
+2. attends to the shared blocks with one tile of ``TOK * G`` rows: one K/V load per shared block
+   instead of ``TOK``. That state leaves through ``o`` / ``lse`` (normalised, so in ``o``'s
+   dtype: one more rounding of the shared blocks' part, as the inverted loop's partials have);
+3. per token, takes its rows of that state back and walks its own slots with a ``G``-row tile,
+   as the one-token kernel does, and writes the final ``o`` / ``lse``.
 
 Each token's result is the online softmax over exactly its own slots, only in another order.
 ``G`` is a power of two >= 16 (a token's tile is then a whole matrix-product tile).
