@@ -11,3 +11,36 @@ def mma(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def softmax_probs(s, m_i, l_i, w, WEIGHTED: tl.constexpr):
+    """The online softmax's step over one block, up to the product with its values: ``s`` masked
+    scores in the log2 domain (``-inf`` where not visible); ``WEIGHTED`` scales each row's
+    probabilities by ``w`` (how many times the row's token lists the block). Returns
+    ``(m, l, alpha, p)``: the caller does ``acc = acc * alpha[:, None] + p @ v``, loading ``v``
+    only now so that its wait comes after this arithmetic."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    if WEIGHTED:
+        p = p * w[:, None]
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    return m_new, l_i, alpha, p
+
+
+@triton.jit
+def store_rows(O, LSE, b64, tok, hq, ok, m_i, l_i, acc, T, H, sob, sot, soh, sod,
+               G: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Normalise an online-softmax state and store its rows (token ``tok``, query head ``hq``):
+    ``o`` in O's dtype, natural-log ``lse`` float32 into a contiguous ``[B, T, H * G]``; a row
+    with nothing visible gets ``o = 0``, ``lse = -inf``."""
+    offs_dv = tl.arange(0, BLOCK_DV)
+    has = l_i > 0
+    o = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    tok64 = tok.to(tl.int64)
+    tl.store(O + b64 * sob + tok64[:, None] * sot + hq[:, None] * soh + offs_dv[None, :] * sod,
+             o.to(O.dtype.element_ty), mask=ok[:, None] & (offs_dv[None, :] < DV))
+    tl.store(LSE + (b64 * T + tok64) * (H * G) + hq, lse, mask=ok)

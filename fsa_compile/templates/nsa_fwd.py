@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import mma
+from .common import mma, softmax_probs, store_rows
 
 
 @triton.jit
@@ -107,28 +107,16 @@ def nsa_fwd_kernel(
                 if CAUSAL:
                     valid = valid & (kpos[None, :] <= tok[:, None])
                 s = tl.where(valid, s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, axis=1))
-                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-                alpha = tl.exp2(m_i - m_use)
-                p = tl.exp2(s - m_use[:, None])
-                if UNION:
-                    p = p * w[:, None]
-                l_i = l_i * alpha + tl.sum(p, axis=1)
+                m_i, l_i, alpha, p = softmax_probs(s, m_i, l_i, w, UNION)
                 if TMA:
                     v = tl.reshape(V_DESC.load([b, blk * BS, h, 0]), [BLOCK_N, BLOCK_DV])
                 else:
                     v = tl.load(v_base + kpos64[:, None] * svt + offs_dv[None, :] * svd,
                                 mask=kmask[:, None] & (offs_dv[None, :] < DV), other=0.0)
                 acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, PRECISION, UPCAST)
-                m_i = m_new
 
-            has = l_i > 0
-            o = acc / tl.where(has, l_i, 1.0)[:, None]
-            lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453,
-                           float("-inf"))
-            o_ptrs = O + b64 * sob + tok64[:, None] * sot + hq[:, None] * soh + offs_dv[None, :] * sod
-            tl.store(o_ptrs, o.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < DV))
-            tl.store(LSE + (b64 * T + tok64) * (H * G) + hq, lse, mask=row_ok)
+            store_rows(O, LSE, b64, tok, hq, row_ok, m_i, l_i, acc, T, H, sob, sot, soh, sod,
+                       G, DV, BLOCK_DV)
 
 
 def tile_block_union(idx: torch.Tensor, tok: int, block_size: int, causal: bool):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import mma
+from .common import mma, softmax_probs, store_rows
 
 
 @triton.jit
@@ -53,13 +53,8 @@ def _attend(q, k, v, m_i, l_i, acc, kpos, kmask, tok, row_ok, scale_log2,
     if CAUSAL:
         valid = valid & (kpos[None, :] <= tok[:, None])
     s = tl.where(valid, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m_i - m_use)
-    p = tl.exp2(s - m_use[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, PRECISION, UPCAST)
-    return m_new, l_i, acc
+    m_i, l_i, alpha, p = softmax_probs(s, m_i, l_i, l_i, False)
+    return m_i, l_i, acc * alpha[:, None] + mma(p.to(v.dtype), v, PRECISION, UPCAST)
 
 
 @triton.jit
@@ -136,7 +131,7 @@ def nsa_shared_fwd_kernel(
                                           svd, BS, BLOCK_N, D, BLOCK_D, DV, BLOCK_DV, TMA)
             m1, l1, a1 = _attend(q1, k, v, m1, l1, a1, kpos, kmask, tok1, ok1, scale_log2,
                                  CAUSAL, PRECISION, UPCAST)
-        _finish(O, LSE, b64, tok1, hq1, ok1, m1, l1, a1, T, H, sob, sot, soh, sod, G, DV, BLOCK_DV)
+        store_rows(O, LSE, b64, tok1, hq1, ok1, m1, l1, a1, T, H, sob, sot, soh, sod, G, DV, BLOCK_DV)
     tl.debug_barrier()  # phase 1's o / lse rows, read back by other threads
 
     # Phase 2: each token from its rows of that state, over its own slots.
@@ -163,17 +158,5 @@ def nsa_shared_fwd_kernel(
                                           svd, BS, BLOCK_N, D, BLOCK_D, DV, BLOCK_DV, TMA)
             m_i, l_i, acc = _attend(q, k, v, m_i, l_i, acc, kpos, kmask, tokv, okv, scale_log2,
                                     CAUSAL, PRECISION, UPCAST)
-        _finish(O, LSE, b64, tokv, hq2, okv, m_i, l_i, acc, T, H, sob, sot, soh, sod, G, DV, BLOCK_DV)
+        store_rows(O, LSE, b64, tokv, hq2, okv, m_i, l_i, acc, T, H, sob, sot, soh, sod, G, DV, BLOCK_DV)
 
-
-@triton.jit
-def _finish(O, LSE, b64, tok, hq, ok, m_i, l_i, acc, T, H, sob, sot, soh, sod,
-            G: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr):
-    offs_dv = tl.arange(0, BLOCK_DV)
-    has = l_i > 0
-    o = acc / tl.where(has, l_i, 1.0)[:, None]
-    lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-    tok64 = tok.to(tl.int64)
-    tl.store(O + b64 * sob + tok64[:, None] * sot + hq[:, None] * soh + offs_dv[None, :] * sod,
-             o.to(O.dtype.element_ty), mask=ok[:, None] & (offs_dv[None, :] < DV))
-    tl.store(LSE + (b64 * T + tok64) * (H * G) + hq, lse, mask=ok)
