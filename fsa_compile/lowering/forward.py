@@ -122,7 +122,8 @@ def _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse):
             return
         # The layout takes no bulk copies: with plain loads the shared tiles were slower than
         # one-token tiles (measured H200, G = 16: 18.5 against 15.1 ms), so those run instead.
-        plan = dataclasses.replace(plan, nsa_shared=False, nsa_tok=1, nsa_rows=_p2(G), nsa_maxnreg=0)
+        plan = dataclasses.replace(plan, nsa_shared=False, nsa_tok=1, nsa_rows=_p2(G), nsa_maxnreg=0,
+                                   nsa_tma=False)
     tok = plan.nsa_tok
     rows = max(plan.nsa_rows, _p2(tok * G))
     union = tok > 1

@@ -14,6 +14,21 @@ def mma(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def block_tile(DESC, base, b, h, row0, kpos64, kmask, st, sd, W: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, TMA: tl.constexpr):
+    """One key block's ``[BLOCK_N, BLOCK_W]`` tile of K or V (rows from ``row0``): one bulk copy
+    through the descriptor ``DESC`` over ``[B, T, H, W]``, or masked loads from ``base`` (rows
+    ``kpos64`` where ``kmask``, stride ``st``; columns of stride ``sd``). Rows and columns out of
+    range read as zeros either way."""
+    if TMA:
+        return tl.reshape(DESC.load([b, row0, h, 0]), [BLOCK_N, BLOCK_W])
+    else:
+        offs_w = tl.arange(0, BLOCK_W)
+        return tl.load(base + kpos64[:, None] * st + offs_w[None, :] * sd,
+                       mask=kmask[:, None] & (offs_w[None, :] < W), other=0.0)
+
+
+@triton.jit
 def softmax_probs(s, m_i, l_i, w, WEIGHTED: tl.constexpr):
     """The online softmax's step over one block, up to the product with its values: ``s`` masked
     scores in the log2 domain (``-inf`` where not visible); ``WEIGHTED`` scales each row's

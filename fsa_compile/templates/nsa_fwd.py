@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import mma, softmax_probs, store_rows
+from .common import block_tile, mma, softmax_probs, store_rows
 
 
 @triton.jit
@@ -59,7 +59,6 @@ def nsa_fwd_kernel(
             hq = h * G + rows % G
             row_ok = (rows < TOK * G) & (tok < T)
             offs_d = tl.arange(0, BLOCK_D)
-            offs_dv = tl.arange(0, BLOCK_DV)
             offs_n = tl.arange(0, BLOCK_N)
 
             b64 = b.to(tl.int64)
@@ -97,22 +96,16 @@ def nsa_fwd_kernel(
                 kpos = blk * BS + offs_n
                 kmask = (offs_n < BS) & (kpos < T) & (kpos >= 0)  # kpos < 0: padding slot
                 kpos64 = kpos.to(tl.int64)
-                if TMA:  # one bulk copy of the [BLOCK_N, BLOCK_D] tile; out of range reads zeros
-                    k = tl.reshape(K_DESC.load([b, blk * BS, h, 0]), [BLOCK_N, BLOCK_D])
-                else:
-                    k = tl.load(k_base + kpos64[:, None] * skt + offs_d[None, :] * skd,
-                                mask=kmask[:, None] & (offs_d[None, :] < D), other=0.0)
+                k = block_tile(K_DESC, k_base, b, h, blk * BS, kpos64, kmask, skt, skd, D, BLOCK_N,
+                               BLOCK_D, TMA)
                 s = mma(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
                 valid = row_sel[:, None] & kmask[None, :]
                 if CAUSAL:
                     valid = valid & (kpos[None, :] <= tok[:, None])
                 s = tl.where(valid, s, float("-inf"))
                 m_i, l_i, alpha, p = softmax_probs(s, m_i, l_i, w, UNION)
-                if TMA:
-                    v = tl.reshape(V_DESC.load([b, blk * BS, h, 0]), [BLOCK_N, BLOCK_DV])
-                else:
-                    v = tl.load(v_base + kpos64[:, None] * svt + offs_dv[None, :] * svd,
-                                mask=kmask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+                v = block_tile(V_DESC, v_base, b, h, blk * BS, kpos64, kmask, svt, svd, DV, BLOCK_N,
+                               BLOCK_DV, TMA)
                 acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, PRECISION, UPCAST)
 
             store_rows(O, LSE, b64, tok, hq, row_ok, m_i, l_i, acc, T, H, sob, sot, soh, sod,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import mma, softmax_probs, store_rows
+from .common import block_tile, mma, softmax_probs, store_rows
 
 
 @triton.jit
@@ -29,19 +29,11 @@ def _kv_tiles(K_DESC, V_DESC, k_base, v_base, b, h, blk, T, skt, skd, svt, svd,
               BS: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
               DV: tl.constexpr, BLOCK_DV: tl.constexpr, TMA: tl.constexpr):
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
     kpos = blk * BS + offs_n
     kmask = (offs_n < BS) & (kpos < T) & (kpos >= 0)
-    if TMA:  # out-of-range rows and columns read as zeros, as the masked loads do
-        k = tl.reshape(K_DESC.load([b, blk * BS, h, 0]), [BLOCK_N, BLOCK_D])
-        v = tl.reshape(V_DESC.load([b, blk * BS, h, 0]), [BLOCK_N, BLOCK_DV])
-    else:
-        kpos64 = kpos.to(tl.int64)
-        k = tl.load(k_base + kpos64[:, None] * skt + offs_d[None, :] * skd,
-                    mask=kmask[:, None] & (offs_d[None, :] < D), other=0.0)
-        v = tl.load(v_base + kpos64[:, None] * svt + offs_dv[None, :] * svd,
-                    mask=kmask[:, None] & (offs_dv[None, :] < DV), other=0.0)
+    kpos64 = kpos.to(tl.int64)
+    k = block_tile(K_DESC, k_base, b, h, blk * BS, kpos64, kmask, skt, skd, D, BLOCK_N, BLOCK_D, TMA)
+    v = block_tile(V_DESC, v_base, b, h, blk * BS, kpos64, kmask, svt, svd, DV, BLOCK_N, BLOCK_DV, TMA)
     return k, v, kpos, kmask
 
 
