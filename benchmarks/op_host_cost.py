@@ -3,7 +3,11 @@ shapes: short sequences are bound by it. Each piece is timed on its own (calls t
 the GPU is done, at a T where the GPU work is tiny), then a cProfile of a few forward+backward
 calls sorted by own time.
 
-    python benchmarks/op_host_cost.py [--T 1024] [--rows 30] [--calls 100]
+    python benchmarks/op_host_cost.py [--T 1024] [--G 4] [--D 64] [--rows 30] [--calls 100] [--kernels]
+
+``--kernels`` adds a torch.profiler table of one forward+backward call: the host ops by their
+own CPU time, and every GPU kernel with its count and device time, so that a call's wall time can
+be split into host time and device time.
 """
 import argparse
 import cProfile
@@ -55,10 +59,13 @@ def main():
     ap.add_argument("--T", type=int, default=1024)
     ap.add_argument("--rows", type=int, default=30)
     ap.add_argument("--calls", type=int, default=100)
+    ap.add_argument("--G", type=int, default=4)
+    ap.add_argument("--D", type=int, default=64)
+    ap.add_argument("--kernels", action="store_true")
     a = ap.parse_args()
     # without CUDA: a dry run of the script through the interpreter (FSA_COMPILE_INTERPRET=1)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    B, H, G, D, bs, n, T = 1, 4, 4, 64, 64, 16, a.T
+    B, H, G, D, bs, n, T = 1, 4, a.G, a.D, 64, 16, a.T
     mk = lambda *s: torch.randn(*s, device=dev, dtype=torch.bfloat16)  # noqa: E731
     q, k, v = mk(B, T, H * G, D), mk(B, T, H, D), mk(B, T, H, D)
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
@@ -104,6 +111,31 @@ def main():
     pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(a.rows)
     print(f"--- cProfile, 10 forward+backward calls at T={T}, by own time")
     print(s.getvalue(), flush=True)
+    if a.kernels:
+        kernel_table(pieces[-1][1], a.rows)
+
+
+def kernel_table(step, rows):
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    for _ in range(3):
+        step()
+    sync()
+    with profile(activities=acts) as prof:
+        for _ in range(5):
+            step()
+        sync()
+    ka = prof.key_averages()
+    print("--- torch.profiler, 5 forward+backward calls: host ops by own CPU time")
+    print(ka.table(sort_by="self_cpu_time_total", row_limit=rows), flush=True)
+    if torch.cuda.is_available():
+        kern = [e for e in ka if e.device_type == torch.autograd.DeviceType.CUDA]
+        dev_us = sum(e.self_device_time_total for e in kern) / 5
+        n = sum(e.count for e in kern) / 5
+        print(f"--- GPU kernels per call: {n:.0f} launches, {dev_us / 1e3:.3f} ms of device time")
+        for e in sorted(kern, key=lambda e: -e.self_device_time_total)[:rows]:
+            print(f"  {e.count / 5:5.1f} x {e.self_device_time_total / e.count:9.1f} us  {e.key[:90]}")
 
 
 if __name__ == "__main__":
