@@ -3,11 +3,12 @@ shapes: short sequences are bound by it. Each piece is timed on its own (calls t
 the GPU is done, at a T where the GPU work is tiny), then a cProfile of a few forward+backward
 calls sorted by own time.
 
-    python benchmarks/op_host_cost.py [--T 1024] [--G 4] [--D 64] [--rows 30] [--calls 100] [--kernels]
+    python benchmarks/op_host_cost.py [--T 1024] [--G 4] [--D 64] [--rows 30] [--calls 100] [--kernels] [--launches]
 
 ``--kernels`` adds a torch.profiler table of one forward+backward call: the host ops by their
 own CPU time, and every GPU kernel with its count and device time, so that a call's wall time can
-be split into host time and device time.
+be split into host time and device time. ``--launches`` times the host side of every Triton
+launch (``JITFunction.run``) during forward+backward calls, per kernel.
 """
 import argparse
 import cProfile
@@ -62,6 +63,7 @@ def main():
     ap.add_argument("--G", type=int, default=4)
     ap.add_argument("--D", type=int, default=64)
     ap.add_argument("--kernels", action="store_true")
+    ap.add_argument("--launches", action="store_true")
     a = ap.parse_args()
     # without CUDA: a dry run of the script through the interpreter (FSA_COMPILE_INTERPRET=1)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -111,8 +113,52 @@ def main():
     pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(a.rows)
     print(f"--- cProfile, 10 forward+backward calls at T={T}, by own time")
     print(s.getvalue(), flush=True)
+    s = io.StringIO()
+    pstats.Stats(pr, stream=s).sort_stats("cumulative").print_stats(a.rows)
+    print(f"--- the same, by cumulative time")
+    print(s.getvalue(), flush=True)
     if a.kernels:
         kernel_table(pieces[-1][1], a.rows)
+    if a.launches:
+        launch_table(pieces[-1][1], a.calls)
+
+
+def launch_table(step, calls):
+    """Host time of each Triton launch, per kernel, over ``calls`` forward+backward calls."""
+    from collections import defaultdict
+
+    from triton.runtime.jit import JITFunction
+
+    real = JITFunction.run
+    spent = defaultdict(float)
+    count = defaultdict(int)
+
+    def timed(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            name = getattr(self, "__name__", "?")
+            spent[name] += time.perf_counter() - t0
+            count[name] += 1
+
+    for _ in range(3):
+        step()
+    sync()
+    JITFunction.run = timed
+    try:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            step()
+        host = (time.perf_counter() - t0) / calls
+        sync()
+    finally:
+        JITFunction.run = real
+    total = sum(spent.values()) / calls
+    print(f"--- Triton launches per forward+backward call: {sum(count.values()) / calls:.0f}, "
+          f"{total * 1e3:.3f} of the call's {host * 1e3:.3f} ms of host time")
+    for name in sorted(spent, key=lambda k: -spent[k]):
+        print(f"  {count[name] / calls:4.1f} x {spent[name] / count[name] * 1e6:7.1f} us  {name}")
 
 
 def kernel_table(step, rows):

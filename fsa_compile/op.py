@@ -130,6 +130,11 @@ def _(do, dlse, q, k, v, o, lse, block_indices, block_size, scale, causal, count
 def _setup_context(ctx, inputs, output):
     q, k, v, block_indices, block_size, scale, causal, count_duplicates, on_out_of_range, strategy = inputs
     o, lse, offsets, entries = output
+    # The index outputs carry no gradient, and an output nobody differentiates (usually lse) is
+    # handed to the backward as None rather than as a zero tensor: no fills, and the backward
+    # then skips the lse term instead of adding zeros.
+    ctx.mark_non_differentiable(offsets, entries)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(q, k, v, block_indices, o, lse, offsets, entries)
     ctx.args = (block_size, scale, causal, count_duplicates, strategy)
 

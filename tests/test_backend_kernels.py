@@ -64,6 +64,45 @@ def test_forward_hands_its_index_to_the_backward(strategy, builds, monkeypatch):
         assert (a - b).abs().max() < 2e-4
 
 
+@pytest.mark.parametrize("strategy", ["fsa", "nsa"])
+@pytest.mark.parametrize("loss_on", ["o", "lse", "both"])
+def test_an_unused_output_reaches_the_backward_as_none(strategy, loss_on, monkeypatch):
+    """An output the loss does not use comes to the backward as None, not as a zero tensor (no
+    fills; the lse term is skipped), and the gradients match the independent implementation for
+    a loss on o, on lse, or on both."""
+    import importlib
+
+    from naive import naive_selected_attention
+
+    op_mod = importlib.import_module("fsa_compile.op")
+    seen = []
+    real = op_mod._kernel_backward
+    monkeypatch.setattr(op_mod, "_kernel_backward",
+                        lambda do, *a, dlse=None, **kw: seen.append(dlse is None) or real(do, *a, dlse=dlse, **kw))
+    q, k, v, idx, bs = _small_case(12)
+    o, lse = fsa_compile.selected_attention(q, k, v, idx, bs, strategy=strategy, return_lse=True)
+    ro, rlse = naive_selected_attention(q, k, v, idx, bs)
+    g = torch.Generator().manual_seed(12)
+    w, u = torch.randn(o.shape, generator=g), torch.randn(lse.shape, generator=g)
+    # rows that see nothing have lse = -inf: weight them 0 in the lse loss (their gradient is 0)
+    u = torch.where(torch.isinf(lse.detach()), 0.0, u)
+    terms = {"o": ((o * w).sum(), (ro * w.double()).sum()),
+             "lse": ((torch.where(u != 0, lse, 0.0) * u).sum(),
+                     (torch.where(u != 0, rlse, 0.0) * u.double()).sum())}
+    use = ["o", "lse"] if loss_on == "both" else [loss_on]
+    loss = sum(terms[t][0] for t in use)
+    rloss = sum(terms[t][1] for t in use)
+    grads = torch.autograd.grad(loss, (q, k, v))
+    assert seen == [loss_on == "o"]  # dlse is None exactly when the loss does not use lse
+    rgrads = torch.autograd.grad(rloss, (q, k, v), allow_unused=True)  # lse does not read v
+    for name, a, b in zip("qkv", grads, rgrads):
+        if b is None:
+            assert name == "v" and loss_on == "lse" and torch.all(a == 0)
+            continue
+        assert a.abs().max() > 0
+        assert (a.double() - b).abs().max() < 2e-4
+
+
 def test_saved_index_gives_the_same_gradients_bitwise():
     """The forward's index (binned by chunk: here three chunks) in the backward gives exactly the
     gradients of the backward's own index, at every chunking of the backward."""
