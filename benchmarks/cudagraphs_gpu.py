@@ -5,6 +5,11 @@ first-step loss of each (the same weights and batch, so they must agree), and In
 of graphs it could not capture.
 
     python benchmarks/cudagraphs_gpu.py [--T 4096,8192,16384,32768] [--steps 10]
+        [--models fsa,dense] [--modes default,reduce-overhead] [--profile] [--old-autograd]
+
+``--profile`` prints a torch.profiler table of three training steps per run and Inductor's
+cudagraph counters; ``--old-autograd`` runs the op with its autograd context as before
+2026-12-01's sixth session (zero gradients materialised for unused outputs), for an A/B.
 """
 import argparse
 import sys
@@ -18,7 +23,7 @@ import fsa_compile  # noqa: E402,F401
 from nsa_model import NSAConfig, NSAModel  # noqa: E402
 
 
-def run(T, attention, backend, mode, steps):
+def run(T, attention, backend, mode, steps, profile=False):
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -61,20 +66,51 @@ def run(T, attention, backend, mode, steps):
         torch.cuda.synchronize()
         prefill = (time.perf_counter() - t0) / steps
     skips = sum(counters["inductor"].get(k, 0) for k in counters["inductor"] if "cudagraph_skip" in k)
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as prof_ctx
+
+        with prof_ctx(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+        print(f"--- T={T} {attention} {mode}: 3 training steps")
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25), flush=True)
+        print("cudagraph counters:", {k: v for k, v in counters["inductor"].items() if "cudagraph" in k},
+              flush=True)
     return loss0, train * 1e3, prefill * 1e3, skips
+
+
+def use_old_autograd_context():
+    import importlib
+
+    opdef = importlib.import_module("fsa_compile.op")._selected_attention
+    real = opdef._setup_context_fn
+
+    def setup(ctx, inputs, output):
+        real(ctx=ctx, inputs=inputs, output=output)
+        ctx.set_materialize_grads(True)
+
+    opdef._setup_context_fn = setup
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", default="4096,8192,16384,32768")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--models", default="fsa,dense")
+    ap.add_argument("--modes", default="default,reduce-overhead")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--old-autograd", action="store_true")
     args = ap.parse_args()
+    if args.old_autograd:
+        use_old_autograd_context()
+    models = [m for m in (("fsa", "nsa", "fsa"), ("dense", "dense", "inductor")) if m[0] in args.models.split(",")]
     rows = []
     for T in (int(t) for t in args.T.split(",")):
-        for name, attention, backend in (("fsa", "nsa", "fsa"), ("dense", "dense", "inductor")):
-            for mode in ("default", "reduce-overhead"):
+        for name, attention, backend in models:
+            for mode in args.modes.split(","):
                 try:
-                    r = run(T, attention, backend, mode, args.steps)
+                    r = run(T, attention, backend, mode, args.steps, args.profile)
                 except Exception as e:  # noqa: BLE001
                     r = (float("nan"),) * 3 + (f"FAILED {type(e).__name__}: {str(e)[:150]}",)
                 rows.append((T, name, mode) + r)
