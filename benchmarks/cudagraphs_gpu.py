@@ -5,11 +5,14 @@ first-step loss of each (the same weights and batch, so they must agree), and In
 of graphs it could not capture.
 
     python benchmarks/cudagraphs_gpu.py [--T 4096,8192,16384,32768] [--steps 10]
-        [--models fsa,dense] [--modes default,reduce-overhead] [--profile] [--old-autograd]
+        [--models fsa,dense] [--modes default,reduce-overhead] [--profile] [--old-autograd] [--why]
 
 ``--profile`` prints a torch.profiler table of three training steps per run and Inductor's
 cudagraph counters; ``--old-autograd`` runs the op with its autograd context as before
 2026-12-01's sixth session (zero gradients materialised for unused outputs), for an A/B.
+``--why`` prints, for every graph Inductor compiles, what its CUDA-graph wrapping step saw (the
+reasons it records for not capturing, the partitions): with graph partitions torch drops a graph
+that has such reasons silently, with no log line and no skip counted.
 """
 import argparse
 import sys
@@ -80,6 +83,30 @@ def run(T, attention, backend, mode, steps, profile=False):
     return loss0, train * 1e3, prefill * 1e3, skips
 
 
+def report_cudagraph_decisions():
+    from torch._inductor import output_code
+
+    def wrap(name):
+        real = getattr(output_code, name)
+
+        def post_compile(example_inputs, compiled_graph, cudagraphs, *rest):
+            info = compiled_graph.cudagraph_info
+            print(f"[why] {name}: backward={compiled_graph.fx_kwargs.get('is_backward')} "
+                  f"inference={compiled_graph.fx_kwargs.get('is_inference')} "
+                  f"cudagraphs={bool(cudagraphs)} "
+                  f"fail_reasons={info.cudagraph_fail_reasons if info else None} "
+                  f"disabled_reason={compiled_graph.disabled_cudagraphs_reason!r} "
+                  f"partitions={None if compiled_graph.partition_maps is None else len(compiled_graph.partition_maps)}",
+                  flush=True)
+            return real(example_inputs, compiled_graph, cudagraphs, *rest)
+
+        setattr(output_code, name, post_compile)
+
+    for name in ("cudagraph_post_compile", "cudagraph_partition_post_compile"):
+        if hasattr(output_code, name):
+            wrap(name)
+
+
 def use_old_autograd_context():
     import importlib
 
@@ -101,7 +128,10 @@ def main():
     ap.add_argument("--modes", default="default,reduce-overhead")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--old-autograd", action="store_true")
+    ap.add_argument("--why", action="store_true")
     args = ap.parse_args()
+    if args.why:
+        report_cudagraph_decisions()
     if args.old_autograd:
         use_old_autograd_context()
     models = [m for m in (("fsa", "nsa", "fsa"), ("dense", "dense", "inductor")) if m[0] in args.models.split(",")]
