@@ -162,7 +162,11 @@ class NSAAttention(nn.Module):
 
         def keys(x):  # [B, T, H, D] -> [B * nc, H, L, D]
             x = F.pad(x, (0, 0, 0, 0, 0, pad))
-            return x.unfold(1, L, qc).transpose(-1, -2).reshape(B * nc, c.kv_heads, L, D)
+            w = x.unfold(1, L, qc).transpose(-1, -2).reshape(B * nc, c.kv_heads, L, D)
+            # The windows overlap in memory. Saved for the backward as such, they keep torch 2.11's
+            # CUDA graphs (mode="reduce-overhead") off the whole backward ("complex memory
+            # overlap"), so with gradients they are copied (3x K and V, ~0.1 ms at 32K).
+            return w.contiguous() if torch.is_grad_enabled() else w
 
         r = torch.arange(qc, device=q.device).view(qc, 1)
         j = torch.arange(L, device=q.device).view(1, L)

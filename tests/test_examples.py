@@ -85,6 +85,33 @@ def test_model_sliding_branch_is_causal_window_attention(B, T, window, win_chunk
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_model_sliding_branch_hands_sdpa_keys_that_do_not_overlap_when_training(monkeypatch):
+    """With gradients, the sliding branch's key/value windows reach SDPA (which saves them for the
+    backward) as tensors whose elements do not overlap in memory: saved overlapping windows keep
+    torch 2.11's CUDA graphs off the whole backward. Without gradients the view is kept."""
+    import nsa_model
+    from nsa_model import NSAAttention, NSAConfig
+
+    seen = []
+    real = nsa_model.F.scaled_dot_product_attention
+
+    def spy(q, k, v, *a, **kw):
+        seen.append(max(torch._debug_has_internal_overlap(k), torch._debug_has_internal_overlap(v)))
+        return real(q, k, v, *a, **kw)
+
+    monkeypatch.setattr(nsa_model.F, "scaled_dot_product_attention", spy)
+    attn = NSAAttention(NSAConfig(dim=64, heads=4, kv_heads=2, head_dim=16, window=32, win_chunk=16,
+                                  win_chunk_no_grad=16))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 100, h, 16, generator=g, requires_grad=True) for h in (4, 2, 2))
+    attn.sliding(q, k, v)
+    assert seen == [0, 0]  # the first window's causal call, then the chunked one: no overlap
+    seen.clear()
+    with torch.no_grad():
+        attn.sliding(q, k, v)
+    assert seen[0] == 0 and seen[1] != 0  # the prefill keeps the overlapping windows as a view
+
+
 @settings(max_examples=20, deadline=None)
 @given(B=st.integers(1, 2), T=st.integers(1, 300),
        blocks=st.sampled_from([(8, 4), (32, 16), (4, 4), (3, 4), (6, 4), (9, 2), (5, 3), (1, 1)]))
