@@ -165,7 +165,7 @@ class NSAAttention(nn.Module):
             w = x.unfold(1, L, qc).transpose(-1, -2).reshape(B * nc, c.kv_heads, L, D)
             # The windows overlap in memory. Saved for the backward as such, they keep torch 2.11's
             # CUDA graphs (mode="reduce-overhead") off the whole backward ("complex memory
-            # overlap"), so with gradients they are copied (3x K and V, ~0.1 ms at 32K).
+            # overlap"), so with gradients they are copied (3x the bytes of K and V).
             return w.contiguous() if torch.is_grad_enabled() else w
 
         r = torch.arange(qc, device=q.device).view(qc, 1)
