@@ -213,29 +213,55 @@ def _ints(s):
     return [int(x.lower().replace("k", "")) * (1024 if "k" in x.lower() else 1) for x in s.split(",")]
 
 
+def int_list(s: str):
+    """argparse type: ``8K,64K`` or ``4096,8192`` -> positive ints, a clear error otherwise."""
+    try:
+        vals = _ints(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of integers (e.g. 8K,64K)")
+    if any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"{s!r}: every value must be at least 1")
+    return vals
+
+
+def choice_list(choices):
+    """argparse type: a comma-separated list, each item one of ``choices``."""
+    def parse(s: str):
+        items = [x for x in s.split(",") if x]
+        bad = [x for x in items if x not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"{s!r}: choose a comma-separated list from {', '.join(choices)}")
+        return items
+
+    return parse
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fsa_compile bench", description=__doc__.splitlines()[0])
-    p.add_argument("--T", default="8K,16K,32K,64K", help="sequence lengths, e.g. 8K,64K")
-    p.add_argument("--G", default="1,2,4,8,16", help="query heads per KV head")
-    p.add_argument("--dist", default="uniform,skewed")
-    p.add_argument("--strategies", default="fsa,nsa,auto")
-    p.add_argument("--B", type=int, default=1)
-    p.add_argument("--H", type=int, default=4)
-    p.add_argument("--D", type=int, default=128)
-    p.add_argument("--bs", type=int, default=64)
-    p.add_argument("--n", type=int, default=16)
+    from .lowering.plan import STRATEGIES
+
+    p = argparse.ArgumentParser(prog="python -m fsa_compile bench", description=__doc__.splitlines()[0],
+                                epilog="python -m fsa_compile bench --e2e --help: the example NSA model per backend")
+    p.add_argument("--T", type=int_list, default="8K,16K,32K,64K", help="sequence lengths (default %(default)s)")
+    p.add_argument("--G", type=int_list, default="1,2,4,8,16", help="query heads per KV head (default %(default)s)")
+    p.add_argument("--dist", type=choice_list(("uniform", "skewed")), default="uniform,skewed",
+                   help="selection distributions, DESIGN.md section 5 (default %(default)s)")
+    p.add_argument("--strategies", type=choice_list(tuple(s for s in STRATEGIES if s != "reference")),
+                   default="fsa,nsa,auto", help="kernel strategies timed beside dense SDPA (default %(default)s)")
+    p.add_argument("--B", type=int, default=1, help="batch (default %(default)s)")
+    p.add_argument("--H", type=int, default=4, help="KV heads (default %(default)s)")
+    p.add_argument("--D", type=int, default=128, help="head dim (default %(default)s)")
+    p.add_argument("--bs", type=int, default=64, help="block size (default %(default)s)")
+    p.add_argument("--n", type=int, default=16, help="selected blocks per query (default %(default)s)")
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     p.add_argument("--no-bwd", dest="bwd", action="store_false", help="skip forward+backward")
-    p.add_argument("--json", default=None)
-    p.add_argument("--plot", default=None)
+    p.add_argument("--json", default=None, help="write the rows here (after every config)")
+    p.add_argument("--plot", default=None, help="save a plot (PNG) of forward ms vs T per G here (matplotlib)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("fsa_compile bench needs a CUDA GPU (none found); nothing was measured.", file=sys.stderr)
         return 2
     want_plot = plot_wanted(args.plot)
-    Ts, Gs = _ints(args.T), _ints(args.G)
-    dists = args.dist.split(",")
-    strategies = args.strategies.split(",")
+    Ts, Gs, dists, strategies = args.T, args.G, args.dist, args.strategies
 
     def log(msg):
         print(msg, flush=True)

@@ -124,9 +124,13 @@ def table(results, Ts, backends) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fsa_compile bench --e2e", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--T", default="4096,8192,16384,32768", help="comma-separated sequence lengths")
-    ap.add_argument("--backends", default=",".join(BACKENDS))
-    ap.add_argument("--steps", type=int, default=5)
+    from .bench import choice_list, int_list
+
+    ap.add_argument("--T", type=int_list, default="4096,8192,16384,32768",
+                    help="sequence lengths, e.g. 4096,32K (default %(default)s)")
+    ap.add_argument("--backends", type=choice_list(BACKENDS), default=",".join(BACKENDS),
+                    help="default %(default)s")
+    ap.add_argument("--steps", type=int, default=5, help="timed training steps (default %(default)s)")
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=16)
@@ -152,11 +156,7 @@ def main(argv=None) -> int:
 
     want_plot = plot_wanted(args.plot)
     nsa_model = _examples()
-    Ts = [int(t) for t in args.T.split(",")]
-    backends = [b for b in args.backends.split(",") if b]
-    for b in backends:
-        if b not in BACKENDS:
-            raise SystemExit(f"unknown backend {b!r}; choose from {BACKENDS}")
+    Ts, backends = args.T, args.backends
     cfg_kw = dict(dim=args.dim, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim)
     device, dtype = torch.device("cuda"), torch.bfloat16
     print(f"e2e: {torch.cuda.get_device_name()}, bf16, batch 1, model {cfg_kw}", flush=True)

@@ -177,6 +177,14 @@ def test_e2e_bench_needs_a_gpu(capsys):
     assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
+def test_e2e_bench_rejects_an_unknown_backend(capsys):
+    from fsa_compile import bench_e2e
+
+    with pytest.raises(SystemExit) as e:
+        bench_e2e.main(["--backends", "fsa,flash"])
+    assert e.value.code == 2 and "eager, inductor, fsa, dense" in capsys.readouterr().err
+
+
 def test_e2e_bench_script_runs_on_a_tiny_cpu_model():
     from fsa_compile import bench_e2e
 

@@ -267,6 +267,27 @@ def test_bench_needs_cuda(capsys):
     assert "CUDA" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--T", "8X"], "not a comma-separated list of integers"),
+    (["--G", "0"], "at least 1"),
+    (["--dist", "uniform,zipf"], "uniform, skewed"),
+    (["--strategies", "fsa,reference"], "auto, fsa, nsa"),
+])
+def test_bench_rejects_bad_arguments_before_it_looks_for_a_gpu(args, says, capsys):
+    from fsa_compile.bench import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_bench_lists_parse_lengths_with_k():
+    from fsa_compile.bench import choice_list, int_list
+
+    assert int_list("8K,1k,300") == [8192, 1024, 300]
+    assert choice_list(("a", "b"))("b,a") == ["b", "a"]
+
+
 def test_bench_table_has_the_backward_memory_column():
     from fsa_compile.bench import table
 
