@@ -1,0 +1,40 @@
+"""Loss curves of examples/train.py runs (``--log-json``) against the first one given.
+
+    python benchmarks/compare_losses.py one_process.json two_ranks_ddp.json two_ranks_fsdp.json
+
+Prints, per run, its first and last loss and the largest and mean absolute difference to the
+first run step by step; exits with status 1 if the curves have different lengths.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def load(path):
+    with open(path) as f:
+        d = json.load(f)
+    return d, d["losses"]
+
+
+def main(paths):
+    if len(paths) < 2:
+        print(__doc__)
+        return 2
+    base, ref = load(paths[0])
+    print(f"{'run':<40} {'world':>5} {'first':>8} {'last':>8} {'max |diff|':>11} {'mean |diff|':>12}")
+    status = 0
+    for p in paths:
+        d, losses = load(p)
+        if len(losses) != len(ref):
+            print(f"{p}: {len(losses)} steps, the first run has {len(ref)}")
+            status = 1
+            continue
+        diffs = [abs(a - b) for a, b in zip(losses, ref)]
+        print(f"{p[-40:]:<40} {d.get('world', 1):>5} {losses[0]:>8.4f} {losses[-1]:>8.4f} "
+              f"{max(diffs):>11.5f} {sum(diffs) / len(diffs):>12.5f}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
