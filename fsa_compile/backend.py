@@ -54,19 +54,23 @@ def rewrite_graph(gm: fx.GraphModule, strategy: str = "auto", topk: bool = True)
 
 
 def _op_schema_pass():
-    """A post-grad pass that does nothing but put our ops' schemas into Inductor's cache keys.
+    """A post-grad pass that does nothing but put our ops' schemas and the source of their
+    definitions into Inductor's cache keys.
 
     Inductor's on-disk caches key a compiled graph on the graph, which names ops but not their
-    schemas: a graph compiled against an older fsa_compile would call ``fsa::*`` ops with the old
-    arguments (seen when the forward started returning its index)."""
+    schemas or fake implementations: a graph compiled against an older fsa_compile would call
+    ``fsa::*`` ops with the old arguments (seen when the forward started returning its index), or
+    expect the old output strides (seen when the backward's gradients became contiguous)."""
     import hashlib
+    import inspect
 
     from torch._inductor.custom_graph_pass import CustomGraphPass
 
-    from . import op, topk  # noqa: F401  (registers the ops)
+    from . import op, topk  # (registers the ops)
 
     names = ("selected_attention", "selected_attention_backward", "row_topk")
     text = "\n".join(str(getattr(torch.ops.fsa, name).default._schema) for name in names)
+    text += "".join(inspect.getsource(m) for m in (op, topk))
 
     class _OpSchemas(CustomGraphPass):
         def __call__(self, graph):
@@ -76,6 +80,20 @@ def _op_schema_pass():
             return hashlib.sha256(text.encode()).hexdigest()
 
     return _OpSchemas()
+
+
+OWN_OPTIONS = ("inner", "strategy", "topk")
+
+
+def _check_inductor_keys(opts: dict) -> None:
+    """The keys left after the backend's own are Inductor config patches: name a misspelling
+    before Inductor fails on it deep inside the compile."""
+    from torch._inductor import config
+
+    bad = [k for k in opts if not hasattr(config, k.split(".")[0])]
+    if bad:
+        raise ValueError(f"fsa backend: unknown option(s) {bad}: the backend's own are {OWN_OPTIONS}, "
+                         "every other key must be a torch._inductor.config setting")
 
 
 def fsa_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None, mode: str | None = None):
@@ -91,6 +109,7 @@ def fsa_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None,
 
     if strategy not in STRATEGIES:
         raise ValueError(f"fsa backend: options['strategy'] must be one of {STRATEGIES}, got {strategy!r}")
+    _check_inductor_keys(opts)
     rewrite_graph(gm, strategy, topk)
     if inner == "eager":
         return gm.forward

@@ -73,6 +73,8 @@ def _selected_attention(
         o, lse = reference.reference_forward(q, k, v, idx, block_size, scale, causal)
     else:
         o, lse, index = _kernel_forward(q, k, v, idx, block_size, scale, causal, plan, keep_index=True)
+    # contiguous whatever the inputs' strides: the fake implementation promises that to Inductor
+    o, lse = o.contiguous(), lse.contiguous()
     off_shape, ent_shape = _index_shapes(q, k, block_indices, block_size, strategy)
     if off_shape == (0,):
         none = idx.new_empty(0)
@@ -117,14 +119,18 @@ def _selected_attention_backward(
     plan = plan_for(q, k, v, idx, block_size, causal, strategy)
     # A gradient on lse (d lse / d s = p) only shifts delta = rowsum(dO * O); both paths take it.
     if plan.strategy == "reference":
-        return reference.reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, dlse=dlse)
-    index = (offsets, entries) if entries.numel() else None
-    return _kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan, dlse=dlse, index=index)
+        grads = reference.reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, dlse=dlse)
+    else:
+        index = (offsets, entries) if entries.numel() else None
+        grads = _kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan, dlse=dlse, index=index)
+    # contiguous, as the fake implementation says, whatever the strides of q, k, v (a transposed
+    # [B, H, T, D] input): Inductor checks a custom op's outputs against its fake strides
+    return tuple(g.contiguous() for g in grads)
 
 
 @_selected_attention_backward.register_fake
 def _(do, dlse, q, k, v, o, lse, block_indices, block_size, scale, causal, count_duplicates, strategy, offsets, entries):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):

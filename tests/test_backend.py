@@ -180,3 +180,9 @@ def test_inductor_cache_keys_carry_our_op_schemas(monkeypatch):
     torch.compile(selected_attention_gather, backend="fsa",
                   options={"post_grad_custom_post_pass": mine})(q, k, v, idx, bs)
     assert seen[-1]["post_grad_custom_post_pass"] is mine
+
+
+def test_a_misspelled_option_is_named():
+    f = torch.compile(lambda x: x + 1, backend="fsa", options={"strategies": "nsa"})
+    with pytest.raises(Exception, match=r"unknown option\(s\) \['strategies'\].*'inner', 'strategy', 'topk'"):
+        f(torch.ones(2))
