@@ -27,7 +27,8 @@ def variant(q, k, v, block_indices, block_size, *, change=None):
         idx = idx.clamp(max=(T + block_size - 1) // block_size - 1)  # out of range -> the last block
     offs = torch.arange(block_size)
     tok = (idx.unsqueeze(-1) * block_size + offs).flatten(-2)
-    pad = (idx < 0).unsqueeze(-1).expand(*idx.shape, block_size).flatten(-2)
+    pad = ((idx == -1) if change == "padding_is_minus_one" else (idx < 0)).unsqueeze(-1).expand(
+        *idx.shape, block_size).flatten(-2)
     t_pos = torch.arange(T).view(1, T, 1, 1)
     future = tok > t_pos
     if change == "sliding_window":
@@ -40,17 +41,32 @@ def variant(q, k, v, block_indices, block_size, *, change=None):
         safe = safe.long()
     b_idx = torch.arange(B).view(B, 1, 1, 1)
     h_idx = torch.arange(H).view(1, 1, H, 1)
+    if change == "permuted_head_dim":
+        d = torch.arange(D)
+        k = k[..., torch.where((d == 1) | (d == 2), 3 - d, d)]  # two inner head-dim columns swapped
+    if change == "value_updated_in_place":
+        v = v.clone()
+        v.add_(1.0)
     k_sel = k[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
     v_safe = (safe + 1).clamp(max=T - 1) if change == "values_shifted" else safe
     v_sel = v[b_idx, v_safe, h_idx].repeat_interleave(G, dim=2)
-    s = torch.einsum("bthd,bthsd->bths", q, k_sel) * D**-0.5
+    s = torch.einsum("bthd,bthsd->bths", q, k_sel)
+    if change == "scale_in_place":
+        s.div_(D**0.5)  # an update the pass does not follow: the scale must not be lost
+    else:
+        s = s * D**-0.5
     if change == "extra_op_in_scores":
         s = torch.tanh(s)  # a soft cap between the product and the softmax
     if change == "per_head_scale":
         s = s * torch.linspace(0.5, 1.0, HQ).view(1, 1, HQ, 1)
     fill = -1e4 if change == "finite_fill" else NEG_INF
     s = s.masked_fill(masked.repeat_interleave(G, dim=2), fill)
-    p = torch.softmax(s, dim=-1)
+    if change == "attention_sink":  # a zero logit in every row, dropped after the softmax
+        p = torch.softmax(torch.nn.functional.pad(s, (0, 1)), dim=-1)[..., :-1]
+    else:
+        p = torch.softmax(s, dim=-1)
+    if change == "scaled_probabilities":
+        p = p * 0.5
     if change == "extra_op_after_softmax":
         p = p * 0.9 + 0.1 / p.shape[-1]  # smoothing between the softmax and the product
     return torch.einsum("bths,bthsd->bthd", p, v_sel)
@@ -67,6 +83,13 @@ MISSES = {
     "extra_op_after_softmax": "cannot follow the subgraph",
     "clamp_block_indices": "neither rejected nor dropped",
     "float_indices": "give block indices an integer dtype",
+    # found by an adversarial review (2026-12-01): each was rewritten and computed something else
+    "scaled_probabilities": "probabilities are multiplied by 0.5 before the output product",
+    "attention_sink": "of the softmax row's",
+    "padding_is_minus_one": "padding) block indices are not masked out",
+    "value_updated_in_place": "after the in-place update",
+    "scale_in_place": "after the in-place update",
+    "permuted_head_dim": "does not pair a query with keys",
 }
 
 

@@ -48,6 +48,17 @@ def decode(layout: tuple, coords: tuple, G: int = 1, D: int = 1) -> dict:
     return r
 
 
+def with_d(layout: tuple, coords: tuple, d: int, D: int) -> tuple:
+    """``coords`` with the head-dim coordinate set to ``d`` (also inside a merged ``heads * D``)."""
+    out = list(coords)
+    for i, role in enumerate(layout):
+        if role == "d":
+            out[i] = d
+        elif role in MERGED:
+            out[i] = out[i] // D * D + d
+    return tuple(out)
+
+
 def sizes(layout: tuple, shape: tuple, D: int = 1) -> dict:
     """Sizes of the roles; a merged dim must be a multiple of the head dim ``D``."""
     z = dict(zip(layout, shape))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import sympy
@@ -10,7 +11,7 @@ from torch import fx
 from torch.fx.experimental.symbolic_shapes import guard_bool, guard_int
 
 from . import rewrite, softmax_attention, topk
-from .ops import example_value, substituted
+from .ops import concrete, example_value, substituted
 from .points import mutations
 
 log = logging.getLogger("fsa_compile")
@@ -91,9 +92,37 @@ def _t_symbol(m):
     return size if isinstance(size, torch.SymInt) else None
 
 
+# A match is checked again at a length past the constants its checks read; past this bound the
+# check's random tables get large, so T stays fixed instead (it then recompiles per length).
+LONGEST_RECHECK = 1 << 16
+
+
+def _constants(nodes, t_symbol) -> list:
+    """Magnitudes of the numbers ``nodes`` compute with: int and finite float arguments, and the
+    values of scalar inputs (a window passed as an argument) other than those made from T."""
+    out = []
+    for n in nodes:
+        for x in list(n.args) + list(n.kwargs.values()):
+            for a in (x if isinstance(x, (list, tuple)) else (x,)):
+                if isinstance(a, fx.Node):
+                    ev = example_value(a)
+                    if isinstance(ev, (torch.SymInt, torch.SymFloat)):
+                        if t_symbol in ev.node.expr.free_symbols:
+                            continue
+                        a = concrete(ev)
+                    elif isinstance(ev, (int, float)):
+                        a = ev
+                    else:
+                        continue
+                if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
+                    continue
+                out.append(math.ceil(abs(a)))
+    return out
+
+
 def _same_at_another_length(gm: fx.GraphModule, anchor, m) -> bool:
     """Under dynamic shapes the graph will run at other sequence lengths: verify the match again
-    at a longer one (past every constant of the graph, so that a window of a fixed size, say,
+    at a longer one (past every constant the checks read, so that a window of a fixed size, say,
     shows), with the sizes the graph computes from T. False if it does not hold there."""
     size = _t_symbol(m)
     if size is None:
@@ -101,9 +130,9 @@ def _same_at_another_length(gm: fx.GraphModule, anchor, m) -> bool:
     expr = size.node.shape_env.replace(size.node.expr)
     if not isinstance(expr, sympy.Symbol):
         return False
-    consts = [a for n in gm.graph.nodes for x in list(n.args) + list(n.kwargs.values())
-              for a in (x if isinstance(x, (list, tuple)) else (x,)) if isinstance(a, int) and not isinstance(a, bool)]
-    big = max([c for c in consts if c <= 4096] + [m.block_size, m.T])
+    big = max(_constants(m.visited, expr) + [m.block_size])
+    if big > LONGEST_RECHECK:
+        return False
     alt = max(2 * m.T + 1, 2 * big + 3)
     try:
         with substituted({expr: alt}):

@@ -52,7 +52,7 @@ _FUNCTIONS: dict[Any, str] = {
     torch.scatter: "scatter",
     torch._C._nn.pad: "pad", F.pad: "pad", torch.constant_pad_nd: "pad",
     F.scaled_dot_product_attention: "sdpa",
-    torch.topk: "topk",
+    torch.topk: "topk", torch.detach: "detach",
 }
 
 _METHODS: dict[str, str] = {
@@ -60,7 +60,7 @@ _METHODS: dict[str, str] = {
     "unsqueeze": "unsqueeze", "squeeze": "squeeze",
     "transpose": "transpose", "swapaxes": "transpose", "swapdims": "transpose", "permute": "permute",
     "expand": "expand", "expand_as": "expand_as",
-    "contiguous": "identity", "clone": "identity", "detach": "identity",
+    "contiguous": "identity", "clone": "identity", "detach": "detach",
     "float": "cast", "half": "cast", "bfloat16": "cast", "double": "cast", "to": "cast",
     "type": "cast", "type_as": "cast", "long": "cast", "int": "cast",
     "masked_fill": "masked_fill", "masked_fill_": "masked_fill",

@@ -82,6 +82,98 @@ def _mutated_base(node: fx.Node):
     return None
 
 
+# Ops whose result may share memory with their first argument: an in-place update of one is
+# seen through the others. Generous on purpose (``reshape`` may copy, ``to`` may not): a wrong
+# "aliases" only turns a rewrite into a near miss.
+_ALIAS_METHODS = {
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "unsqueeze", "squeeze",
+    "transpose", "swapaxes", "swapdims", "permute", "movedim", "moveaxis", "t", "expand", "expand_as",
+    "narrow", "select", "as_strided", "unfold", "diagonal", "chunk", "split", "unbind", "contiguous",
+    "detach", "to", "type", "type_as", "float", "half", "bfloat16", "double", "long", "int", "bool",
+}
+_ALIAS_FUNCTIONS = {
+    operator.getitem, torch.reshape, torch.flatten, torch.unflatten, torch.unsqueeze, torch.squeeze,
+    torch.transpose, torch.swapaxes, torch.swapdims, torch.permute, torch.movedim, torch.t,
+    torch.narrow, torch.select, torch.as_strided, torch.diagonal, torch.chunk, torch.split,
+    torch.unbind, torch.detach,
+}
+_IOPS = {
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
+    operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift, operator.irshift,
+    operator.imatmul,
+}
+
+
+def _alias_source(node: fx.Node):
+    if node.op == "call_method" and node.target in _ALIAS_METHODS:
+        src = node.args[0] if node.args else None
+    elif node.op == "call_function" and node.target in _ALIAS_FUNCTIONS:
+        src = node.args[0] if node.args else None
+    else:
+        return None
+    return src if isinstance(src, fx.Node) else None
+
+
+def _writes_in_place(node: fx.Node) -> bool:
+    """Whether ``node`` writes into its first argument (or into ``out=``)."""
+    if node.op not in ("call_method", "call_function") or not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    if node.op == "call_function" and node.target in _IOPS:
+        return isinstance(example_value(node.args[0]), torch.Tensor)
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return (isinstance(name, str) and name.endswith("_") and not name.startswith("__")) or bool(
+        node.kwargs.get("inplace")) or "out" in node.kwargs
+
+
+def unfollowed_reads(graph: fx.Graph) -> dict:
+    """Nodes that read a tensor after an in-place update the evaluator does not follow: reading
+    them would give the value before the update. Node -> the reason, for the near miss.
+
+    Followed are the updates :func:`mutations` lists (``mask.scatter_(...)``), read through the
+    updated tensor itself and its views; every other in-place op (``v.add_(1)``, ``s.div_(c)``,
+    ``x += y`` seen from another name of ``x``) and every update seen through another view of the
+    same memory makes the reads after it unfollowable.
+    """
+    nodes = list(graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
+    parent, children = {}, {}
+    for n in nodes:
+        src = _alias_source(n)
+        if src is not None:
+            parent[n] = src
+            children.setdefault(src, []).append(n)
+
+    def root(n):
+        while n in parent:
+            n = parent[n]
+        return n
+
+    def below(n):
+        out, stack = set(), [n]
+        while stack:
+            x = stack.pop()
+            if x not in out:
+                out.add(x)
+                stack.extend(children.get(x, ()))
+        return out
+
+    stale: dict = {}
+    for m in nodes:
+        if not (_writes_in_place(m) or _is_update(m)):
+            continue
+        x = m.args[0]
+        alias = below(root(x))
+        if _is_update(m):  # followed through x and its views; not through x's other aliases
+            alias -= below(x)
+        what = m.target if isinstance(m.target, str) else getattr(m.target, "__name__", str(m.target))
+        for a in alias:
+            for r in a.users:
+                if r is not m and order[r] > order[m] and r not in stale:
+                    stale[r] = (f"{r.name} reads {a.name} after the in-place update {m.name} ({what}) of "
+                                f"{x.name}, which the pattern does not follow")
+    return stale
+
+
 def is_symbolic(x: Any) -> bool:
     return isinstance(x, (Leaf, Scaled, Dot))
 
@@ -198,10 +290,12 @@ class Evaluator:
     softmax of the pattern); ``module`` resolves ``get_attr`` constants.
     """
 
-    def __init__(self, tables: dict, leaves: set = frozenset(), module: torch.nn.Module | None = None):
+    def __init__(self, tables: dict, leaves: set = frozenset(), module: torch.nn.Module | None = None,
+                 stale: dict | None = None):
         self.tables = tables
         self.leaves = set(leaves)
         self.module = module
+        self.stale = stale or {}  # :func:`unfollowed_reads`
         self.cache: dict = {}
         self._shapes: dict = {}  # node -> shape: sizes are read for every point, and SymInt hints are slow
         self._mutations: dict = {}
@@ -269,6 +363,8 @@ class Evaluator:
         return Leaf(node, coords)
 
     def _at(self, node: fx.Node, coords: tuple) -> Any:
+        if node in self.stale:
+            raise Unsupported(self.stale[node])
         base = _mutated_base(node)
         if base is not None and base not in self._state:
             return self.at(base, coords)  # an update's result is its tensor, read after all updates
@@ -351,6 +447,12 @@ class Evaluator:
     # elementwise ----------------------------------------------------------------------------------
     def _op_identity(self, node, call, coords):
         return self.at(call.args[0], coords)
+
+    def _op_detach(self, node, call, coords):
+        # Index arithmetic passes through; data stops here, so that a rewrite reads the detached
+        # tensor (and, like the user's code, sends it no gradient).
+        v = self.at(call.args[0], coords)
+        return Leaf(node, coords) if is_symbolic(v) else v
 
     def _op_cast(self, node, call, coords):
         v = self.at(call.args[0], coords)

@@ -32,7 +32,8 @@ from torch import fx
 
 from . import layouts as L
 from .ops import canon, concrete, dtype_of, example_value, shape_of
-from .points import NEG_INF, Dot, Evaluator, Leaf, OutOfBounds, Scaled, Unsupported, is_symbolic, mutations
+from .points import (NEG_INF, Dot, Evaluator, Leaf, OutOfBounds, Scaled, Unsupported, is_symbolic, mutations,
+                     unfollowed_reads)
 
 FAMILY = "softmax-attention"
 
@@ -69,6 +70,9 @@ class Match:
     form: str
     notes: list = field(default_factory=list)
     empty_rows: str = "nan"  # what the matched code gives a query with no visible key: "nan" or "zero"
+    # the nodes the checks evaluated (with the in-place updates of them): what the verified meaning
+    # depends on, so their constants bound the lengths at which it was seen to hold
+    visited: frozenset = frozenset()
 
 
 # -- finding candidates -------------------------------------------------------------------------------
@@ -107,8 +111,8 @@ def _keepdim(call, i=2):
 
 
 def _strip(node):
-    """Skip detach/clone/contiguous."""
-    while canon(node) is not None and canon(node).name == "identity":
+    """Skip detach/clone/contiguous (a detached row max changes neither values nor gradients)."""
+    while canon(node) is not None and canon(node).name in ("identity", "detach"):
         node = node.args[0]
     return node
 
@@ -274,11 +278,19 @@ def integer_leaves(output: fx.Node, anchor: Anchor) -> list[fx.Node]:
     return leaves
 
 
-def _from_topk(node: fx.Node) -> bool:
+def _topk_len(node: fx.Node):
+    """The length of the rows a top-k picked ``node`` (its indices) from, or None."""
     if canon(node) is None or canon(node).name != "getitem" or node.args[1] != 1:
-        return False
+        return None
     src = canon(node.args[0])
-    return src is not None and src.name == "topk"
+    if src is None or src.name != "topk":
+        return None
+    top = node.args[0]
+    shp = shape_of(top.args[0])
+    dim = top.args[2] if len(top.args) > 2 else top.kwargs.get("dim", -1)
+    if shp is None or not isinstance(dim, int):
+        return None
+    return shp[dim]
 
 
 # -- the checks -------------------------------------------------------------------------------------------
@@ -295,15 +307,15 @@ def _unscale(x):
 class _Probe:
     """Point evaluation of one candidate under one selection table."""
 
-    def __init__(self, gm, anchor, output, selection, table, leaves=frozenset()):
+    def __init__(self, gm, anchor, output, selection, table, leaves=frozenset(), stale=None):
         self.anchor, self.softmax, self.output = anchor, anchor.node, output
         self.pre = anchor.pre
         if anchor.kind == "sdpa":
             self.dim = len(shape_of(anchor.node)) - 1
-            self.ev = Evaluator({selection: table}, leaves=leaves, module=gm)
+            self.ev = Evaluator({selection: table}, leaves=leaves, module=gm, stale=stale)
         else:
             self.dim = anchor.dim % len(shape_of(anchor.node))
-            self.ev = Evaluator({selection: table}, leaves={anchor.node, *leaves}, module=gm)
+            self.ev = Evaluator({selection: table}, leaves={anchor.node, *leaves}, module=gm, stale=stale)
 
     def product(self, point):
         val = self.ev.at(self.output, point)
@@ -312,9 +324,13 @@ class _Probe:
         return val
 
     def prob(self, dot, kk):
-        _, p = _unscale(dot.left(kk))
+        coef, p = _unscale(dot.left(kk))
         if not isinstance(p, Leaf) or p.node is not self.softmax:
             raise NearMiss("the left side of the output product is not the softmax row")
+        if coef != 1.0:
+            raise NearMiss(
+                f"the softmax probabilities are multiplied by {coef:g} before the output product: "
+                "only views and casts may sit between the softmax and the product")
         return p.coords
 
     def value(self, dot, kk):
@@ -362,6 +378,8 @@ class Analysis:
         self.leaves = frozenset(leaves)  # nodes read as tensors even where the evaluator could see through them
         self.swapped = False  # the score product has the keys on the left
         self.rng = random.Random(seed)
+        self.stale = unfollowed_reads(gm.graph)
+        self.visited: set = set()
         leaves = [n for n in integer_leaves(output, anchor) if len(shape_of(n)) in (3, 4)]
         if not leaves:
             raise LookupError("no block selection")  # not selected attention: leave it silently
@@ -370,12 +388,18 @@ class Analysis:
         self.selection = leaves[0]
         self.sel_shape = shape_of(self.selection)
         self.out_shape = shape_of(output)
-        self.trusted = _from_topk(self.selection)
+        self.topk_len = _topk_len(self.selection)
+
+    @property
+    def trusted(self) -> bool:
+        """Block indices from a top-k over at most ``ceil(T / bs)`` columns: in range, distinct.
+        (A top-k over more columns can give entries past the last block: those are checked.)"""
+        return self.topk_len is not None and self.topk_len <= math.ceil(self.T / self.block_size)
 
     # stage 1 + 2: structure and layouts, on an all-zeros selection (block 0 only)
     def structure(self):
         zeros = torch.zeros(self.sel_shape, dtype=torch.long)
-        probe = _Probe(self.gm, self.anchor, self.output, self.selection, zeros, self.leaves)
+        probe = _Probe(self.gm, self.anchor, self.output, self.selection, zeros, self.leaves, self.stale)
         samples = []
         for _ in range(6):
             point = tuple(self.rng.randrange(s) for s in self.out_shape)
@@ -394,8 +418,13 @@ class Analysis:
                 vl = probe.value(dot, j)
                 samples.append((point, dd, ql, kl, vl, sdot.size, S, coef * qc * kc))
                 break
+        self._seen(probe)
         if not samples:
             raise NearMiss("no query sees block 0 through this code (is the mask inverted?)")
+        if self.anchor.kind == "softmax" and shape_of(self.softmax)[probe.dim] != samples[0][6]:
+            raise NearMiss(
+                f"the output product reads {samples[0][6]} of the softmax row's {shape_of(self.softmax)[probe.dim]} "
+                "entries: the others (an attention sink, say) take probability the contract does not give")
         nodes = {(s[2].node, s[3].node, s[4].node) for s in samples}
         if len(nodes) != 1:
             raise NearMiss("queries, keys or values come from different tensors at different positions")
@@ -492,22 +521,30 @@ class Analysis:
         table = torch.randint(0, nb, shape, generator=g)
         local = torch.rand(shape, generator=g) < 0.3
         table = torch.where(local, (tpos // self.block_size - torch.randint(0, 2, shape, generator=g)).clamp(0, nb - 1), table)
-        if self.trusted:  # topk: in range, no duplicates within a row
-            keys = torch.rand(*shape[:-1], nb, generator=g).argsort(-1)[..., : shape[-1]]
-            return keys if shape[-1] <= nb else table
+        if self.trusted:  # topk over at most nb columns: in range, no duplicates within a row
+            if shape[-1] > nb:
+                return table
+            # n distinct blocks per row, in random order, without a [rows, nb] tensor (nb is large
+            # when a match is checked again at a long T)
+            n = shape[-1]
+            picks = torch.randint(0, nb - n + 1, shape, generator=g).sort(-1).values + torch.arange(n)
+            return picks.gather(-1, torch.rand(shape, generator=g).argsort(-1))
         dup = torch.rand(shape, generator=g) < 0.2
         table = torch.where(dup, table.roll(1, -1), table)
         if kind in ("padding", "out_of_range"):
             if kind == "padding":
                 odd = torch.full_like(table, -1)
                 table = torch.where(torch.rand(shape, generator=g) < 0.3, odd, table)
+                # every negative entry is padding, not only -1 (code that tests `== -1` differs)
+                forced = -torch.randint(2, nb + 3, shape, generator=g)
             else:
                 odd = nb + torch.randint(0, 3, shape, generator=g)
                 table = torch.where(torch.rand(shape, generator=g) < 0.25, odd, table)
+                forced = odd
             # at least one such entry in every row: the few rows sampled must meet one (a code that
             # clamps instead of dropping differs only where the entry is visible, e.g. at t = T-1)
             slot = torch.randint(0, shape[-1], (*shape[:-1], 1), generator=g)
-            table = table.scatter(-1, slot, odd.gather(-1, slot))
+            table = table.scatter(-1, slot, forced.gather(-1, slot))
         elif kind == "duplicates" and shape[-1] > 1:
             # two slots of every row hold the query's own block, which it always sees
             slots = torch.rand(shape, generator=g).argsort(-1)[..., :2]
@@ -536,12 +573,18 @@ class Analysis:
             raise NearMiss("the output product's length differs between rows")
         row = probe.prob(dot, 0)
         keys, scales = Counter(), set()
+        first = True
         for j in range(self.S):
+            pc = probe.prob(dot, j)
+            if pc[probe.dim] != j or any(pc[d] != row[d] for d in range(len(row)) if d != probe.dim):
+                raise NearMiss("the output product does not walk along the softmax row")
             sc = probe.score(row, j)
             if sc is None:
                 continue
             coef, sdot = sc
-            for dd in {0, self.D - 1}:
+            # every head-dim coordinate at a row's first visible key (a permuted head dim shows
+            # there), the two ends at the others
+            for dd in range(self.D) if first else {0, self.D - 1}:
                 (qc, ql_), (kc, kl_) = self._query_key(sdot, dd)
                 q = L.decode(ql, ql_.coords, self.G, self.D)
                 k = L.decode(kl, kl_.coords, 1, self.D)
@@ -554,6 +597,12 @@ class Analysis:
             v = L.decode(vl, probe.value(dot, j).coords, 1, self.Dv)
             if (v["b"], v["h"], v["t"], v["d"]) != (o["b"], o["hq"] // self.G, k["t"], o["d"]):
                 raise NearMiss("values are not read at the same positions as the keys")
+            if first:
+                for d in range(self.Dv):
+                    vd = L.decode(vl, probe.value(probe.product(L.with_d(ol, point, d, self.Dv)), j).coords, 1, self.Dv)
+                    if (vd["b"], vd["h"], vd["t"], vd["d"]) != (v["b"], v["h"], v["t"], d):
+                        raise NearMiss("the output's head dim does not read the values' head dim in order")
+            first = False
             keys[k["t"]] += 1
         return o, keys, scales
 
@@ -596,9 +645,21 @@ class Analysis:
                 return survivors
         return survivors
 
+    def _seen(self, probe):
+        for node, _ in probe.ev.cache:
+            if node not in self.visited:
+                self.visited.add(node)
+                self.visited.update(mutations(node))
+
     def _check_table(self, kind, options, rows):
         table = self._table(kind)
-        probe = _Probe(self.gm, self.anchor, self.output, self.selection, table, self.leaves)
+        probe = _Probe(self.gm, self.anchor, self.output, self.selection, table, self.leaves, self.stale)
+        try:
+            return self._check_rows(kind, options, rows, table, probe)
+        finally:
+            self._seen(probe)
+
+    def _check_rows(self, kind, options, rows, table, probe):
         survivors = list(options)
         example = None
         for point in self._rows(rows):
@@ -673,13 +734,28 @@ class Analysis:
             )
         return surv
 
+    def _out_of_range(self, surv, rows, why):
+        """Sets what the code does with entries >= ceil(T / bs) (fails: the op asserts; drops:
+        the op drops) and returns the surviving options, or raises the near miss."""
+        oob = self._check("out_of_range", surv, rows)
+        if oob == "raises":
+            self.on_out_of_range = "assert"
+            return surv
+        if oob:
+            self.on_out_of_range = "drop"
+            return oob
+        raise NearMiss(f"block indices >= ceil(T / block_size){why} are neither rejected nor dropped by this code")
+
     def _semantics(self):
         self.scales = set()
         self.last_failure = ""
         rows = 8 if self.S <= 256 else 4
         options = list(product((True, False), (True, False)))
         surv = self._check_valid("valid", options, rows)
-        if not self.trusted:
+        if self.topk_len is not None and not self.trusted:
+            # a top-k gives no negative entries, but may give entries past the last block
+            surv = self._out_of_range(surv, rows, f" (this top-k runs over {self.topk_len} columns)")
+        elif not self.trusted:
             pad = self._check("padding", surv, rows)
             if pad == "raises":
                 raise NearMiss("negative (padding) block indices make this code index out of range")
@@ -688,15 +764,7 @@ class Analysis:
                     "negative (padding) block indices are not masked out: mask them, e.g. "
                     "masked_fill(~(block_indices >= 0)...), or select with torch.topk"
                 )
-            surv = pad
-            oob = self._check("out_of_range", surv, rows)
-            if oob == "raises":
-                self.on_out_of_range = "assert"
-            elif oob:
-                self.on_out_of_range = "drop"
-                surv = oob
-            else:
-                raise NearMiss("block indices >= ceil(T / block_size) are neither rejected nor dropped by this code")
+            surv = self._out_of_range(pad, rows, "")
         else:
             self.on_out_of_range = "assert"
         if {o[1] for o in surv} == {True, False} and not self.trusted and self.n > 1:
@@ -732,7 +800,7 @@ class Analysis:
             FAMILY, self.output, self.softmax, self.q, self.k, self.v, self.selection, self.layouts,
             self.B, self.T, self.H, self.G, self.D, self.n, self.block_size, self.scale, self.causal,
             self.count_duplicates, self.on_out_of_range, form,
-            empty_rows="zero" if self.anchor.kind == "sdpa" else "nan",
+            empty_rows="zero" if self.anchor.kind == "sdpa" else "nan", visited=frozenset(self.visited),
         )
 
 
