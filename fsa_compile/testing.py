@@ -91,6 +91,8 @@ def make_selection(shape: Shape, kind: str, seed: int) -> torch.Tensor:
     extra random ``-1``; ``duplicates``: blocks drawn with repetition (own block included);
     ``empty_rows``: anything in range, so some rows select only future blocks (eager gives NaN).
     """
+    if kind not in SELECTION_KINDS:
+        raise ValueError(f"unknown selection kind {kind!r}; choose from {SELECTION_KINDS}")
     B, T, H, n, bs = shape.B, shape.T, shape.H, shape.n, shape.block_size
     nb = shape.num_blocks
     g = torch.Generator().manual_seed(seed)
@@ -121,6 +123,9 @@ def make_selection(shape: Shape, kind: str, seed: int) -> torch.Tensor:
 def selections(shape: Shape, kinds=SELECTION_KINDS):
     """Strategy of block-index tensors for ``shape`` (see :func:`make_selection`)."""
     st = _hyp()
+    bad = [k for k in kinds if k not in SELECTION_KINDS]
+    if bad:
+        raise ValueError(f"unknown selection kind(s) {bad}; choose from {SELECTION_KINDS}")
     return st.builds(lambda kind, seed: make_selection(shape, kind, seed),
                      st.sampled_from(list(kinds)), st.integers(0, 2**31 - 1))
 
@@ -140,12 +145,43 @@ def make_inputs(shape: Shape, kind: str = "unique", seed: int = 0, requires_grad
 def nsa_inputs(shape_strategy=None, kinds=("unique", "padding", "duplicates"), requires_grad: bool = False):
     """Strategy of whole cases ``(q, k, v, block_indices, block_size)`` ([B, T, H, D] layout)."""
     st = _hyp()
+    bad = [k for k in kinds if k not in SELECTION_KINDS]
+    if bad:
+        raise ValueError(f"unknown selection kind(s) {bad}; choose from {SELECTION_KINDS}")
     shape_strategy = shape_strategy if shape_strategy is not None else shapes()
     return st.builds(lambda s, kind, seed: make_inputs(s, kind, seed, requires_grad),
                      shape_strategy, st.sampled_from(list(kinds)), st.integers(0, 2**31 - 1))
 
 
 # -- the check ------------------------------------------------------------------------------------------
+
+
+class many_recompiles:
+    """Within it, Dynamo may recompile one function ``limit`` times (its default is 8).
+
+    Property tests draw new shapes, and each new block size or head count recompiles; past
+    Dynamo's limit the function silently runs eagerly, and compiled-vs-eager then compares eager
+    with itself. :func:`assert_compiled_matches_eager` uses this around its compiled call.
+    """
+
+    NAMES = ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit")
+
+    def __init__(self, limit: int = 1024):
+        self.limit = limit
+        self.saved: dict = {}
+
+    def __enter__(self):
+        cfg = torch._dynamo.config
+        for name in self.NAMES:  # the names differ between torch versions
+            if hasattr(cfg, name):
+                self.saved[name] = getattr(cfg, name)
+                setattr(cfg, name, max(self.limit, self.saved[name]))
+        return self
+
+    def __exit__(self, *exc):
+        for name, value in self.saved.items():
+            setattr(torch._dynamo.config, name, value)
+        self.saved.clear()
 
 
 class RewriteCounter:
@@ -227,7 +263,8 @@ def assert_compiled_matches_eager(
     ``rtol``/``atol`` default by dtype (:data:`TOLERANCES`). ``expect_rewrites``: the number of
     subgraphs the backend must have rewritten while compiling for this call (only checked when
     this call compiled something). ``compiled``: reuse a function already compiled with the
-    backend (saves recompiling in property tests). Returns the compiled output.
+    backend (saves recompiling in property tests). The call runs under :class:`many_recompiles`,
+    so a new shape compiles again instead of falling back to eager. Returns the compiled output.
     """
     if compiled is None:
         compiled = torch.compile(fn, backend="fsa", options=dict(backend_options or {"inner": "aot_eager"}))
@@ -253,7 +290,7 @@ def assert_compiled_matches_eager(
         ta = [a.detach().float().requires_grad_(grad) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
               for a in args]
         truth_out = fn(*ta, **kwargs)
-    with RewriteCounter() as counter:
+    with RewriteCounter() as counter, many_recompiles():
         actual = compiled(*ca, **kwargs)
     truths = _tensors(truth_out) if low else [None] * len(_tensors(expected))
     for i, (a, e, t) in enumerate(zip(_tensors(actual), _tensors(expected), truths)):

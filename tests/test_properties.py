@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fsa_compile.patterns.forms import FORMS, from_layout, to_layout
-from fsa_compile.testing import RewriteCounter, Shape, assert_compiled_matches_eager, make_inputs, shapes
+from fsa_compile.testing import (RewriteCounter, Shape, assert_compiled_matches_eager, make_inputs, many_recompiles,
+                                 shapes)
 
 FAST = {"inner": "aot_eager"}
 # CI runs a fixed set of examples (derandomized, ~3.5 min on two cores); for a longer random hunt:
@@ -33,13 +34,9 @@ _COMPILED: dict = {}
 
 @pytest.fixture(autouse=True, scope="module")
 def _many_recompiles():
-    cfg = torch._dynamo.config
-    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    old = getattr(cfg, name)
-    setattr(cfg, name, 1024)
     torch._dynamo.reset()
-    yield
-    setattr(cfg, name, old)
+    with many_recompiles():
+        yield
     torch._dynamo.reset()
 
 
@@ -231,3 +228,31 @@ def _changes_what_is_computed(change, shape):
     if change == "per_head_scale":
         return shape.H * shape.G > 1
     return True
+
+
+def test_unknown_selection_kinds_are_rejected():
+    from fsa_compile.testing import make_selection
+
+    with pytest.raises(ValueError, match="unknown selection kind 'padded'"):
+        make_selection(Shape(1, 8, 1, 1, 4, 4, 2), "padded", 0)
+    with pytest.raises(ValueError, match="unknown selection kind"):
+        selections(Shape(1, 8, 1, 1, 4, 4, 2), ("duplicate",))
+    with pytest.raises(ValueError, match="unknown selection kind"):
+        nsa_inputs(kinds=("unique", "typo"))
+
+
+def test_the_check_compiles_each_new_shape_past_dynamos_recompile_limit(monkeypatch):
+    """With Dynamo's limit at 1, a second block size would run eagerly and compare eager with
+    eager; the check lifts the limit for its call, so every shape is compiled and rewritten."""
+    cfg = torch._dynamo.config
+    for name in many_recompiles.NAMES:
+        if hasattr(cfg, name):
+            monkeypatch.setattr(cfg, name, 1)
+    torch._dynamo.reset()
+    fn = FORMS["gather_index_einsum"]
+    compiled = torch.compile(fn, backend="fsa", options=FAST, dynamic=False)
+    for bs in (4, 8, 2):
+        q, k, v, idx, _ = make_inputs(Shape(1, 16, 1, 1, 4, bs, 2), "unique", bs)
+        with RewriteCounter() as c:
+            assert_compiled_matches_eager(fn, q, k, v, idx, bs, grad=False, expect_rewrites=1, compiled=compiled)
+        assert len(c.rewrites) == 1, f"block size {bs} was not compiled"
