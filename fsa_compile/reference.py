@@ -49,9 +49,11 @@ def canonical_indices(
     idx = block_indices
     if on_out_of_range == "raise":
         if idx.numel() and bool((idx >= nb).any()):
-            bad = int(idx.max())
+            where = [int(c) for c in (idx >= nb).nonzero()[0]]
+            count = int((idx >= nb).sum())
             raise ValueError(
-                f"block_indices: entry {bad} is out of range; with T={seq_len} and "
+                f"block_indices{where} (as [b, t, h, slot]) is {int(idx[tuple(where)])}, out of range "
+                f"({count} such entr{'y' if count == 1 else 'ies'}): with T={seq_len} and "
                 f"block_size={block_size} there are {nb} blocks, so entries must be < {nb} "
                 f"(negative entries mean padding)"
             )
@@ -59,7 +61,8 @@ def canonical_indices(
         if idx.numel():
             torch._assert_async(
                 (idx < nb).all(),
-                "fsa_compile: block_indices has an entry >= ceil(T / block_size)",
+                f"fsa_compile: block_indices has an entry >= ceil(T / block_size) with block_size={block_size} "
+                "(negative entries mean padding)",
             )
     elif on_out_of_range != "drop":
         raise ValueError(

@@ -121,7 +121,8 @@ def test_long_sequence_reference_is_chunked():
 def test_canonical_indices_policies():
     idx = torch.tensor([[[[0, 5, 1, 1, -3]]]])
     T, bs = 20, 8  # 3 blocks
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match=r"block_indices\[0, 0, 0, 1\] \(as \[b, t, h, slot\]\) is 5, out of range "
+                                         r"\(1 such entry\): with T=20 and block_size=8 there are 3 blocks"):
         canonical_indices(idx, T, bs, count_duplicates=True, on_out_of_range="raise")
     c = canonical_indices(idx, T, bs, count_duplicates=True, on_out_of_range="drop")
     assert c.tolist() == [[[[0, -1, 1, 1, -1]]]] and c.dtype == torch.int32
