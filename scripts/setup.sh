@@ -10,7 +10,9 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 if ! python -c "import torch" 2>/dev/null; then
-  echo "setup: installing torch==2.13.0 (CPU build)"
-  python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+  # FSA_TORCH_INDEX: an index to take torch from, e.g. https://download.pytorch.org/whl/cpu on a
+  # machine whose pip would otherwise resolve torch==2.13.0 to PyPI's CUDA build.
+  echo "setup: installing torch==2.13.0${FSA_TORCH_INDEX:+ from $FSA_TORCH_INDEX}"
+  python -m pip install -q --disable-pip-version-check ${FSA_TORCH_INDEX:+--index-url "$FSA_TORCH_INDEX"} "torch==2.13.0"
 fi
 python -m pip install -q --disable-pip-version-check -e ".[test]"
