@@ -124,12 +124,16 @@ def main(argv=None):
         print(f"{num_params(model) / 1e6:.1f}M parameters, T={T}, batch {args.batch * world}{how}, {device}, {dtype}, "
               f"backend {args.backend}", flush=True)
 
-    gen = torch.Generator().manual_seed(args.seed + start)
+    # one generator per step, seeded by the step: a resumed run draws the batches that the
+    # uninterrupted run would have drawn
+    def batch_gen(step):
+        return torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+
     losses = []
     t_start = time.perf_counter()
     tokens_done = 0
     for step in range(start, start + args.steps):
-        batch = synthetic_batch(args.batch * world, T, cfg.vocab, gen, device)[rank * args.batch:(rank + 1) * args.batch]
+        batch = synthetic_batch(args.batch * world, T, cfg.vocab, batch_gen(step), device)[rank * args.batch:(rank + 1) * args.batch]
         logits = compiled(batch[:, :-1])
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, cfg.vocab), batch[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)

@@ -6,7 +6,10 @@ import sys
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m fsa_compile bench [--e2e] [--help] [options]")
+        print("usage: python -m fsa_compile bench [--e2e] [--help] [options]\n\n"
+              "  bench          selected attention (each strategy) vs dense SDPA on the GPU: a table, JSON, a plot\n"
+              "  bench --e2e    the example NSA model trained and prefilled per backend (--cpu-smoke: tiny, CPU)\n\n"
+              "python -m fsa_compile bench --help lists the options.")
         return 0 if argv else 2
     if argv[0] == "bench" and "--e2e" in argv[1:]:
         from .bench_e2e import main as e2e_main

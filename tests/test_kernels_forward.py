@@ -281,6 +281,14 @@ def test_bench_rejects_bad_arguments_before_it_looks_for_a_gpu(args, says, capsy
     assert e.value.code == 2 and says in capsys.readouterr().err
 
 
+def test_the_module_help_lists_its_commands(capsys):
+    from fsa_compile.__main__ import main
+
+    assert main(["--help"]) == 0 and main([]) == 2
+    out = capsys.readouterr().out
+    assert "bench --e2e" in out and "--cpu-smoke" in out
+
+
 def test_bench_lists_parse_lengths_with_k():
     from fsa_compile.bench import choice_list, int_list
 
