@@ -249,7 +249,7 @@ def test_the_check_compiles_each_new_shape_past_dynamos_recompile_limit(monkeypa
         if hasattr(cfg, name):
             monkeypatch.setattr(cfg, name, 1)
     torch._dynamo.reset()
-    fn = FORMS["gather_index_einsum"]
+    fn = FORMS["gather_index_einsum"].fn
     compiled = torch.compile(fn, backend="fsa", options=FAST, dynamic=False)
     for bs in (4, 8, 2):
         q, k, v, idx, _ = make_inputs(Shape(1, 16, 1, 1, 4, bs, 2), "unique", bs)
