@@ -128,3 +128,31 @@ def test_a_window_longer_than_the_example_is_not_assumed_away(window):
         t = torch.arange(T).view(1, T, 1)
         bi = torch.stack([t // bs, torch.zeros_like(t), t // bs - 1], -1).view(B, T, H, 3)
         torch.testing.assert_close(g(q, k, v, bi), f(q, k, v, bi), equal_nan=True)
+
+
+@pytest.mark.parametrize("detached", ["row_max", "denominator"])
+def test_a_spelled_out_softmax_with_a_detached_part(detached):
+    """``exp(s - s.amax().detach()) / sum``: the detached row max changes nothing (rewritten); a
+    detached denominator is another function of s for the gradients (left alone)."""
+    B, T, H, D, bs = 1, 64, 1, 16, 16
+
+    def f(q, k, v, bi):
+        tok = (bi.unsqueeze(-1) * bs + torch.arange(bs)).flatten(-2)
+        masked = (bi < 0).repeat_interleave(bs, -1) | (tok > torch.arange(T).view(1, T, 1, 1))
+        safe = tok.clamp(0, T - 1)
+        b, h = torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, 1, H, 1)
+        s = (torch.einsum("bthd,bthsd->bths", q, k[b, safe, h]) * D**-0.5).masked_fill(masked, NEG_INF)
+        e = torch.exp(s - s.amax(-1, keepdim=True).detach())
+        den = (e.detach() if detached == "denominator" else e).sum(-1, keepdim=True)
+        return torch.einsum("bths,bthsd->bthd", e / den, v[b, safe, h])
+
+    bi = _own_and_previous(B, T, H, bs)
+    base = [torch.randn(B, T, H, D) for _ in range(3)]
+    eager = [x.clone().requires_grad_() for x in base]
+    comp = [x.clone().requires_grad_() for x in base]
+    f(*eager, bi).square().sum().backward()
+    with RewriteCounter() as c:
+        torch.compile(f, backend="fsa", options=FAST)(*comp, bi).square().sum().backward()
+    assert len(c.rewrites) == (1 if detached == "row_max" else 0)
+    for e, x in zip(eager, comp):
+        torch.testing.assert_close(x.grad, e.grad)

@@ -110,16 +110,18 @@ def _keepdim(call, i=2):
     return bool(call.args[i] if len(call.args) > i else call.kwargs.get("keepdim", False))
 
 
-def _strip(node):
-    """Skip detach/clone/contiguous (a detached row max changes neither values nor gradients)."""
-    while canon(node) is not None and canon(node).name in ("identity", "detach"):
+def _strip(node, through_detach=False):
+    """Skip clone/contiguous, and detach where it changes nothing (a row max's gradient through
+    the softmax is zero; a detached denominator is another function, so not there)."""
+    names = ("identity", "detach") if through_detach else ("identity",)
+    while canon(node) is not None and canon(node).name in names:
         node = node.args[0]
     return node
 
 
 def _row_max_of(node, x, dim, rank):
     """Whether ``node`` is ``x.amax(dim, keepdim=True)`` or ``x.max(dim, keepdim=True)[0]``."""
-    node = _strip(node)
+    node = _strip(node, through_detach=True)
     call = canon(node)
     if call is None:
         return False
