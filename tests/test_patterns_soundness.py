@@ -156,3 +156,152 @@ def test_a_spelled_out_softmax_with_a_detached_part(detached):
     assert len(c.rewrites) == (1 if detached == "row_max" else 0)
     for e, x in zip(eager, comp):
         torch.testing.assert_close(x.grad, e.grad)
+
+
+# -- a second review (2026-12-01) --------------------------------------------------------------------
+
+
+def _bi(B, T, H, n, bs, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    bi = torch.stack([torch.randperm(T // bs, generator=g)[:n] for _ in range(B * T * H)]).view(B, T, H, n)
+    bi[..., 0] = (torch.arange(T) // bs).view(1, T, 1)
+    return bi
+
+
+def test_in_place_writes_beside_a_rewrite_still_happen():
+    """A KV-cache write and a step counter next to the attention: FX's dead-code pass counts a
+    method call without users as dead, and the rewrite's clean-up dropped both."""
+    from fsa_compile.patterns.forms import gather_index_einsum
+
+    def prefill(q, k, v, bi, bs, k_cache, v_cache, steps):
+        T = q.shape[1]
+        k_cache[:, :T] = k
+        v_cache[:, :T].copy_(v)
+        steps.add_(1)
+        return gather_index_einsum(q, k, v, bi, bs)
+
+    B, T, H, G, D, bs = 1, 64, 2, 2, 16, 16
+    q, k, v = torch.randn(B, T, H * G, D), torch.randn(B, T, H, D), torch.randn(B, T, H, D)
+    bi = _bi(B, T, H, 2, bs)
+    kc, vc, steps = torch.zeros(B, 128, H, D), torch.zeros(B, 128, H, D), torch.zeros((), dtype=torch.long)
+    with RewriteCounter() as c:
+        out = torch.compile(prefill, backend="fsa", options=FAST)(q, k, v, bi, bs, kc, vc, steps)
+    assert len(c.rewrites) == 1
+    assert torch.equal(kc[:, :T], k) and torch.equal(vc[:, :T], v) and steps.item() == 1
+    torch.testing.assert_close(out, gather_index_einsum(q, k, v, bi, bs))
+
+
+def test_an_input_updated_between_its_read_and_the_output_is_a_near_miss():
+    """``k.mul_(2)`` after the gather: eager's keys are the old ones, an op placed at the output
+    would read the new ones."""
+    B, T, H, D, bs = 1, 64, 1, 16, 16
+
+    def f(q, k, v, bi):
+        tok = (bi.unsqueeze(-1) * bs + torch.arange(bs)).flatten(-2)
+        masked = (bi < 0).repeat_interleave(bs, -1) | (tok > torch.arange(T).view(1, T, 1, 1))
+        safe = tok.clamp(0, T - 1)
+        b, h = torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, 1, H, 1)
+        rows = ((b * T + safe) * H + h).flatten()
+        ks = k.reshape(B * T * H, D).index_select(0, rows).view(B, T, H, -1, D)  # a copy, not a view
+        k.mul_(2)
+        s = torch.einsum("bthd,bthsd->bths", q, ks) * D**-0.5
+        return torch.einsum("bths,bthsd->bthd", torch.softmax(s.masked_fill(masked, NEG_INF), -1), v[b, safe, h])
+
+    q, k, v = (torch.randn(B, T, H, D) for _ in range(3))
+    bi = _own_and_previous(B, T, H, bs)
+    k_eager, k_comp = k.clone(), k.clone()
+    rep = fsa_compile.explain(f, q, k_comp, v, bi, options=FAST)
+    assert rep.rewrites == [] and "updated in place" in rep.misses[0].reason, str(rep)
+    torch.testing.assert_close(rep.output, f(q, k_eager, v, bi))
+    torch.testing.assert_close(k_comp, k_eager)
+
+
+@pytest.mark.parametrize("part", ["attention", "key_gather"])
+def test_no_grad_inside_the_attention_is_a_near_miss(part):
+    B, T, H, D, bs = 1, 64, 1, 16, 16
+
+    def f(q, k, v, bi):
+        tok = (bi.unsqueeze(-1) * bs + torch.arange(bs)).flatten(-2)
+        masked = (bi < 0).repeat_interleave(bs, -1) | (tok > torch.arange(T).view(1, T, 1, 1))
+        safe = tok.clamp(0, T - 1)
+        b, h = torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, 1, H, 1)
+        with torch.no_grad():
+            ks = k[b, safe, h]
+            if part == "attention":
+                s = torch.einsum("bthd,bthsd->bths", q, ks) * D**-0.5
+                o = torch.einsum("bths,bthsd->bthd", torch.softmax(s.masked_fill(masked, NEG_INF), -1), v[b, safe, h])
+        if part == "key_gather":
+            s = torch.einsum("bthd,bthsd->bths", q, ks) * D**-0.5
+            o = torch.einsum("bths,bthsd->bthd", torch.softmax(s.masked_fill(masked, NEG_INF), -1), v[b, safe, h])
+        return o.reshape(B, T, H * D) * 1.0
+
+    bi = _own_and_previous(B, T, H, bs)
+    base = [torch.randn(B, T, H, D) for _ in range(3)]
+    eager = [x.clone().requires_grad_() for x in base]
+    comp = [x.clone().requires_grad_() for x in base]
+    out_e = f(*eager, bi)
+    with RewriteCounter() as c:
+        out_c = torch.compile(f, backend="fsa", options=FAST)(*comp, bi)
+    assert c.rewrites == [] and "torch.no_grad()" in c.misses[0].reason
+    if out_e.requires_grad:
+        out_e.square().sum().backward()
+        out_c.square().sum().backward()
+    for e, x in zip(eager, comp):
+        assert (e.grad is None) == (x.grad is None)
+        if e.grad is not None:
+            torch.testing.assert_close(x.grad, e.grad)
+
+
+@pytest.mark.parametrize("odd_head", [0, 5, 11])
+def test_a_mask_wrong_for_one_head_of_sixteen_is_seen(odd_head):
+    """One bidirectional head among 16 causal ones: the checked rows cover every head."""
+    B, T, H, D, bs, n = 1, 288, 16, 8, 16, 4
+
+    def f(q, k, v, bi):
+        tok = (bi.unsqueeze(-1) * bs + torch.arange(bs)).flatten(-2)
+        future = (tok > torch.arange(T).view(1, T, 1, 1)) & (torch.arange(H) != odd_head).view(1, 1, H, 1)
+        masked = (bi < 0).repeat_interleave(bs, -1) | future | (tok >= T)
+        safe = tok.clamp(0, T - 1)
+        b, h = torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, 1, H, 1)
+        s = torch.einsum("bthd,bthsd->bths", q, k[b, safe, h]) * D**-0.5
+        return torch.einsum("bths,bthsd->bthd", s.masked_fill(masked, NEG_INF).softmax(-1), v[b, safe, h])
+
+    q, k, v = (torch.randn(B, T, H, D) for _ in range(3))
+    bi = _bi(B, T, H, n, bs)
+    rep = fsa_compile.explain(f, q, k, v, bi, options=FAST)
+    assert rep.rewrites == [], str(rep)
+    torch.testing.assert_close(rep.output, f(q, k, v, bi))
+
+
+def test_sdpa_values_with_their_own_head_count():
+    """``enable_gqa=True`` with v expanded to all query heads in ``repeat`` order (head hq reads
+    v[hq % H]) while k has H heads: values were read at the keys' head hq // G."""
+    import torch.nn.functional as F
+
+    from fsa_compile.patterns import forms
+
+    B, T, H, G, D, bs = 1, 64, 2, 2, 16, 16
+
+    def f(q, k, v, bi):
+        blocks = forms._block_mask_scatter(bi, T, bs).transpose(1, 2)  # [B, H, T, nb]
+        allowed = blocks.repeat_interleave(bs, -1)[..., :T] & torch.ones(T, T, dtype=torch.bool).tril()
+        v_all = v[:, None].expand(B, G, H, T, D).reshape(B, H * G, T, D)
+        return F.scaled_dot_product_attention(q, k, v_all, attn_mask=allowed.repeat_interleave(G, 1), enable_gqa=True)
+
+    q, k, v = torch.randn(B, H * G, T, D), torch.randn(B, H, T, D), torch.randn(B, H, T, D)
+    bi = _bi(B, T, H, 2, bs)
+    rep = fsa_compile.explain(f, q, k, v, bi, options=FAST)
+    torch.testing.assert_close(rep.output, f(q, k, v, bi))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8])
+def test_block_indices_in_a_dtype_that_overflows_are_a_near_miss(dtype):
+    """``bi * bs`` stays uint8 / int8 in eager and wraps; the checks' integers do not."""
+    from fsa_compile.patterns.forms import gather_index_einsum
+
+    B, T, H, D, bs = 1, 288, 1, 16, 32
+    q, k, v = (torch.randn(B, T, H, D) for _ in range(3))
+    bi = _bi(B, T, H, 2, bs).to(dtype)
+    rep = fsa_compile.explain(gather_index_einsum, q, k, v, bi, bs, options=FAST)
+    assert rep.rewrites == [] and "overflow" in rep.misses[0].reason, str(rep)
+    torch.testing.assert_close(rep.output, gather_index_einsum(q, k, v, bi, bs))

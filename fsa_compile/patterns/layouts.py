@@ -59,6 +59,24 @@ def with_d(layout: tuple, coords: tuple, d: int, D: int) -> tuple:
     return tuple(out)
 
 
+def with_head(layout: tuple, coords: tuple, b: int, hq: int, G: int, D: int) -> tuple:
+    """``coords`` moved to batch ``b`` and query head ``hq`` (split into ``h``, ``g`` or merged
+    with the head dim where the layout does that); other coordinates stay."""
+    out = list(coords)
+    for i, role in enumerate(layout):
+        if role == "b":
+            out[i] = b
+        elif role == "hq":
+            out[i] = hq
+        elif role == "h":
+            out[i] = hq // G
+        elif role == "g":
+            out[i] = hq % G
+        elif role == "hq*d":
+            out[i] = hq * D + out[i] % D
+    return tuple(out)
+
+
 def sizes(layout: tuple, shape: tuple, D: int = 1) -> dict:
     """Sizes of the roles; a merged dim must be a multiple of the head dim ``D``."""
     z = dict(zip(layout, shape))

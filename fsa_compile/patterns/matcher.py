@@ -11,8 +11,8 @@ from torch import fx
 from torch.fx.experimental.symbolic_shapes import guard_bool, guard_int
 
 from . import rewrite, softmax_attention, topk
-from .ops import concrete, example_value, substituted
-from .points import mutations
+from .ops import concrete, dtype_of, example_value, substituted
+from .points import alias_class, is_write, mutations, remove_dead_code
 
 log = logging.getLogger("fsa_compile")
 
@@ -100,14 +100,23 @@ LONGEST_RECHECK = 1 << 16
 def _constants(nodes, t_symbol) -> list:
     """Magnitudes of the numbers ``nodes`` compute with: int and finite float arguments, and the
     values of scalar inputs (a window passed as an argument) other than those made from T."""
+    def flat(x):
+        if isinstance(x, (list, tuple)):
+            for y in x:
+                yield from flat(y)
+        elif isinstance(x, slice):  # x[..., :4096]
+            yield from flat((x.start, x.stop, x.step))
+        else:
+            yield x
+
     out = []
     for n in nodes:
         for x in list(n.args) + list(n.kwargs.values()):
-            for a in (x if isinstance(x, (list, tuple)) else (x,)):
+            for a in flat(x):
                 if isinstance(a, fx.Node):
                     ev = example_value(a)
                     if isinstance(ev, (torch.SymInt, torch.SymFloat)):
-                        if t_symbol in ev.node.expr.free_symbols:
+                        if t_symbol in ev.node.shape_env.replace(ev.node.expr).free_symbols:
                             continue
                         a = concrete(ev)
                     elif isinstance(ev, (int, float)):
@@ -130,6 +139,9 @@ def _same_at_another_length(gm: fx.GraphModule, anchor, m) -> bool:
     expr = size.node.shape_env.replace(size.node.expr)
     if not isinstance(expr, sympy.Symbol):
         return False
+    dt = dtype_of(m.selection)
+    if dt is not None and dt.itemsize < 4:  # a longer T may overflow an int16 index: keep T fixed
+        return False
     big = max(_constants(m.visited, expr) + [m.block_size])
     if big > LONGEST_RECHECK:
         return False
@@ -142,6 +154,53 @@ def _same_at_another_length(gm: fx.GraphModule, anchor, m) -> bool:
     keys = ("q", "k", "v", "selection", "layouts", "H", "G", "D", "n", "block_size", "scale", "causal",
             "count_duplicates", "on_out_of_range")
     return m2.T == alt and all(getattr(m, a) == getattr(m2, a) for a in keys)
+
+
+def _updated_before_output(graph: fx.Graph, m) -> str | None:
+    """The op runs where the attention output was and reads q, k, v and the selection there; an
+    in-place update of one of them (or of memory it shares) between its node and the output
+    would reach the op but not the user's reads before it."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    aliases = alias_class(graph)
+    for role in ("q", "k", "v", "selection"):
+        node = getattr(m, role)
+        for a in aliases[node]:
+            for w in a.users:
+                if is_write(w) and w.args[0] is a and order[node] < order[w] < order[m.output]:
+                    return (f"{role} ({node.name}) is updated in place by {w.name} before the attention output "
+                            "is computed: the rewritten op would read it after the update")
+    return None
+
+
+def _grad_enabled_at(graph: fx.Graph) -> dict:
+    """Node -> whether gradients are recorded where it runs (Dynamo writes ``torch.no_grad()``
+    and ``enable_grad()`` as ``torch._C._set_grad_enabled`` calls, the last one restoring the
+    mode the graph was called in, which is also the mode before the first); None where unknown."""
+    calls = [n for n in graph.nodes if n.op == "call_function" and n.target is torch._C._set_grad_enabled and n.args]
+    state, out = (bool(calls[-1].args[0]) if calls else None), {}
+    for n in graph.nodes:
+        if n.op == "call_function" and n.target is torch._C._set_grad_enabled and n.args:
+            state = bool(n.args[0])
+        out[n] = state
+    return out
+
+
+def _grad_mode_differs(graph: fx.Graph, m) -> str | None:
+    """The op replaces the output's node, so its autograd follows the grad mode there; if the
+    matched computation ran partly under another mode (a gather inside ``torch.no_grad()``),
+    the gradients would differ."""
+    mode = _grad_enabled_at(graph)
+    at_out = mode[m.output]
+    inputs = {m.q, m.k, m.v}  # their own grad mode reaches the op through their requires_grad
+    for n in m.visited:
+        dt = dtype_of(n)
+        if n in inputs or n.op not in ("call_function", "call_method") or dt is None or not dt.is_floating_point:
+            continue
+        if mode.get(n) != at_out:
+            return (f"{n.name} runs with gradients {'on' if mode.get(n) else 'off'} and the attention output "
+                    f"{m.output.name} with them {'on' if at_out else 'off'}: torch.no_grad() / enable_grad() "
+                    "inside the attention is not followed")
+    return None
 
 
 def _specialize(gm: fx.GraphModule, m, keep_t: bool = True) -> None:
@@ -210,6 +269,11 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None, topk_plan_of=N
             continue
         output = m.output
         done.add(anchor.node)
+        why = _updated_before_output(gm.graph, m) or _grad_mode_differs(gm.graph, m)
+        if why:
+            result.misses.append(Miss(softmax_attention.FAMILY, output.name, why))
+            log.info("fsa_compile: not rewritten: %s/%s: %s", softmax_attention.FAMILY, output.name, why)
+            continue
         _unify(m)
         keep_t = _same_at_another_length(gm, anchor, m)
         if not keep_t and _t_symbol(m) is not None:
@@ -229,7 +293,7 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None, topk_plan_of=N
         result.others.append(rw)
         log.info("fsa_compile: rewrote %s", rw)
     if result.rewrites or result.others:
-        gm.graph.eliminate_dead_code()
+        remove_dead_code(gm.graph)
         gm.graph.lint()
         gm.recompile()
     return result

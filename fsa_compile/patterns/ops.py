@@ -62,7 +62,7 @@ _METHODS: dict[str, str] = {
     "expand": "expand", "expand_as": "expand_as",
     "contiguous": "identity", "clone": "identity", "detach": "detach",
     "float": "cast", "half": "cast", "bfloat16": "cast", "double": "cast", "to": "cast",
-    "type": "cast", "type_as": "cast", "long": "cast", "int": "cast",
+    "type": "cast", "type_as": "cast", "long": "cast", "int": "cast", "bool": "cast",
     "masked_fill": "masked_fill", "masked_fill_": "masked_fill",
     "repeat_interleave": "repeat_interleave",
     "gather": "gather", "index_select": "index_select", "take_along_dim": "take_along_dim",

@@ -125,6 +125,52 @@ def _writes_in_place(node: fx.Node) -> bool:
         node.kwargs.get("inplace")) or "out" in node.kwargs
 
 
+def alias_root(node: fx.Node) -> fx.Node:
+    """The tensor ``node`` is a view (or possible view) of, following :data:`_ALIAS_METHODS`."""
+    while True:
+        src = _alias_source(node)
+        if src is None:
+            return node
+        node = src
+
+
+def alias_class(graph: fx.Graph) -> dict:
+    """Node -> the nodes that may share its memory (the views of its root, the root included)."""
+    members: dict = {}
+    for n in graph.nodes:
+        members.setdefault(alias_root(n), []).append(n)
+    return {n: members[alias_root(n)] for n in graph.nodes}
+
+
+def is_write(node: fx.Node) -> bool:
+    """Whether ``node`` updates a tensor in place (followed by the evaluator or not)."""
+    return _writes_in_place(node) or _is_update(node)
+
+
+def remove_dead_code(graph: fx.Graph) -> None:
+    """``graph.eliminate_dead_code()``, except that an in-place update stays while what it writes
+    can be seen: an input, a buffer, or a temporary something still reads (FX counts a method
+    call without users as dead, and so dropped ``cache.copy_(v)`` and ``steps.add_(1)``)."""
+    changed = True
+    while changed:
+        changed = False
+        for node in reversed(list(graph.nodes)):
+            if node.op in ("placeholder", "output") or node.users:
+                continue
+            if is_write(node):
+                root = alias_root(node.args[0])
+                if root.op in ("placeholder", "get_attr"):
+                    continue
+                views = [n for n in root.graph.nodes if alias_root(n) is root]
+                readers = [u for a in views for u in a.users if u is not node and not (is_write(u) and not u.users)]
+                if readers:
+                    continue
+            elif node.is_impure():
+                continue
+            graph.erase_node(node)
+            changed = True
+
+
 def unfollowed_reads(graph: fx.Graph) -> dict:
     """Nodes that read a tensor after an in-place update the evaluator does not follow: reading
     them would give the value before the update. Node -> the reason, for the near miss.
@@ -459,6 +505,8 @@ class Evaluator:
         if is_symbolic(v) or isinstance(v, float):
             return v
         ev = example_value(node)
+        if isinstance(ev, torch.Tensor) and ev.dtype == torch.bool:
+            return bool(v)
         if isinstance(ev, torch.Tensor) and ev.dtype.is_floating_point and not isinstance(v, bool):
             return float(v)
         return v
@@ -645,8 +693,10 @@ class Evaluator:
             raise Unsupported("scaled_dot_product_attention with dropout")
         return a
 
-    def _kv_batch(self, a, batch):
-        ks = self.shape(a["key"])
+    def _kv_batch(self, a, batch, which="key"):
+        """The batch coordinates of ``a[which]`` (key or value) read for query batch ``batch``:
+        with ``enable_gqa`` each of the two by its own head count."""
+        ks = self.shape(a[which])
         kb = list(_bcast(batch, ks[:-2]))
         if a.get("enable_gqa") and len(kb) >= 1:
             qs = self.shape(a["query"])
@@ -659,7 +709,7 @@ class Evaluator:
         a = self._sdpa_args(node)
         batch, t, d = coords[:-2], coords[-2], coords[-1]
         v = a["value"]
-        vb = self._kv_batch(a, batch)
+        vb = self._kv_batch(a, batch, "value")
         S = self.shape(v)[-2]
         return self._dot(lambda i: Leaf(node, batch + (t, i)), lambda i: self.at(v, vb + (i, d)), S)
 

@@ -382,6 +382,7 @@ class Analysis:
         self.rng = random.Random(seed)
         self.stale = unfollowed_reads(gm.graph)
         self.visited: set = set()
+        self._next_head = 0  # the (batch, query head) the next sampled row takes
         leaves = [n for n in integer_leaves(output, anchor) if len(shape_of(n)) in (3, 4)]
         if not leaves:
             raise LookupError("no block selection")  # not selected attention: leave it silently
@@ -555,15 +556,23 @@ class Analysis:
         return table
 
     def _rows(self, count):
+        """``count`` output rows (at least one per (batch, query head), up to 32 per table): a
+        mask that is wrong for one head or one batch item shows in that head's rows only. The
+        heads rotate over the tables of one check."""
+        ol = self.layouts["o"][1]
+        heads = self.B * self.H * self.G
+        count = max(count, min(heads, 32))
         points = []
         for r in range(count):
             p = [self.rng.randrange(s) for s in self.out_shape]
-            t_dim = self.layouts["o"][1].index("t")
+            t_dim = ol.index("t")
             if r % 3 == 1:
                 p[t_dim] = self.T - 1
             elif r % 3 == 2:
                 p[t_dim] = self.rng.randrange(min(self.T, 2 * self.block_size))
-            points.append(tuple(p))
+            b, hq = divmod(self._next_head % heads, self.H * self.G)
+            self._next_head += 1
+            points.append(L.with_head(ol, tuple(p), b, hq, self.G, self.Dv))
         return points
 
     def _form_keys(self, probe, point):
@@ -751,6 +760,14 @@ class Analysis:
     def _semantics(self):
         self.scales = set()
         self.last_failure = ""
+        dt = dtype_of(self.selection)
+        if dt is not None and dt.itemsize < 4:
+            # the evaluator's integers do not wrap; eager's int8/uint8/int16 arithmetic does
+            top = torch.iinfo(dt).max
+            if (math.ceil(self.T / self.block_size) + 3) * self.block_size > top:
+                raise NearMiss(
+                    f"block indices are {dt}: token positions up to {self.T} overflow it in the index "
+                    "arithmetic; give block indices the dtype torch.int32 or torch.long")
         rows = 8 if self.S <= 256 else 4
         options = list(product((True, False), (True, False)))
         surv = self._check_valid("valid", options, rows)
