@@ -33,6 +33,22 @@ def _gather(q, k, v, bi, bs, T, window=None):
     return torch.einsum("bths,bthsd->bthd", torch.softmax(s.masked_fill(masked, NEG_INF), -1), v[b, safe, h])
 
 
+def _train_both(f, bi, B, T, H, D):
+    """``f`` run eagerly and compiled on the same random q, k, v ``[B, T, H, D]`` (leaves), each
+    with a squared-sum loss where the output records gradients: (eager leaves, compiled leaves,
+    the compile's rewrite counter)."""
+    base = [torch.randn(B, T, H, D) for _ in range(3)]
+    eager = [x.clone().requires_grad_() for x in base]
+    comp = [x.clone().requires_grad_() for x in base]
+    out_e = f(*eager, bi)
+    with RewriteCounter() as c:
+        out_c = torch.compile(f, backend="fsa", options=FAST)(*comp, bi)
+    if out_e.requires_grad:
+        out_e.square().sum().backward()
+        out_c.square().sum().backward()
+    return eager, comp, c
+
+
 def _own_and_previous(B, T, H, bs):
     t = torch.arange(T).view(1, T, 1)
     return torch.stack([t // bs, t // bs - 1], -1).expand(B, T, H, 2).contiguous()
@@ -78,13 +94,7 @@ def test_a_detached_input_gets_no_gradient(which):
         q, k, v = (x.detach() if name == which else x for name, x in zip("qkv", (q, k, v)))
         return _gather(q, k, v, bi, bs, T)
 
-    bi = _own_and_previous(B, T, H, bs)
-    base = [torch.randn(B, T, H, D) for _ in range(3)]
-    eager = [x.clone().requires_grad_() for x in base]
-    comp = [x.clone().requires_grad_() for x in base]
-    f(*eager, bi).square().sum().backward()
-    with RewriteCounter() as c:
-        torch.compile(f, backend="fsa", options=FAST)(*comp, bi).square().sum().backward()
+    eager, comp, c = _train_both(f, _own_and_previous(B, T, H, bs), B, T, H, D)
     assert len(c.rewrites) == 1
     for name, e, x in zip("qkv", eager, comp):
         if name == which:
@@ -146,13 +156,7 @@ def test_a_spelled_out_softmax_with_a_detached_part(detached):
         den = (e.detach() if detached == "denominator" else e).sum(-1, keepdim=True)
         return torch.einsum("bths,bthsd->bthd", e / den, v[b, safe, h])
 
-    bi = _own_and_previous(B, T, H, bs)
-    base = [torch.randn(B, T, H, D) for _ in range(3)]
-    eager = [x.clone().requires_grad_() for x in base]
-    comp = [x.clone().requires_grad_() for x in base]
-    f(*eager, bi).square().sum().backward()
-    with RewriteCounter() as c:
-        torch.compile(f, backend="fsa", options=FAST)(*comp, bi).square().sum().backward()
+    eager, comp, c = _train_both(f, _own_and_previous(B, T, H, bs), B, T, H, D)
     assert len(c.rewrites) == (1 if detached == "row_max" else 0)
     for e, x in zip(eager, comp):
         torch.testing.assert_close(x.grad, e.grad)
@@ -235,17 +239,8 @@ def test_no_grad_inside_the_attention_is_a_near_miss(part):
             o = torch.einsum("bths,bthsd->bthd", torch.softmax(s.masked_fill(masked, NEG_INF), -1), v[b, safe, h])
         return o.reshape(B, T, H * D) * 1.0
 
-    bi = _own_and_previous(B, T, H, bs)
-    base = [torch.randn(B, T, H, D) for _ in range(3)]
-    eager = [x.clone().requires_grad_() for x in base]
-    comp = [x.clone().requires_grad_() for x in base]
-    out_e = f(*eager, bi)
-    with RewriteCounter() as c:
-        out_c = torch.compile(f, backend="fsa", options=FAST)(*comp, bi)
+    eager, comp, c = _train_both(f, _own_and_previous(B, T, H, bs), B, T, H, D)
     assert c.rewrites == [] and "torch.no_grad()" in c.misses[0].reason
-    if out_e.requires_grad:
-        out_e.square().sum().backward()
-        out_c.square().sum().backward()
     for e, x in zip(eager, comp):
         assert (e.grad is None) == (x.grad is None)
         if e.grad is not None:

@@ -312,6 +312,7 @@ class _Probe:
     def __init__(self, gm, anchor, output, selection, table, leaves=frozenset(), stale=None):
         self.anchor, self.softmax, self.output = anchor, anchor.node, output
         self.pre = anchor.pre
+        self.dims_checked = False
         if anchor.kind == "sdpa":
             self.dim = len(shape_of(anchor.node)) - 1
             self.ev = Evaluator({selection: table}, leaves=leaves, module=gm, stale=stale)
@@ -556,12 +557,12 @@ class Analysis:
         return table
 
     def _rows(self, count):
-        """``count`` output rows (at least one per (batch, query head), up to 32 per table): a
-        mask that is wrong for one head or one batch item shows in that head's rows only. The
-        heads rotate over the tables of one check."""
+        """``count`` output rows. Their (batch, query head) rotate over the tables of a check
+        (:meth:`_check` asks for enough rows, at most 16 a table, that each kind of table meets
+        every one, or the next ones where there are more): a mask that is wrong for one head or
+        one batch item shows in that head's rows only."""
         ol = self.layouts["o"][1]
         heads = self.B * self.H * self.G
-        count = max(count, min(heads, 32))
         points = []
         for r in range(count):
             p = [self.rng.randrange(s) for s in self.out_shape]
@@ -584,7 +585,8 @@ class Analysis:
             raise NearMiss("the output product's length differs between rows")
         row = probe.prob(dot, 0)
         keys, scales = Counter(), set()
-        first = True
+        first = not probe.dims_checked  # once per table: a permuted head dim shows in any row
+        probe.dims_checked = True
         for j in range(self.S):
             pc = probe.prob(dot, j)
             if pc[probe.dim] != j or any(pc[d] != row[d] for d in range(len(row)) if d != probe.dim):
@@ -593,8 +595,7 @@ class Analysis:
             if sc is None:
                 continue
             coef, sdot = sc
-            # every head-dim coordinate at a row's first visible key (a permuted head dim shows
-            # there), the two ends at the others
+            # every head-dim coordinate at the table's first visible key, the two ends elsewhere
             for dd in range(self.D) if first else {0, self.D - 1}:
                 (qc, ql_), (kc, kl_) = self._query_key(sdot, dd)
                 q = L.decode(ql, ql_.coords, self.G, self.D)
@@ -649,6 +650,7 @@ class Analysis:
         """
         n_rows = math.prod(self.out_shape) // max(1, self.out_shape[-1])
         reps = 1 if n_rows >= 1024 else 2 if n_rows >= 128 else 6
+        rows = max(rows, math.ceil(min(self.B * self.H * self.G, 16 * reps) / reps))  # <= 16 a table
         survivors = list(options)
         for _ in range(reps):
             survivors = self._check_table(kind, survivors, rows)
