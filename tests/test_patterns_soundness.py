@@ -19,6 +19,15 @@ def _fresh_dynamo():
     yield
 
 
+def _positions(bi, bs, T):
+    """The gather form's start: the padding and causal mask on token positions, the clamped
+    positions, and the batch / head index tensors for ``k[b, safe, h]``."""
+    B, H = bi.shape[0], bi.shape[2]
+    tok = (bi.unsqueeze(-1) * bs + torch.arange(bs)).flatten(-2)
+    masked = (bi < 0).repeat_interleave(bs, -1) | (tok > torch.arange(T).view(1, T, 1, 1))
+    return masked, tok.clamp(0, T - 1), torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, 1, H, 1)
+
+
 def _gather(q, k, v, bi, bs, T, window=None):
     """The gather form on ``[B, T, H, D]`` tensors (G = 1), with an optional sliding window."""
     B, H, D = q.shape[0], k.shape[2], q.shape[-1]
@@ -147,10 +156,7 @@ def test_a_spelled_out_softmax_with_a_detached_part(detached):
     B, T, H, D, bs = 1, 64, 1, 16, 16
 
     def f(q, k, v, bi):
-        tok = (bi.unsqueeze(-1) * bs + torch.arange(bs)).flatten(-2)
-        masked = (bi < 0).repeat_interleave(bs, -1) | (tok > torch.arange(T).view(1, T, 1, 1))
-        safe = tok.clamp(0, T - 1)
-        b, h = torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, 1, H, 1)
+        masked, safe, b, h = _positions(bi, bs, T)
         s = (torch.einsum("bthd,bthsd->bths", q, k[b, safe, h]) * D**-0.5).masked_fill(masked, NEG_INF)
         e = torch.exp(s - s.amax(-1, keepdim=True).detach())
         den = (e.detach() if detached == "denominator" else e).sum(-1, keepdim=True)
@@ -201,10 +207,7 @@ def test_an_input_updated_between_its_read_and_the_output_is_a_near_miss():
     B, T, H, D, bs = 1, 64, 1, 16, 16
 
     def f(q, k, v, bi):
-        tok = (bi.unsqueeze(-1) * bs + torch.arange(bs)).flatten(-2)
-        masked = (bi < 0).repeat_interleave(bs, -1) | (tok > torch.arange(T).view(1, T, 1, 1))
-        safe = tok.clamp(0, T - 1)
-        b, h = torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, 1, H, 1)
+        masked, safe, b, h = _positions(bi, bs, T)
         rows = ((b * T + safe) * H + h).flatten()
         ks = k.reshape(B * T * H, D).index_select(0, rows).view(B, T, H, -1, D)  # a copy, not a view
         k.mul_(2)
@@ -225,10 +228,7 @@ def test_no_grad_inside_the_attention_is_a_near_miss(part):
     B, T, H, D, bs = 1, 64, 1, 16, 16
 
     def f(q, k, v, bi):
-        tok = (bi.unsqueeze(-1) * bs + torch.arange(bs)).flatten(-2)
-        masked = (bi < 0).repeat_interleave(bs, -1) | (tok > torch.arange(T).view(1, T, 1, 1))
-        safe = tok.clamp(0, T - 1)
-        b, h = torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, 1, H, 1)
+        masked, safe, b, h = _positions(bi, bs, T)
         with torch.no_grad():
             ks = k[b, safe, h]
             if part == "attention":
