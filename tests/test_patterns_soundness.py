@@ -300,3 +300,106 @@ def test_block_indices_in_a_dtype_that_overflows_are_a_near_miss(dtype):
     rep = fsa_compile.explain(gather_index_einsum, q, k, v, bi, bs, options=FAST)
     assert rep.rewrites == [] and "overflow" in rep.misses[0].reason, str(rep)
     torch.testing.assert_close(rep.output, gather_index_einsum(q, k, v, bi, bs))
+
+
+# -- a third review (2026-12-01): writes through other names, and the new checks' false misses -----
+
+
+def _before(write):
+    """The gather form with ``write(q, k, v)`` (an in-place update) before the attention."""
+    def f(q, k, v, bi):
+        write(q, k, v)
+        return _gather(q, k, v, bi, 16, q.shape[1])
+    return f
+
+
+def _v_split_zeroed_after_gather(q, k, v, bi):
+    T = q.shape[1]
+    masked, safe, b, h = _positions(bi, 16, T)
+    v_sel = v[b, safe, h]
+    v.tensor_split(2, 1)[0].zero_()  # v updated after its gather, before the output
+    s = torch.einsum("bthd,bthsd->bths", q, k[b, safe, h]) * q.shape[-1] ** -0.5
+    return torch.einsum("bths,bthsd->bthd", torch.softmax(s.masked_fill(masked, NEG_INF), -1), v_sel)
+
+
+WRITES = {
+    "ravel": _before(lambda q, k, v: k.ravel().mul_(2)),
+    "mT": _before(lambda q, k, v: v.mT.mul_(2)),
+    "data": _before(lambda q, k, v: k.data.mul_(2)),
+    "out=": _before(lambda q, k, v: torch.mul(torch.ones_like(k), 3.0, out=k)),
+    "split_after_gather": _v_split_zeroed_after_gather,
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRITES))
+def test_writes_through_other_names_are_followed_or_left_alone(name):
+    """A write into q, k or v through a view the alias analysis once did not know (`ravel`,
+    `mT`, `.data`, `out=`, a piece of `tensor_split`): the compiled call must give eager's output
+    and leave the inputs as eager does."""
+    B, T, H, D = 1, 64, 1, 16
+    f = WRITES[name]
+    base = [torch.randn(B, T, H, D) for _ in range(3)]
+    bi = _own_and_previous(B, T, H, 16)
+    e_in, c_in = [x.clone() for x in base], [x.clone() for x in base]
+    expected = f(*e_in, bi)
+    with RewriteCounter():
+        actual = torch.compile(f, backend="fsa", options=FAST)(*c_in, bi)
+    torch.testing.assert_close(actual, expected)
+    for e, c in zip(e_in, c_in):
+        torch.testing.assert_close(c, e)
+
+
+def test_a_query_scaled_in_place_is_still_rewritten():
+    """``q *= c`` on a projection: the op reads the updated q (not q with c folded in again)."""
+    B, T, H, D, bs = 1, 64, 1, 16, 16
+    w = torch.randn(D, D)
+
+    def f(x, k, v, bi):
+        q = torch.nn.functional.linear(x, w)
+        q *= 0.5
+        return _gather(q, k, v, bi, bs, T)
+
+    args = [torch.randn(B, T, H, D) for _ in range(3)] + [_own_and_previous(B, T, H, bs)]
+    with RewriteCounter() as c:
+        out = torch.compile(f, backend="fsa", options=FAST)(*args)
+    assert len(c.rewrites) == 1, [m.reason for m in c.misses]
+    torch.testing.assert_close(out, f(*args))
+
+
+def test_a_buffer_written_through_data_or_iadd_beside_a_rewrite():
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("cache", torch.zeros(1, 128, 1, 16))
+            self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+        def forward(self, q, k, v, bi):
+            self.cache.data[:, : q.shape[1]] = k
+            self.steps.__iadd__(1)
+            return _gather(q, k, v, bi, 16, q.shape[1])
+
+    B, T, H, D = 1, 64, 1, 16
+    q, k, v = (torch.randn(B, T, H, D) for _ in range(3))
+    eager, comp = Layer(), Layer()
+    expected = eager(q, k, v, _own_and_previous(B, T, H, 16))
+    with RewriteCounter() as c:
+        actual = torch.compile(comp, backend="fsa", options=FAST)(q, k, v, _own_and_previous(B, T, H, 16))
+    assert len(c.rewrites) == 1
+    torch.testing.assert_close(actual, expected)
+    assert torch.equal(comp.cache, eager.cache) and comp.steps.item() == eager.steps.item() == 1
+
+
+def test_inference_mode_inside_the_attention_is_a_near_miss():
+    B, T, H, D, bs = 1, 64, 1, 16, 16
+
+    def f(q, k, v, bi):
+        masked, safe, b, h = _positions(bi, bs, T)
+        with torch.inference_mode():
+            ks = k[b, safe, h]
+        ks = ks.clone()
+        s = torch.einsum("bthd,bthsd->bths", q, ks) * D**-0.5
+        return torch.einsum("bths,bthsd->bthd", torch.softmax(s.masked_fill(masked, NEG_INF), -1), v[b, safe, h])
+
+    eager, comp, c = _train_both(f, _own_and_previous(B, T, H, bs), B, T, H, D)
+    assert c.rewrites == [] and "torch.no_grad()" in c.misses[0].reason
+    assert eager[1].grad is None and comp[1].grad is None

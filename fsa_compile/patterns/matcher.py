@@ -12,7 +12,7 @@ from torch.fx.experimental.symbolic_shapes import guard_bool, guard_int
 
 from . import rewrite, softmax_attention, topk
 from .ops import concrete, dtype_of, example_value, substituted
-from .points import alias_class, is_write, mutations, remove_dead_code
+from .points import alias_class, is_write, mutations, remove_dead_code, write_target
 
 log = logging.getLogger("fsa_compile")
 
@@ -166,7 +166,7 @@ def _updated_before_output(graph: fx.Graph, m) -> str | None:
         node = getattr(m, role)
         for a in aliases[node]:
             for w in a.users:
-                if is_write(w) and w.args[0] is a and order[node] < order[w] < order[m.output]:
+                if is_write(w) and write_target(w) is a and order[node] < order[w] < order[m.output]:
                     return (f"{role} ({node.name}) is updated in place by {w.name} before the attention output "
                             "is computed: the rewritten op would read it after the update")
     return None
@@ -178,9 +178,16 @@ def _grad_enabled_at(graph: fx.Graph) -> dict:
     mode the graph was called in, which is also the mode before the first); None where unknown."""
     calls = [n for n in graph.nodes if n.op == "call_function" and n.target is torch._C._set_grad_enabled and n.args]
     state, out = (bool(calls[-1].args[0]) if calls else None), {}
+    inference = []  # the modes `torch.inference_mode()` regions entered from
     for n in graph.nodes:
+        name = getattr(n.target, "__name__", "") if n.op == "call_function" else ""
         if n.op == "call_function" and n.target is torch._C._set_grad_enabled and n.args:
             state = bool(n.args[0])
+        elif name == "_enter_inference_mode":
+            inference.append(state)
+            state = False if (not n.args or n.args[0]) else state
+        elif name == "_exit_inference_mode" and inference:
+            state = inference.pop()
         out[n] = state
     return out
 
@@ -198,7 +205,7 @@ def _grad_mode_differs(graph: fx.Graph, m) -> str | None:
             continue
         if mode.get(n) != at_out:
             return (f"{n.name} runs with gradients {'on' if mode.get(n) else 'off'} and the attention output "
-                    f"{m.output.name} with them {'on' if at_out else 'off'}: torch.no_grad() / enable_grad() "
+                    f"{m.output.name} with them {'on' if at_out else 'off'}: torch.no_grad() / enable_grad() / inference_mode() "
                     "inside the attention is not followed")
     return None
 

@@ -85,17 +85,22 @@ def _mutated_base(node: fx.Node):
 # Ops whose result may share memory with their first argument: an in-place update of one is
 # seen through the others. Generous on purpose (``reshape`` may copy, ``to`` may not): a wrong
 # "aliases" only turns a rewrite into a near miss.
+# (PyTorch's view ops, those that may return a view, and the casts that may return self)
 _ALIAS_METHODS = {
-    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "unsqueeze", "squeeze",
-    "transpose", "swapaxes", "swapdims", "permute", "movedim", "moveaxis", "t", "expand", "expand_as",
-    "narrow", "select", "as_strided", "unfold", "diagonal", "chunk", "split", "unbind", "contiguous",
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "ravel", "unsqueeze", "squeeze",
+    "transpose", "swapaxes", "swapdims", "permute", "movedim", "moveaxis", "t", "adjoint", "expand",
+    "expand_as", "broadcast_to", "narrow", "select", "as_strided", "unfold", "diagonal", "chunk",
+    "split", "split_with_sizes", "tensor_split", "hsplit", "vsplit", "dsplit", "unbind", "contiguous",
     "detach", "to", "type", "type_as", "float", "half", "bfloat16", "double", "long", "int", "bool",
+    "view_as_real", "view_as_complex", "real", "imag",
 }
 _ALIAS_FUNCTIONS = {
-    operator.getitem, torch.reshape, torch.flatten, torch.unflatten, torch.unsqueeze, torch.squeeze,
-    torch.transpose, torch.swapaxes, torch.swapdims, torch.permute, torch.movedim, torch.t,
-    torch.narrow, torch.select, torch.as_strided, torch.diagonal, torch.chunk, torch.split,
-    torch.unbind, torch.detach,
+    operator.getitem, getattr, torch.reshape, torch.flatten, torch.unflatten, torch.ravel, torch.unsqueeze,
+    torch.squeeze, torch.transpose, torch.swapaxes, torch.swapdims, torch.permute, torch.movedim,
+    torch.moveaxis, torch.t, torch.adjoint, torch.broadcast_to, torch.narrow, torch.select, torch.as_strided,
+    torch.diagonal, torch.chunk, torch.split, torch.tensor_split, torch.hsplit, torch.vsplit, torch.dsplit,
+    torch.unbind, torch.detach, torch.view_as_real, torch.view_as_complex, torch.real, torch.imag,
+    torch._C._autograd._get_data_attr,  # x.data
 }
 _IOPS = {
     operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
@@ -104,14 +109,23 @@ _IOPS = {
 }
 
 
+_IMETHODS = {f"__i{op}__" for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or",
+                                     "xor", "lshift", "rshift", "matmul")}
+
+
 def _alias_source(node: fx.Node):
-    if node.op == "call_method" and node.target in _ALIAS_METHODS:
-        src = node.args[0] if node.args else None
-    elif node.op == "call_function" and node.target in _ALIAS_FUNCTIONS:
-        src = node.args[0] if node.args else None
-    else:
+    """The tensor ``node``'s result may share memory with: the view ops, ``x.data`` and attribute
+    views (``x.mT``), and an in-place op's result (the tensor it wrote)."""
+    if node.op not in ("call_method", "call_function") or not node.args:
         return None
-    return src if isinstance(src, fx.Node) else None
+    src = node.args[0]
+    if not isinstance(src, fx.Node) or not isinstance(example_value(src), (torch.Tensor, tuple, list)):
+        return None  # (a tuple: the pieces of x.split(...), read by getitem)
+    if _writes_in_place(node):
+        return write_target(node)
+    known = (node.op == "call_method" and node.target in _ALIAS_METHODS) or (
+        node.op == "call_function" and node.target in _ALIAS_FUNCTIONS)
+    return src if known else None
 
 
 def _writes_in_place(node: fx.Node) -> bool:
@@ -119,10 +133,22 @@ def _writes_in_place(node: fx.Node) -> bool:
     if node.op not in ("call_method", "call_function") or not node.args or not isinstance(node.args[0], fx.Node):
         return False
     if node.op == "call_function" and node.target in _IOPS:
-        return isinstance(example_value(node.args[0]), torch.Tensor)
+        # in place on a tensor (a buffer's get_attr node may carry no example value), not on a number
+        ev = example_value(node.args[0])
+        return not isinstance(ev, (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool))
+    if node.op == "call_function" and getattr(node.target, "__module__", "") in ("_operator", "operator"):
+        return False  # operator.and_ / or_ are not in place (their names end in "_")
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if name in _IMETHODS:
+        return True
     return (isinstance(name, str) and name.endswith("_") and not name.startswith("__")) or bool(
         node.kwargs.get("inplace")) or "out" in node.kwargs
+
+
+def write_target(node: fx.Node) -> fx.Node:
+    """The tensor an in-place op writes: its ``out=`` argument, else its first argument."""
+    out = node.kwargs.get("out")
+    return out if isinstance(out, fx.Node) else node.args[0]
 
 
 def alias_root(node: fx.Node) -> fx.Node:
@@ -147,6 +173,22 @@ def is_write(node: fx.Node) -> bool:
     return _writes_in_place(node) or _is_update(node)
 
 
+# ops whose result is new memory (a write into it is invisible once nothing reads it)
+_FRESH = {"matmul", "einsum", "softmax", "arange", "add", "sub", "mul", "div", "floordiv", "mod", "neg",
+          "gt", "lt", "ge", "le", "eq", "ne", "and", "or", "not", "where", "masked_fill", "clamp",
+          "clamp_min", "clamp_max", "gather", "take_along_dim", "index_select", "repeat_interleave",
+          "exp", "amax", "max", "sum", "full_like", "zeros_like", "ones_like", "zeros", "ones", "full",
+          "tril", "triu", "abs", "minimum", "maximum", "scatter", "pad"}
+
+
+def _fresh(node: fx.Node) -> bool:
+    if node.op == "call_method" and node.target == "clone":
+        return True
+    call = canon(node)
+    return (call is not None and call.name in _FRESH and not _writes_in_place(node)
+            and not (node.op == "call_function" and node.target in _IOPS))
+
+
 def remove_dead_code(graph: fx.Graph) -> None:
     """``graph.eliminate_dead_code()``, except that an in-place update stays while what it writes
     can be seen: an input, a buffer, or a temporary something still reads (FX counts a method
@@ -158,8 +200,8 @@ def remove_dead_code(graph: fx.Graph) -> None:
             if node.op in ("placeholder", "output") or node.users:
                 continue
             if is_write(node):
-                root = alias_root(node.args[0])
-                if root.op in ("placeholder", "get_attr"):
+                root = alias_root(write_target(node))
+                if not _fresh(root):  # an input, a buffer, or memory of unknown origin
                     continue
                 views = [n for n in root.graph.nodes if alias_root(n) is root]
                 readers = [u for a in views for u in a.users if u is not node and not (is_write(u) and not u.users)]
@@ -207,8 +249,10 @@ def unfollowed_reads(graph: fx.Graph) -> dict:
     for m in nodes:
         if not (_writes_in_place(m) or _is_update(m)):
             continue
-        x = m.args[0]
-        alias = below(root(x))
+        x = write_target(m)
+        # what reads the update's own result (and its views) gets the updated value, which the
+        # evaluator computes; what reads x's other names would get the old one
+        alias = below(root(x)) - below(m)
         if _is_update(m):  # followed through x and its views; not through x's other aliases
             alias -= below(x)
         what = m.target if isinstance(m.target, str) else getattr(m.target, "__name__", str(m.target))
@@ -484,6 +528,10 @@ class Evaluator:
 
     def _binary(self, node, call, coords):
         a = self._operand(call.args[0], coords)
+        if isinstance(a, Leaf) and node.op == "call_function" and node.target in _IOPS:
+            # `q *= c` on a tensor read as data: the op must read the updated tensor (this node),
+            # not q with c folded into the scale (q itself holds the update by then)
+            return Leaf(node, coords)
         b = self._operand(self._arg(call, 1, "other"), coords)
         alpha = call.kwargs.get("alpha")
         if alpha is not None:
