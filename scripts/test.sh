@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 # One pytest worker per core, at most 4 (pytest-xdist): the interpreted kernels keep one core
-# busy each (on the 2-core CI machine the suite took 11 min with two workers, 2026-12-01).
+# busy each (on the 2-core CI machine the suite took 10 min with two workers, 2026-12-01).
 # A later -n in the arguments wins; FSA_TEST_WORKERS=0 runs in this process.
 workers=${FSA_TEST_WORKERS:-$(python -c "import os
 n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
