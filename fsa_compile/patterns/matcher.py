@@ -12,7 +12,7 @@ from torch.fx.experimental.symbolic_shapes import guard_bool, guard_int
 
 from . import rewrite, softmax_attention, topk
 from .ops import concrete, dtype_of, example_value, substituted
-from .points import alias_class, is_write, mutations, remove_dead_code, write_target
+from .points import Aliases, is_write, mutations, remove_dead_code, write_target
 
 log = logging.getLogger("fsa_compile")
 
@@ -161,10 +161,10 @@ def _updated_before_output(graph: fx.Graph, m) -> str | None:
     in-place update of one of them (or of memory it shares) between its node and the output
     would reach the op but not the user's reads before it."""
     order = {n: i for i, n in enumerate(graph.nodes)}
-    aliases = alias_class(graph)
+    aliases = Aliases(graph)
     for role in ("q", "k", "v", "selection"):
         node = getattr(m, role)
-        for a in aliases[node]:
+        for a in sorted(aliases.members(node), key=order.get):
             for w in a.users:
                 if is_write(w) and write_target(w) is a and order[node] < order[w] < order[m.output]:
                     return (f"{role} ({node.name}) is updated in place by {w.name} before the attention output "

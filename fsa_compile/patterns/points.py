@@ -151,21 +151,36 @@ def write_target(node: fx.Node) -> fx.Node:
     return out if isinstance(out, fx.Node) else node.args[0]
 
 
-def alias_root(node: fx.Node) -> fx.Node:
-    """The tensor ``node`` is a view (or possible view) of, following :data:`_ALIAS_METHODS`."""
-    while True:
-        src = _alias_source(node)
-        if src is None:
-            return node
-        node = src
+class Aliases:
+    """Which nodes of a graph may share memory: each node's alias source (:func:`_alias_source`)
+    read once, as a forest whose roots are the tensors that own their memory."""
 
+    def __init__(self, graph: fx.Graph):
+        self.parent, self.children = {}, {}
+        for n in graph.nodes:
+            src = _alias_source(n)
+            if src is not None:
+                self.parent[n] = src
+                self.children.setdefault(src, []).append(n)
 
-def alias_class(graph: fx.Graph) -> dict:
-    """Node -> the nodes that may share its memory (the views of its root, the root included)."""
-    members: dict = {}
-    for n in graph.nodes:
-        members.setdefault(alias_root(n), []).append(n)
-    return {n: members[alias_root(n)] for n in graph.nodes}
+    def root(self, n: fx.Node) -> fx.Node:
+        while n in self.parent:
+            n = self.parent[n]
+        return n
+
+    def below(self, n: fx.Node) -> set:
+        """``n`` and every view of it, transitively."""
+        out, stack = set(), [n]
+        while stack:
+            x = stack.pop()
+            if x not in out:
+                out.add(x)
+                stack.extend(self.children.get(x, ()))
+        return out
+
+    def members(self, n: fx.Node) -> set:
+        """Every node that may share ``n``'s memory (its root and the root's views)."""
+        return self.below(self.root(n))
 
 
 def is_write(node: fx.Node) -> bool:
@@ -185,8 +200,7 @@ def _fresh(node: fx.Node) -> bool:
     if node.op == "call_method" and node.target == "clone":
         return True
     call = canon(node)
-    return (call is not None and call.name in _FRESH and not _writes_in_place(node)
-            and not (node.op == "call_function" and node.target in _IOPS))
+    return call is not None and call.name in _FRESH and not _writes_in_place(node)
 
 
 def remove_dead_code(graph: fx.Graph) -> None:
@@ -196,15 +210,16 @@ def remove_dead_code(graph: fx.Graph) -> None:
     changed = True
     while changed:
         changed = False
+        aliases = Aliases(graph)  # erasing nodes leaves it valid: an erased node had no users
         for node in reversed(list(graph.nodes)):
             if node.op in ("placeholder", "output") or node.users:
                 continue
             if is_write(node):
-                root = alias_root(write_target(node))
-                if not _fresh(root):  # an input, a buffer, or memory of unknown origin
+                target = write_target(node)
+                if not _fresh(aliases.root(target)):  # an input, a buffer, or memory of unknown origin
                     continue
-                views = [n for n in root.graph.nodes if alias_root(n) is root]
-                readers = [u for a in views for u in a.users if u is not node and not (is_write(u) and not u.users)]
+                readers = [u for a in aliases.members(target) for u in a.users
+                           if u is not node and not (is_write(u) and not u.users)]
                 if readers:
                     continue
             elif node.is_impure():
@@ -224,39 +239,19 @@ def unfollowed_reads(graph: fx.Graph) -> dict:
     """
     nodes = list(graph.nodes)
     order = {n: i for i, n in enumerate(nodes)}
-    parent, children = {}, {}
-    for n in nodes:
-        src = _alias_source(n)
-        if src is not None:
-            parent[n] = src
-            children.setdefault(src, []).append(n)
-
-    def root(n):
-        while n in parent:
-            n = parent[n]
-        return n
-
-    def below(n):
-        out, stack = set(), [n]
-        while stack:
-            x = stack.pop()
-            if x not in out:
-                out.add(x)
-                stack.extend(children.get(x, ()))
-        return out
-
+    aliases = Aliases(graph)
     stale: dict = {}
     for m in nodes:
-        if not (_writes_in_place(m) or _is_update(m)):
+        if not is_write(m):
             continue
         x = write_target(m)
         # what reads the update's own result (and its views) gets the updated value, which the
         # evaluator computes; what reads x's other names would get the old one
-        alias = below(root(x)) - below(m)
+        alias = aliases.members(x) - aliases.below(m)
         if _is_update(m):  # followed through x and its views; not through x's other aliases
-            alias -= below(x)
+            alias -= aliases.below(x)
         what = m.target if isinstance(m.target, str) else getattr(m.target, "__name__", str(m.target))
-        for a in alias:
+        for a in sorted(alias, key=order.get):
             for r in a.users:
                 if r is not m and order[r] > order[m] and r not in stale:
                     stale[r] = (f"{r.name} reads {a.name} after the in-place update {m.name} ({what}) of "
