@@ -83,6 +83,12 @@ def shapes(
 SELECTION_KINDS = ("unique", "padding", "duplicates", "empty_rows")
 
 
+def _check_kinds(kinds) -> None:
+    bad = [k for k in kinds if k not in SELECTION_KINDS]
+    if bad:
+        raise ValueError(f"unknown selection kind {', '.join(map(repr, bad))}; choose from {SELECTION_KINDS}")
+
+
 def make_selection(shape: Shape, kind: str, seed: int) -> torch.Tensor:
     """``[B, T, H, n]`` int64 block indices of one kind (deterministic in ``seed``).
 
@@ -91,8 +97,7 @@ def make_selection(shape: Shape, kind: str, seed: int) -> torch.Tensor:
     extra random ``-1``; ``duplicates``: blocks drawn with repetition (own block included);
     ``empty_rows``: anything in range, so some rows select only future blocks (eager gives NaN).
     """
-    if kind not in SELECTION_KINDS:
-        raise ValueError(f"unknown selection kind {kind!r}; choose from {SELECTION_KINDS}")
+    _check_kinds((kind,))
     B, T, H, n, bs = shape.B, shape.T, shape.H, shape.n, shape.block_size
     nb = shape.num_blocks
     g = torch.Generator().manual_seed(seed)
@@ -123,9 +128,7 @@ def make_selection(shape: Shape, kind: str, seed: int) -> torch.Tensor:
 def selections(shape: Shape, kinds=SELECTION_KINDS):
     """Strategy of block-index tensors for ``shape`` (see :func:`make_selection`)."""
     st = _hyp()
-    bad = [k for k in kinds if k not in SELECTION_KINDS]
-    if bad:
-        raise ValueError(f"unknown selection kind(s) {bad}; choose from {SELECTION_KINDS}")
+    _check_kinds(kinds)
     return st.builds(lambda kind, seed: make_selection(shape, kind, seed),
                      st.sampled_from(list(kinds)), st.integers(0, 2**31 - 1))
 
@@ -145,9 +148,7 @@ def make_inputs(shape: Shape, kind: str = "unique", seed: int = 0, requires_grad
 def nsa_inputs(shape_strategy=None, kinds=("unique", "padding", "duplicates"), requires_grad: bool = False):
     """Strategy of whole cases ``(q, k, v, block_indices, block_size)`` ([B, T, H, D] layout)."""
     st = _hyp()
-    bad = [k for k in kinds if k not in SELECTION_KINDS]
-    if bad:
-        raise ValueError(f"unknown selection kind(s) {bad}; choose from {SELECTION_KINDS}")
+    _check_kinds(kinds)
     shape_strategy = shape_strategy if shape_strategy is not None else shapes()
     return st.builds(lambda s, kind, seed: make_inputs(s, kind, seed, requires_grad),
                      shape_strategy, st.sampled_from(list(kinds)), st.integers(0, 2**31 - 1))
