@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     p.add_argument("--T", type=int_list, default="8K,16K,32K,64K", help="sequence lengths (default %(default)s)")
     p.add_argument("--G", type=int_list, default="1,2,4,8,16", help="query heads per KV head (default %(default)s)")
     p.add_argument("--dist", type=choice_list(("uniform", "skewed")), default="uniform,skewed",
-                   help="selection distributions, DESIGN.md section 5 (default %(default)s)")
+                   help="selection distributions, fsa_compile/selection.py (default %(default)s)")
     p.add_argument("--strategies", type=choice_list(tuple(s for s in STRATEGIES if s != "reference")),
                    default="fsa,nsa,auto", help="kernel strategies timed beside dense SDPA (default %(default)s)")
     p.add_argument("--B", type=int, default=1, help="batch (default %(default)s)")
