@@ -13,7 +13,6 @@ import importlib
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -21,13 +20,9 @@ import torch  # noqa: E402
 
 import fsa_compile  # noqa: E402
 from fsa_compile.selection import uniform_selection  # noqa: E402
+from op_host_cost import host_time  # noqa: E402  (warm-up, then host time and time with the GPU)
 
 op_mod = importlib.import_module("fsa_compile.op")
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def old_context(real):
@@ -73,16 +68,10 @@ def main():
         for r in range(a.rounds):
             for name in ("now", "old"):
                 opdef._setup_context_fn = real_setup if name == "now" else old_context(real_setup)
-                for _ in range(5):
-                    step()
-                sync()
                 seen.clear()
-                t0 = time.perf_counter()
-                for _ in range(a.calls):
-                    step()
-                res[name].append((time.perf_counter() - t0) / a.calls * 1e3)
-                sync()
-                walls[name].append((time.perf_counter() - t0) / a.calls * 1e3)
+                host, wall = host_time(step, a.calls)
+                res[name].append(host)
+                walls[name].append(wall)
                 saw[name] = all(seen) if seen else None
         opdef._setup_context_fn = real_setup
         print(f"T={T} G={G} D={D}: ms per forward + backward call, median of {a.rounds} rounds "
