@@ -8,6 +8,9 @@ Whether the *operation* dispatches to those interpreted kernels is FSA_COMPILE_I
 at call time. The interpreter is ~30x slower than the reference, so that is per test: on for the
 kernel test modules and for tests marked ``interpret``, off for the rest, unless the whole run was
 started with FSA_COMPILE_INTERPRET=1 (then everything goes through the kernels).
+
+FSA_COMPILE_MEMO_CHECK=1: where the pattern pass reuses a verdict for an identical layer, it
+also runs the full checks and records any difference; every test fails on one.
 """
 import os
 
@@ -16,6 +19,7 @@ import torch
 
 ON_GPU = torch.cuda.is_available()
 ALL_THROUGH_KERNELS = os.environ.get("FSA_COMPILE_INTERPRET") == "1"
+os.environ.setdefault("FSA_COMPILE_MEMO_CHECK", "1")
 if not ON_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -33,3 +37,12 @@ def _kernel_dispatch(request, monkeypatch):
         monkeypatch.setenv("FSA_COMPILE_INTERPRET", "1")
     else:
         monkeypatch.delenv("FSA_COMPILE_INTERPRET", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _reused_verdicts_hold():
+    from fsa_compile.patterns import memo
+
+    start = len(memo.MISMATCHES)
+    yield
+    assert memo.MISMATCHES[start:] == [], "a verdict reused for an identical subgraph differs from its own analysis"

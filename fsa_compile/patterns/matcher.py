@@ -11,6 +11,7 @@ from torch import fx
 from torch.fx.experimental.symbolic_shapes import guard_bool, guard_int
 
 from . import rewrite, softmax_attention, topk
+from .memo import Memo
 from .ops import concrete, dtype_of, example_value, substituted
 from .points import Aliases, is_write, mutations, remove_dead_code, write_target
 
@@ -24,12 +25,15 @@ class Rewrite:
     shapes: dict
     options: dict
     plan: str = ""
+    # the earlier match whose checks this one reused (its subgraph reads the same: another layer)
+    same_as: str = ""
 
     def __str__(self) -> str:
         s = self.shapes
         shape = ", ".join(f"{k}={v}" for k, v in s.items())
         opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
-        return f"{self.pattern} at {self.node}: {shape}; {opts}; plan: {self.plan}"
+        same = f" (checks shared with {self.same_as})" if self.same_as else ""
+        return f"{self.pattern} at {self.node}{same}: {shape}; {opts}; plan: {self.plan}"
 
 
 @dataclass
@@ -47,6 +51,7 @@ class PassResult:
     rewrites: list = field(default_factory=list)  # selected attention
     misses: list = field(default_factory=list)
     others: list = field(default_factory=list)  # row top-k (the selection's top-n)
+    memo: Memo | None = None  # the verdicts shared between identical subgraphs
 
 
 def _describe(m) -> tuple[dict, dict]:
@@ -129,7 +134,7 @@ def _constants(nodes, t_symbol) -> list:
     return out
 
 
-def _same_at_another_length(gm: fx.GraphModule, anchor, m) -> bool:
+def _same_at_another_length(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
     """Under dynamic shapes the graph will run at other sequence lengths: verify the match again
     at a longer one (past every constant the checks read, so that a window of a fixed size, say,
     shows), with the sizes the graph computes from T. False if it does not hold there."""
@@ -148,7 +153,7 @@ def _same_at_another_length(gm: fx.GraphModule, anchor, m) -> bool:
     alt = max(2 * m.T + 1, 2 * big + 3)
     try:
         with substituted({expr: alt}):
-            m2 = softmax_attention.analyze(gm, anchor, m.output)
+            m2 = softmax_attention.analyze(gm, anchor, m.output, memo)
     except Exception:
         return False
     keys = ("q", "k", "v", "selection", "layouts", "H", "G", "D", "n", "block_size", "scale", "causal",
@@ -247,6 +252,7 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None, topk_plan_of=N
     (``topk_plan_of(match)`` for a top-k). ``with_topk``: also rewrite top-k calls."""
     result = PassResult()
     done: set = set()
+    memo = result.memo = Memo()
     for anchor in list(softmax_attention.candidates(gm.graph)):
         if anchor.node in done or anchor.node.graph is not gm.graph or anchor.node not in gm.graph.nodes:
             continue
@@ -255,7 +261,7 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None, topk_plan_of=N
             if output not in gm.graph.nodes:
                 continue
             try:
-                m = softmax_attention.analyze(gm, anchor, output)
+                m = softmax_attention.analyze(gm, anchor, output, memo)
                 break
             except LookupError:
                 break
@@ -282,13 +288,14 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None, topk_plan_of=N
             log.info("fsa_compile: not rewritten: %s/%s: %s", softmax_attention.FAMILY, output.name, why)
             continue
         _unify(m)
-        keep_t = _same_at_another_length(gm, anchor, m)
+        keep_t = _same_at_another_length(gm, anchor, m, memo)
         if not keep_t and _t_symbol(m) is not None:
             log.info("fsa_compile: %s holds at T=%d but not at other lengths: T is fixed for this graph", output.name, m.T)
         _specialize(gm, m, keep_t)
         shapes, options = _describe(m)
         pattern = f"{m.family} ({m.form} form)"
-        rw = Rewrite(pattern, output.name, shapes, options, plan_of(m) if plan_of else "")
+        rw = Rewrite(pattern, output.name, shapes, options, plan_of(m) if plan_of else "",
+                     memo.reused_from.get(output.name, ""))
         rewrite.apply(gm.graph, m, strategy)
         result.rewrites.append(rw)
         log.info("fsa_compile: rewrote %s", rw)

@@ -382,6 +382,7 @@ class Evaluator:
         self.module = module
         self.stale = stale or {}  # :func:`unfollowed_reads`
         self.cache: dict = {}
+        self.entered: set = set()  # every node evaluated, also those whose evaluation raised
         self._shapes: dict = {}  # node -> shape: sizes are read for every point, and SymInt hints are slow
         self._mutations: dict = {}
         self._calls: dict = {}
@@ -448,6 +449,7 @@ class Evaluator:
         return Leaf(node, coords)
 
     def _at(self, node: fx.Node, coords: tuple) -> Any:
+        self.entered.add(node)
         if node in self.stale:
             raise Unsupported(self.stale[node])
         base = _mutated_base(node)

@@ -31,6 +31,7 @@ import torch
 from torch import fx
 
 from . import layouts as L
+from .memo import Memo
 from .ops import canon, concrete, dtype_of, example_value, shape_of
 from .points import (NEG_INF, Dot, Evaluator, Leaf, OutOfBounds, Scaled, Unsupported, is_symbolic, mutations,
                      unfollowed_reads)
@@ -375,10 +376,23 @@ def _leaf_of(x, what):
     return coef, leaf
 
 
+def _first_distinct(values, count: int) -> tuple:
+    out: list = []
+    for c in values:
+        if 1 <= c <= 1 << 16 and c not in out:
+            out.append(c)
+            if len(out) == count:
+                break
+    return tuple(out)
+
+
 class Analysis:
-    def __init__(self, gm: fx.GraphModule, anchor: Anchor, output: fx.Node, seed: int = 0, leaves=frozenset()):
+    def __init__(self, gm: fx.GraphModule, anchor: Anchor, output: fx.Node, seed: int = 0, leaves=frozenset(),
+                 memo: Memo | None = None):
         self.gm, self.anchor, self.softmax, self.output = gm, anchor, anchor.node, output
         self.leaves = frozenset(leaves)  # nodes read as tensors even where the evaluator could see through them
+        self.seed, self.memo = seed, memo
+        self.entered: set = set()  # every node an evaluator entered: what the result depends on
         self.swapped = False  # the score product has the keys on the left
         self.rng = random.Random(seed)
         self.stale = unfollowed_reads(gm.graph)
@@ -659,6 +673,7 @@ class Analysis:
         return survivors
 
     def _seen(self, probe):
+        self.entered |= probe.ev.entered
         for node, _ in probe.ev.cache:
             if node not in self.visited:
                 self.visited.add(node)
@@ -706,23 +721,32 @@ class Analysis:
         out = []
         if self.S % self.n == 0 and self.S != self.T:
             out.append(self.S // self.n)
-        index_ops, other = [], []
-        for node in self.gm.graph.nodes:
-            call = canon(node)
-            bucket = index_ops if call is not None and call.name in (
-                "floordiv", "repeat_interleave", "mul", "div", "arange", "add") else other
-            for a in list(node.args) + list(node.kwargs.values()):
-                for x in (a if isinstance(a, (list, tuple)) else (a,)):
-                    if isinstance(x, int) and not isinstance(x, bool):
-                        bucket.append(x)
-            if node.op == "placeholder" and isinstance(example_value(node), (int, torch.SymInt)):
-                index_ops.append(int(concrete(example_value(node))))
+        index_ops, other = (list(c) for c in self._graph_constants())
         if self.S % self.n == 0 and self.S == self.T:
             index_ops.append(self.S // self.n)  # a row of T keys: a gather of n blocks that fill T, or a mask
         for c in index_ops + other:
             if 1 <= c <= 1 << 16 and c not in out:
                 out.append(c)
         return out[:12]
+
+    def _graph_constants(self) -> tuple:
+        """The first distinct integers in range of the graph's index ops (and integer inputs), and
+        of its other ops: all :meth:`_block_sizes` reads of the graph (a rewrite elsewhere in it,
+        which adds the op's arguments, rarely changes them)."""
+        if getattr(self, "_constants", None) is None:
+            index_ops, other = [], []
+            for node in self.gm.graph.nodes:
+                call = canon(node)
+                bucket = index_ops if call is not None and call.name in (
+                    "floordiv", "repeat_interleave", "mul", "div", "arange", "add") else other
+                for a in list(node.args) + list(node.kwargs.values()):
+                    for x in (a if isinstance(a, (list, tuple)) else (a,)):
+                        if isinstance(x, int) and not isinstance(x, bool):
+                            bucket.append(x)
+                if node.op == "placeholder" and isinstance(example_value(node), (int, torch.SymInt)):
+                    index_ops.append(int(concrete(example_value(node))))
+            self._constants = tuple(_first_distinct(c, 13) for c in (index_ops, other))
+        return self._constants
 
     def semantics(self):
         first = None
@@ -801,6 +825,18 @@ class Analysis:
             raise NearMiss("could not tell whether duplicate block indices count once or twice")
 
     def run(self) -> Match:
+        recalled = self.memo.recall(self) if self.memo is not None else None
+        if recalled is not None and not self.memo.check:
+            return recalled
+        match = self._run()
+        if self.memo is not None:
+            if recalled is not None:
+                self.memo.compare(recalled, match)
+            else:
+                self.memo.remember(self, match)
+        return match
+
+    def _run(self) -> Match:
         self.structure()
         first = None
         for layouts, (B, T, H, G, Dv, n) in self.layout_options:
@@ -865,10 +901,11 @@ def _view_users(nodes) -> frozenset:
     return frozenset(out)
 
 
-def analyze(gm: fx.GraphModule, anchor: Anchor, output: fx.Node) -> Match:
-    """A verified match, or raises NearMiss (with the reason) / LookupError (not attention)."""
+def analyze(gm: fx.GraphModule, anchor: Anchor, output: fx.Node, memo: Memo | None = None) -> Match:
+    """A verified match, or raises NearMiss (with the reason) / LookupError (not attention).
+    ``memo``: the verified matches of this pass, reused where a candidate reads the same."""
     try:
-        analysis = Analysis(gm, anchor, output)
+        analysis = Analysis(gm, anchor, output, memo=memo)
         try:
             return analysis.run()
         except LayoutMiss as miss:
@@ -879,7 +916,7 @@ def analyze(gm: fx.GraphModule, anchor: Anchor, output: fx.Node) -> Match:
             if not lifted:
                 raise
             try:
-                return Analysis(gm, anchor, output, leaves=lifted).run()
+                return Analysis(gm, anchor, output, leaves=lifted, memo=memo).run()
             except (NearMiss, LookupError, Unsupported):
                 raise miss from None  # the first reading's reason (and the matcher tries the next output)
     except Unsupported as e:
