@@ -265,6 +265,8 @@ def is_symbolic(x: Any) -> bool:
 
 def _bcast(coords: tuple, shape: tuple) -> tuple:
     """Coordinates of a broadcast operand of ``shape`` inside an output indexed by ``coords``."""
+    if type(coords) is tuple and len(shape) == len(coords) and 1 not in shape:  # the common case, no loop
+        return coords
     tail = coords[len(coords) - len(shape):] if shape else ()
     return tuple(0 if s == 1 else c for c, s in zip(tail, shape))
 
@@ -367,6 +369,10 @@ _BINARY = {"add", "sub", "mul", "div", "floordiv", "mod", "gt", "lt", "ge", "le"
 _VIEWS = {"reshape", "flatten", "unsqueeze", "squeeze"}
 
 
+# kinds of the steps of :meth:`Evaluator._index_plan`
+_ADVANCED, _SLICE, _SLICE_OF_NODES, _NUMBER = range(4)
+
+
 class Evaluator:
     """Point evaluation of FX nodes.
 
@@ -386,6 +392,8 @@ class Evaluator:
         self._shapes: dict = {}  # node -> shape: sizes are read for every point, and SymInt hints are slow
         self._mutations: dict = {}
         self._calls: dict = {}
+        self._einsums: dict = {}  # einsum node -> :meth:`_einsum_plan`
+        self._index_plans: dict = {}  # indexing node -> :meth:`_index_plan`
         self._state: dict = {}  # tensor updated in place -> getter of its value before the update being evaluated
 
     # -- values of non-tensor arguments ---------------------------------------------------------
@@ -879,10 +887,35 @@ class Evaluator:
             return self._leaf(node, coords)
         if not isinstance(idx, tuple):
             idx = (idx,)
-        return self.at(src, self._index_coords(src, idx, coords))
+        return self.at(src, self._index_coords(node, src, idx, coords))
 
-    def _index_coords(self, src, idx, coords):
-        """Source coordinates of ``src[idx]`` at output ``coords`` (torch indexing rules)."""
+    def _index_coords(self, node, src, idx, coords):
+        """Source coordinates of ``src[idx]`` (the value of ``node``) at output ``coords``
+        (torch indexing rules)."""
+        try:
+            steps, a0, alen = self._index_plans[node]
+        except KeyError:
+            steps, a0, alen = self._index_plans[node] = self._index_plan(src, idx)
+        adv = coords[a0: a0 + alen]
+        out = []
+        for step in steps:
+            kind = step[0]
+            if kind == _ADVANCED:
+                out.append(self._checked(self.at(step[1], _bcast(adv, step[2])), step[3], allow_negative=True))
+            elif kind == _SLICE:
+                out.append(step[2] + coords[step[1]] * step[3])
+            elif kind == _SLICE_OF_NODES:
+                i, out_d, size = step[1:]
+                start, stop, stride = (self.scalar(v) if v is not None else None for v in (i.start, i.stop, i.step))
+                start, _, stride = slice(start, stop, stride).indices(size)
+                out.append(start + coords[out_d] * stride)
+            else:
+                out.append(self._checked(self.scalar(step[1]), step[2], allow_negative=True))
+        return tuple(out)
+
+    def _index_plan(self, src, idx):
+        """What :meth:`_index_coords` does at every point, worked out once per indexing node:
+        steps in source-dim order, and where the advanced indices' coordinates sit in the output."""
         src_shape = self.shape(src)
         n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
         expanded = []
@@ -905,16 +938,15 @@ class Evaluator:
         contiguous = not adv_pos or adv_pos == list(range(adv_pos[0], adv_pos[-1] + 1))
         out_first = adv_pos[0] if adv_pos and contiguous else 0
         # Walk the index tuple and assign output dims to source dims.
-        src_c = []
-        out_d = 0
+        steps = []
+        out_d = a0 = 0
         if adv_pos and not contiguous:
-            adv_coords = coords[: len(adv_shape)]
-            out_d = len(adv_shape)
+            out_d = len(adv_shape)  # the advanced dims come first
         adv_done = False
         sdim = 0
         for p, i in enumerate(expanded):
             if adv_pos and contiguous and p == out_first and not adv_done:
-                adv_coords = coords[out_d: out_d + len(adv_shape)]
+                a0 = out_d
                 out_d += len(adv_shape)
                 adv_done = True
             if i is None:
@@ -922,17 +954,19 @@ class Evaluator:
                 continue
             size = src_shape[sdim]
             if p in adv_pos:
-                ic = _bcast(adv_coords, self.shape_or_none(i))
-                src_c.append(self._checked(self.at(i, ic), size, allow_negative=True))
+                steps.append((_ADVANCED, i, self.shape_or_none(i), size))
             elif isinstance(i, slice):
-                start, stop, step = (self.scalar(v) if v is not None else None for v in (i.start, i.stop, i.step))
-                start, _, step = slice(start, stop, step).indices(size)
-                src_c.append(start + coords[out_d] * step)
+                if any(isinstance(v, fx.Node) for v in (i.start, i.stop, i.step)):
+                    steps.append((_SLICE_OF_NODES, i, out_d, size))
+                else:
+                    start, stop, stride = (concrete(v) if v is not None else None for v in (i.start, i.stop, i.step))
+                    start, _, stride = slice(start, stop, stride).indices(size)
+                    steps.append((_SLICE, out_d, start, stride))
                 out_d += 1
             else:
-                src_c.append(self._checked(self.scalar(i), size, allow_negative=True))
+                steps.append((_NUMBER, i, size))
             sdim += 1
-        return tuple(src_c)
+        return steps, a0, len(adv_shape)
 
     # products -------------------------------------------------------------------------------------
     def _dot(self, left, right, size):
@@ -952,6 +986,26 @@ class Evaluator:
         return self._dot(lambda i: self.at(a, ba + (m, i)), lambda i: self.at(b, bb + (i, n)), sa[-1])
 
     def _op_einsum(self, node, call, coords):
+        try:
+            operands, sources, size = self._einsums[node]
+        except KeyError:
+            operands, sources, size = self._einsums[node] = self._einsum_plan(call)
+
+        def side(k):
+            a, src = operands[k], sources[k]
+
+            def f(i):
+                # per operand dim: 0 (size 1, broadcast), the summed index, or an output coordinate
+                return self.at(a, tuple(0 if c is None else i if c < 0 else coords[c] for c in src))
+
+            return f
+
+        return self._dot(side(0), side(1), size)
+
+    def _einsum_plan(self, call):
+        """The two operands, where each of their dims reads its coordinate from (None: 0, a size-1
+        dim broadcast against the output; -1: the summed index; else an output dim), and the
+        summed size, worked out once per einsum node."""
         eq = call.args[0]
         operands = call.args[1:]
         if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
@@ -966,20 +1020,13 @@ class Evaluator:
             names = "".join(spare[:n_ell])
             ins = [spec.replace("...", names[n_ell - (len(self.shape(o)) - (len(spec) - 3)):]) for o, spec in zip(operands, ins)]
             out = out.replace("...", names)
-        pos = dict(zip(out, coords))
         summed = [c for c in dict.fromkeys(ins[0] + ins[1]) if c not in out]
         if len(summed) != 1 or not all(summed[0] in s for s in ins):
             raise Unsupported("einsum that is not one contraction")
         (red,) = summed
         size = self.shape(operands[0])[ins[0].index(red)]
         shapes = [self.shape(o) for o in operands]
-
-        def side(k):
-            def f(i):
-                env = dict(pos, **{red: i})
-                # a size-1 dim broadcasts against the output
-                return self.at(operands[k], tuple(0 if sz == 1 else env[c] for c, sz in zip(ins[k], shapes[k])))
-
-            return f
-
-        return self._dot(side(0), side(1), size)
+        sources = tuple(
+            tuple(None if sz == 1 else -1 if c == red else out.index(c) for c, sz in zip(ins[k], shapes[k]))
+            for k in range(2))
+        return operands, sources, size
