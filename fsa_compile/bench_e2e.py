@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from . import backend as fsa_backend
+
 BACKENDS = ("eager", "inductor", "fsa", "dense")
 
 
@@ -57,6 +59,12 @@ def _train_step(compiled, opt, batch, vocab):
     return loss
 
 
+def _row(r) -> str:
+    passed = f" (pattern pass {r['pass_s']} s)" if "pass_s" in r else ""
+    return (f"train {r['train_ms']:.1f} ms/step ({r['train_tok_s']:,.0f} tok/s, peak {r['train_peak_gib']:.1f} GiB), "
+            f"prefill {_fmt(r, 'prefill_ms', '{:.1f} ms')}, compile {r['compile_s']} s{passed}, loss0 {r['loss0']:.4f}")
+
+
 def measure(nsa_model, backend, T, cfg_kw, steps, device, dtype):
     """Training tokens/s, first-step loss, prefill ms and peak GiB, or OOM, for one (backend, T)."""
     out = {"backend": backend, "T": T}
@@ -70,10 +78,17 @@ def measure(nsa_model, backend, T, cfg_kw, steps, device, dtype):
         g = torch.Generator().manual_seed(1)
         batch = torch.randint(0, cfg.vocab, (1, T + 1), generator=g).to(device)
         t0 = time.perf_counter()
-        out["loss0"] = _train_step(compiled, opt, batch, cfg.vocab).item()  # compile + first step
-        _train_step(compiled, opt, batch, cfg.vocab)
-        _sync()
+        passes: list = []  # the pattern pass's results of the graphs compiled here
+        fsa_backend._collectors.append(passes)
+        try:
+            out["loss0"] = _train_step(compiled, opt, batch, cfg.vocab).item()  # compile + first step
+            _train_step(compiled, opt, batch, cfg.vocab)
+            _sync()
+        finally:
+            fsa_backend._collectors.remove(passes)
         out["compile_s"] = round(time.perf_counter() - t0, 1)
+        if passes:
+            out["pass_s"] = round(sum(r.seconds for r in passes), 1)
         t0 = time.perf_counter()
         for _ in range(steps):
             _train_step(compiled, opt, batch, cfg.vocab)
@@ -146,7 +161,11 @@ def main(argv=None) -> int:
         nsa_model = _examples()
         results = [measure(nsa_model, b, T, cfg_kw, 1, torch.device("cpu"), torch.float32)
                    for T in (64, 128) for b in ("eager", "fsa")]
+        for r in results:
+            print(f"  T={r['T']:>6} {r['backend']:9} ... {_row(r)}")
         print(table(results, [64, 128], ["eager", "fsa"]))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"config": cfg_kw, "results": results}, indent=1))
         return 0 if all("prefill_ms" in r for r in results) else 1
     if not torch.cuda.is_available():
         print("bench --e2e needs a CUDA GPU (none found); the examples run on the CPU: "
@@ -173,8 +192,7 @@ def main(argv=None) -> int:
                 dead.add(b)
                 print(" out of memory", flush=True)
             else:
-                print(f" train {r['train_ms']:.1f} ms/step ({r['train_tok_s']:,.0f} tok/s, peak {r['train_peak_gib']:.1f} GiB), "
-                      f"prefill {_fmt(r, 'prefill_ms', '{:.1f} ms')}, compile {r['compile_s']} s, loss0 {r['loss0']:.4f}", flush=True)
+                print(" " + _row(r), flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps({"config": cfg_kw, "results": results}, indent=1))
     print()

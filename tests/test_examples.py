@@ -185,10 +185,16 @@ def test_e2e_bench_rejects_an_unknown_backend(capsys):
     assert e.value.code == 2 and "eager, inductor, fsa, dense" in capsys.readouterr().err
 
 
-def test_e2e_bench_script_runs_on_a_tiny_cpu_model():
+def test_e2e_bench_script_runs_on_a_tiny_cpu_model(capsys, tmp_path):
+    import json
+
     from fsa_compile import bench_e2e
 
-    assert bench_e2e.main(["--cpu-smoke"]) == 0
+    out = tmp_path / "e2e.json"
+    assert bench_e2e.main(["--cpu-smoke", "--json", str(out)]) == 0
+    fsa = [r for r in json.loads(out.read_text())["results"] if r["backend"] == "fsa"]
+    assert fsa and all(0 < r["pass_s"] <= r["compile_s"] + 0.05 for r in fsa), fsa
+    assert "pattern pass" in capsys.readouterr().out
 
 
 @settings(max_examples=10, deadline=None)

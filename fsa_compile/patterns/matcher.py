@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 import sympy
@@ -52,6 +53,7 @@ class PassResult:
     misses: list = field(default_factory=list)
     others: list = field(default_factory=list)  # row top-k (the selection's top-n)
     memo: Memo | None = None  # the verdicts shared between identical subgraphs
+    seconds: float = 0.0  # how long the pass took
 
 
 def _describe(m) -> tuple[dict, dict]:
@@ -250,6 +252,7 @@ def _specialize(gm: fx.GraphModule, m, keep_t: bool = True) -> None:
 def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None, topk_plan_of=None, with_topk: bool = True) -> PassResult:
     """Rewrite every verified match in ``gm`` in place; ``plan_of(match)`` names the chosen plan
     (``topk_plan_of(match)`` for a top-k). ``with_topk``: also rewrite top-k calls."""
+    start = time.perf_counter()
     result = PassResult()
     done: set = set()
     memo = result.memo = Memo()
@@ -310,4 +313,5 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None, topk_plan_of=N
         remove_dead_code(gm.graph)
         gm.graph.lint()
         gm.recompile()
+    result.seconds = time.perf_counter() - start
     return result
