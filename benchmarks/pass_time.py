@@ -31,6 +31,8 @@ def main() -> None:
     p.add_argument("--T", type=int, default=4096)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--profile", action="store_true", help="print the 25 most expensive functions")
+    p.add_argument("--prefill", action="store_true",
+                   help="then trace the model again under no_grad, as a prefill after training does")
     args = p.parse_args()
     cfg = nsa_model.NSAConfig(dim=1024, layers=args.layers, heads=16, kv_heads=4, head_dim=64, attention="nsa",
                               max_seq=max(args.T, nsa_model.NSAConfig.max_seq))
@@ -49,16 +51,18 @@ def main() -> None:
         results.append((time.perf_counter() - start, res))
         raise _Done
 
-    try:
-        torch.compile(model, backend=timed_pass)(tokens)
-    except Exception as e:  # Dynamo wraps the backend's exception
-        if not results:
-            raise
-        del e
-    seconds, res = results[0]
-    shared = sum(1 for r in res.rewrites if getattr(r, "same_as", ""))  # (older code: no such field)
-    print(f"T={args.T} layers={args.layers}: pass {seconds:.1f} s, {len(res.rewrites)} attention rewrites "
-          f"({shared} reused an earlier layer's checks), {len(res.others)} top-k, {len(res.misses)} misses")
+    for mode in ["training", "prefill"][: 2 if args.prefill else 1]:
+        torch._dynamo.reset()
+        try:
+            with torch.set_grad_enabled(mode == "training"):
+                torch.compile(model, backend=timed_pass)(tokens)
+        except Exception:  # Dynamo wraps the backend's exception
+            if len(results) < (1 if mode == "training" else 2):
+                raise
+        seconds, res = results[-1]
+        shared = sum(1 for r in res.rewrites if getattr(r, "same_as", ""))  # (older code: no such field)
+        print(f"T={args.T} layers={args.layers} {mode}: pass {seconds:.1f} s, {len(res.rewrites)} attention rewrites "
+              f"({shared} reused earlier checks), {len(res.others)} top-k, {len(res.misses)} misses")
     if args.profile:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
 

@@ -9,8 +9,9 @@ at call time. The interpreter is ~30x slower than the reference, so that is per 
 kernel test modules and for tests marked ``interpret``, off for the rest, unless the whole run was
 started with FSA_COMPILE_INTERPRET=1 (then everything goes through the kernels).
 
-FSA_COMPILE_MEMO_CHECK=1: where the pattern pass reuses a verdict for an identical layer, it
-also runs the full checks and records any difference; every test fails on one.
+FSA_COMPILE_MEMO_CHECK=1: where the pattern pass reuses a verdict for an identical subgraph (the
+first time for each verdict), it also runs the full checks and records any difference; every
+test fails on one. Each test starts with an empty memo, so that none depends on another's.
 """
 import os
 
@@ -43,6 +44,7 @@ def _kernel_dispatch(request, monkeypatch):
 def _reused_verdicts_hold():
     from fsa_compile.patterns import memo
 
+    memo.SHARED.forget()
     start = len(memo.MISMATCHES)
     yield
     assert memo.MISMATCHES[start:] == [], "a verdict reused for an identical subgraph differs from its own analysis"

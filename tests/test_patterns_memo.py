@@ -54,12 +54,32 @@ def test_the_second_identical_layer_reuses_the_first_verdict():
     assert f"checks shared with {first.node}" in str(second)
 
 
-def test_check_mode_runs_the_full_analysis_and_agrees(monkeypatch):
-    monkeypatch.setenv("FSA_COMPILE_MEMO_CHECK", "1")
+@pytest.mark.parametrize("value, mode", [("1", "first"), ("all", "all"), ("0", None), ("", None)])
+def test_check_mode_is_read_at_every_pass(monkeypatch, value, mode):
+    monkeypatch.setenv("FSA_COMPILE_MEMO_CHECK", value)
     m = memo.Memo()
-    assert m.check and m.mismatches == []
-    monkeypatch.setenv("FSA_COMPILE_MEMO_CHECK", "0")
-    assert not memo.Memo().check
+    m.new_pass()
+    assert m.check == mode
+
+
+def test_check_mode_runs_the_full_analysis_on_a_reuse(monkeypatch):
+    from fsa_compile.patterns import softmax_attention
+
+    runs = []
+    full = softmax_attention.Analysis._run
+
+    def counted(self):
+        runs.append(self.output.name)
+        return full(self)
+
+    monkeypatch.setattr(softmax_attention.Analysis, "_run", counted)
+    for value, analysed in (("0", 1), ("all", 2)):
+        monkeypatch.setenv("FSA_COMPILE_MEMO_CHECK", value)
+        memo.SHARED.forget()
+        runs.clear()
+        rep = _explain(_layers(None, None), _inputs())
+        assert len(rep.rewrites) == 2 and rep.rewrites[1].same_as, str(rep)
+        assert len(runs) == analysed, (value, runs)
 
 
 @pytest.mark.parametrize("change", sorted(MISSES))
@@ -106,3 +126,68 @@ def test_each_layer_gets_the_verdict_it_gets_alone(first, second, bs2, seed):
     assert len(both.rewrites) + len(both.misses) == 2, str(both)
     assert got == [v[0] for v in alone if isinstance(v[0], tuple)], str(both)
     assert [m.reason for m in both.misses] == [v[0] for v in alone if isinstance(v[0], str)], str(both)
+
+
+def test_the_same_model_compiled_again_reuses_the_verdicts_of_its_first_compile():
+    """A prefill after training compiles the model again (no_grad: another graph); its pass
+    reuses the first compile's verdicts, which name the node of the earlier graph."""
+    fn, args = _layers(None, None), _inputs()
+    first = _explain(fn, args)
+    assert [r.same_as for r in first.rewrites] == ["", first.rewrites[0].node], str(first)
+    with torch.no_grad():
+        torch._dynamo.reset()
+        again = fsa_compile.explain(fn, *args, options=FAST)
+    assert len(again.rewrites) == 2, str(again)
+    assert all(r.same_as.endswith("of an earlier graph") for r in again.rewrites), str(again)
+    assert [(r.shapes, r.options) for r in again.rewrites] == [(r.shapes, r.options) for r in first.rewrites]
+
+
+def test_the_memo_keeps_no_graph_alive():
+    import gc
+    import weakref
+
+    fn, args = _layers(None, None), _inputs()
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(weakref.ref(gm.graph))
+        from fsa_compile import backend
+
+        backend.rewrite_graph(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(fn, backend=keep)(*args)
+    assert memo.SHARED._entries, "nothing was remembered"
+    torch._dynamo.reset()
+    gc.collect()
+    assert graphs and all(g() is None for g in graphs)
+
+
+def _mask_form(extra_first):
+    from fsa_compile.patterns import forms
+
+    def fn(q, k, v, block_indices, block_size):
+        if extra_first:  # index arithmetic with other integers, traced before the attention
+            extra = (torch.arange(3) * 5).sum()
+        o = forms.mask_scatter_index_pos(q, k, v, block_indices, block_size)
+        if not extra_first:
+            extra = (torch.arange(3) * 5).sum()
+        return o, extra
+
+    return fn
+
+
+@pytest.mark.parametrize("extra_first", [True, False])
+def test_a_graph_offering_other_block_sizes_first_is_verified_again(extra_first):
+    """A dense mask's block size comes from the graph's constants, tried in order: a graph whose
+    constants put others before the verified one is checked on its own; one that adds its
+    constants after them reuses the verdict."""
+    args = make_inputs(SHAPE, "padding", 0)
+    first = _explain(_mask_form(False), args)
+    again = _explain(_mask_form(extra_first), args)
+    assert [r.shapes["block_size"] for r in first.rewrites + again.rewrites] == [8, 8], str(again)
+    if extra_first:
+        assert again.rewrites[0].same_as == "", str(again)
+    else:
+        assert again.rewrites[0].same_as.endswith("of an earlier graph"), str(again)

@@ -7,7 +7,8 @@ entered, the op, the target, the constant arguments, the example sizes, strides 
 in-place updates and whether they come after every other read, whether the node is held as a
 leaf (the selection, the softmax, an earlier rewrite's output, a read the evaluator cannot
 follow); for the other arguments of those nodes, only their example values (sizes, or the
-numbers of scalars); and a few numbers of the whole graph, which the caller adds to the key.
+numbers of scalars); and, of the rest of the graph, the block sizes its constants offer, which
+:class:`.memo.Memo` compares itself.
 
 :func:`fingerprint` writes those reads down in the order of a walk from the roots, naming
 nodes by the order the walk meets them. Two subgraphs whose fingerprints are equal are analysed
@@ -39,7 +40,7 @@ def _value(ev: Any) -> Any:
         if ev.layout != torch.strided:
             raise Uncacheable(f"a {ev.layout} tensor")
         return ("tensor", tuple(int(concrete(s)) for s in ev.shape), ev.dtype,
-                tuple(int(concrete(s)) for s in ev.stride()), ev.requires_grad, ev.device.type)
+                tuple(int(concrete(s)) for s in ev.stride()), ev.device.type)  # (the checks never read requires_grad)
     if isinstance(ev, (torch.SymInt, torch.SymFloat, torch.SymBool)):
         return _constant(concrete(ev))
     if isinstance(ev, (list, tuple)):

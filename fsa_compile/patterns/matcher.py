@@ -12,7 +12,7 @@ from torch import fx
 from torch.fx.experimental.symbolic_shapes import guard_bool, guard_int
 
 from . import rewrite, softmax_attention, topk
-from .memo import Memo
+from .memo import SHARED
 from .ops import concrete, dtype_of, example_value, substituted
 from .points import Aliases, is_write, mutations, remove_dead_code, write_target
 
@@ -52,7 +52,6 @@ class PassResult:
     rewrites: list = field(default_factory=list)  # selected attention
     misses: list = field(default_factory=list)
     others: list = field(default_factory=list)  # row top-k (the selection's top-n)
-    memo: Memo | None = None  # the verdicts shared between identical subgraphs
     seconds: float = 0.0  # how long the pass took
 
 
@@ -255,7 +254,8 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None, topk_plan_of=N
     start = time.perf_counter()
     result = PassResult()
     done: set = set()
-    memo = result.memo = Memo()
+    memo = SHARED
+    memo.new_pass()
     for anchor in list(softmax_attention.candidates(gm.graph)):
         if anchor.node in done or anchor.node.graph is not gm.graph or anchor.node not in gm.graph.nodes:
             continue
@@ -284,6 +284,7 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None, topk_plan_of=N
                 log.info("fsa_compile: not rewritten: %s: %s", name, e)
             continue
         output = m.output
+        same_as = memo.reused_from.get(output.name, "")  # (before the check at another length)
         done.add(anchor.node)
         why = _updated_before_output(gm.graph, m) or _grad_mode_differs(gm.graph, m)
         if why:
@@ -298,7 +299,7 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None, topk_plan_of=N
         shapes, options = _describe(m)
         pattern = f"{m.family} ({m.form} form)"
         rw = Rewrite(pattern, output.name, shapes, options, plan_of(m) if plan_of else "",
-                     memo.reused_from.get(output.name, ""))
+                     same_as)
         rewrite.apply(gm.graph, m, strategy)
         result.rewrites.append(rw)
         log.info("fsa_compile: rewrote %s", rw)

@@ -1,11 +1,14 @@
-"""Verified matches of one pattern pass, reused for subgraphs that read the same (every layer
-of a model): the semantic checks cost a second or more per candidate on a CPU, per layer.
+"""Verified matches, reused for subgraphs that read the same: every layer of a model, and the
+same model compiled again in the process (its prefill after its training step, say). The
+semantic checks cost seconds per candidate on a CPU.
 
 A result is reused only where :func:`.fingerprint.fingerprint` of the new candidate equals the
 one of the verified candidate, entry for entry, so the checks would read the same values and
-reach the same verdict; the reused match names the new candidate's nodes. With
-``FSA_COMPILE_MEMO_CHECK=1`` (the test suite sets it) every reuse is checked by a full analysis,
-and a difference is logged and counted in :attr:`Memo.mismatches`.
+reach the same verdict; the reused match names the new candidate's nodes. The memo keeps no
+graph alive: it holds fingerprints and the verdicts' numbers, not nodes. With
+``FSA_COMPILE_MEMO_CHECK=1`` (the test suite sets it) the first reuse of every verdict is checked
+by a full analysis (``=all``: every reuse), and a difference is logged and counted in
+:data:`MISMATCHES`.
 """
 from __future__ import annotations
 
@@ -24,30 +27,55 @@ MISMATCHES: list = []
 
 _NODES = ("output", "softmax", "q", "k", "v", "selection")
 
+# verdicts kept per key (and keys kept), the oldest dropped first
+CAPACITY = 64
 
-def check_requested() -> bool:
-    return os.environ.get("FSA_COMPILE_MEMO_CHECK", "") not in ("", "0")
+
+def check_requested() -> str | None:
+    """None, "first" (the first reuse of each verdict is checked) or "all"."""
+    value = os.environ.get("FSA_COMPILE_MEMO_CHECK", "")
+    return None if value in ("", "0") else "all" if value == "all" else "first"
 
 
 class Memo:
-    def __init__(self, check: bool | None = None):
-        self.check = check_requested() if check is None else check
-        self._entries: dict = {}  # graph-level key -> [(expanded labels, fingerprint, match, labels)]
+    def __init__(self, check: str | None = "env"):
+        self._check = check
+        self.check = check_requested() if check == "env" else check
+        self._entries: dict = {}  # key -> [(expanded labels, fingerprint, verdict, labels, origin)]
+        self._pass = 0
         self.hits = 0
-        self.mismatches: list = []
-        self.reused_from: dict = {}  # output node name -> the output name whose verdict it reused
+        self.reused_from: dict = {}  # this pass: output node name -> where the verdict it reused came from
+
+    def new_pass(self) -> None:
+        """A pattern pass over another graph begins (reuse within it is named by node)."""
+        self._pass += 1
+        self.reused_from = {}
+        self.check = check_requested() if self._check == "env" else self._check
+
+    def forget(self) -> None:
+        self._entries.clear()
 
     @staticmethod
     def _setup(a):
-        """The walk's roots, the per-node flags and the graph-level part of the key of analysis ``a``."""
+        """The walk's roots, the per-node flags and the rest of the key of analysis ``a``."""
         roots = list(dict.fromkeys(n for n in (a.output, a.anchor.node, a.anchor.pre) if n is not None))
         held = set(a.leaves) | ({a.anchor.node} if a.anchor.kind == "softmax" else set())
 
         def flags(n):
             return (n is a.selection, n in held, n in a.stale)
 
-        key = (a.anchor.kind, a.anchor.dim, a.seed, a.topk_len, a._graph_constants(), len(roots))
+        key = (a.anchor.kind, a.anchor.dim, a.seed, a.topk_len, len(roots))
         return roots, flags, key
+
+    @staticmethod
+    def _same_block_sizes(a, reads) -> bool:
+        """Whether ``a``'s graph offers the block sizes the verdict tried, in the same order (and
+        no more where it tried them all): the only thing the checks read of the rest of the graph."""
+        for (S, n, T), tried, exhausted in reads:
+            sizes = a.block_sizes_for(S, n, T)
+            if tuple(sizes[: len(tried)]) != tried or (exhausted and len(sizes) != len(tried)):
+                return False
+        return True
 
     def remember(self, a, match) -> None:
         try:
@@ -63,35 +91,46 @@ class Memo:
             return
         names = {f: labels[getattr(match, f)] for f in _NODES}
         names["visited"] = frozenset(labels[n] for n in match.visited)
+        names["block sizes"] = tuple(a.block_size_reads)
         expanded = frozenset(labels[n] for n in read)
-        self._entries.setdefault(key, []).append((expanded, entries, match, names))
+        verdict = dataclasses.replace(match, **{f: None for f in _NODES}, visited=frozenset())
+        origin = [self._pass, match.output.name, False]  # the last: a reuse was checked
+        kept = self._entries.setdefault(key, [])
+        kept.append((expanded, entries, verdict, names, origin))
+        del kept[:-CAPACITY]
+        while len(self._entries) > CAPACITY:
+            del self._entries[next(iter(self._entries))]
 
     def recall(self, a):
-        """The match of an earlier candidate that reads what ``a`` would, for ``a``'s nodes; or None."""
+        """``(match, check)``: the verdict of an earlier candidate that reads what ``a`` would, for
+        ``a``'s nodes, or None; and whether to check it with a full analysis."""
         try:
             roots, flags, key = self._setup(a)
         except Uncacheable:
-            return None
-        for expanded, entries, match, names in self._entries.get(key, ()):
+            return None, False
+        for expanded, entries, verdict, names, origin in self._entries.get(key, ()):
+            pass_, name, checked = origin
             try:
                 got, nodes = fingerprint(a.gm, roots, lambda n, i: i in expanded, flags, expected=entries)
             except Uncacheable:
                 continue
-            if got is None or nodes[names["selection"]] is not a.selection:
+            if got is None or nodes[names["selection"]] is not a.selection or not self._same_block_sizes(
+                    a, names["block sizes"]):
                 continue
             self.hits += 1
-            self.reused_from[a.output.name] = match.output.name
+            self.reused_from[a.output.name] = name if pass_ == self._pass else f"{name} of an earlier graph"
+            check = self.check == "all" or (self.check == "first" and not checked)
+            origin[2] = origin[2] or check
             return dataclasses.replace(
-                match, **{f: nodes[names[f]] for f in _NODES}, layouts=copy.deepcopy(match.layouts),
-                notes=list(match.notes), visited=frozenset(nodes[i] for i in names["visited"]))
-        return None
+                verdict, **{f: nodes[names[f]] for f in _NODES}, layouts=copy.deepcopy(verdict.layouts),
+                notes=list(verdict.notes), visited=frozenset(nodes[i] for i in names["visited"])), check
+        return None, False
 
     def compare(self, recalled, match) -> None:
         """Check mode: the reused verdict against the full analysis' one."""
         diff = [f.name for f in dataclasses.fields(match)
                 if not _same(getattr(recalled, f.name), getattr(match, f.name))]
         if diff:
-            self.mismatches.append((match.output.name, diff))
             MISMATCHES.append((match.output.name, diff))
             log.error("fsa_compile: the verdict reused for %s differs from its own analysis in %s",
                       match.output.name, ", ".join(diff))
@@ -101,3 +140,7 @@ def _same(a, b) -> bool:
     if isinstance(a, (frozenset, set)):
         return a == b  # of nodes: by identity
     return a is b if hasattr(a, "graph") else a == b
+
+
+# the memo of every pass in this process
+SHARED = Memo()

@@ -393,6 +393,7 @@ class Analysis:
         self.leaves = frozenset(leaves)  # nodes read as tensors even where the evaluator could see through them
         self.seed, self.memo = seed, memo
         self.entered: set = set()  # every node an evaluator entered: what the result depends on
+        self.block_size_reads: list = []  # ((S, n, T), block sizes tried, whether that was all of them)
         self.swapped = False  # the score product has the keys on the left
         self.rng = random.Random(seed)
         self.stale = unfollowed_reads(gm.graph)
@@ -715,15 +716,18 @@ class Analysis:
         return survivors
 
     def _block_sizes(self):
+        return self.block_sizes_for(self.S, self.n, self.T)
+
+    def block_sizes_for(self, S, n, T):
         """Block sizes to try: ``S / n`` (the gather form's row holds n blocks), then the integer
         constants of the graph (a dense mask's row holds all T keys; its block size is one of the
         constants its construction uses); each is verified, none is assumed."""
         out = []
-        if self.S % self.n == 0 and self.S != self.T:
-            out.append(self.S // self.n)
+        if S % n == 0 and S != T:
+            out.append(S // n)
         index_ops, other = (list(c) for c in self._graph_constants())
-        if self.S % self.n == 0 and self.S == self.T:
-            index_ops.append(self.S // self.n)  # a row of T keys: a gather of n blocks that fill T, or a mask
+        if S % n == 0 and S == T:
+            index_ops.append(S // n)  # a row of T keys: a gather of n blocks that fill T, or a mask
         for c in index_ops + other:
             if 1 <= c <= 1 << 16 and c not in out:
                 out.append(c)
@@ -731,8 +735,7 @@ class Analysis:
 
     def _graph_constants(self) -> tuple:
         """The first distinct integers in range of the graph's index ops (and integer inputs), and
-        of its other ops: all :meth:`_block_sizes` reads of the graph (a rewrite elsewhere in it,
-        which adds the op's arguments, rarely changes them)."""
+        of its other ops: all :meth:`block_sizes_for` reads of the graph."""
         if getattr(self, "_constants", None) is None:
             index_ops, other = [], []
             for node in self.gm.graph.nodes:
@@ -750,12 +753,18 @@ class Analysis:
 
     def semantics(self):
         first = None
-        for bs in self._block_sizes():
-            self.block_size = bs
-            try:
-                return self._semantics()
-            except NearMiss as e:
-                first = first or e
+        sizes, tried = self._block_sizes(), []
+        try:
+            for bs in sizes:
+                tried.append(bs)
+                self.block_size = bs
+                try:
+                    return self._semantics()
+                except NearMiss as e:
+                    first = first or e
+        finally:
+            # what the verdict read of the graph's constants (:class:`.memo.Memo` compares it)
+            self.block_size_reads.append(((self.S, self.n, self.T), tuple(tried), len(tried) == len(sizes)))
         raise first or NearMiss("could not find the block size")
 
     def _check_valid(self, kind, options, rows):
@@ -825,8 +834,8 @@ class Analysis:
             raise NearMiss("could not tell whether duplicate block indices count once or twice")
 
     def run(self) -> Match:
-        recalled = self.memo.recall(self) if self.memo is not None else None
-        if recalled is not None and not self.memo.check:
+        recalled, check = self.memo.recall(self) if self.memo is not None else (None, False)
+        if recalled is not None and not check:
             return recalled
         match = self._run()
         if self.memo is not None:
