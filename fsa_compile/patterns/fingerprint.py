@@ -23,7 +23,7 @@ import torch
 from torch import fx
 
 from .ops import concrete, example_value
-from .points import OPAQUE, mutations
+from .points import OPAQUE, attribute, mutations, read_before_update
 
 # integer constants of a module (a get_attr) are read by value: larger ones make the subgraph
 # not cached rather than hashed
@@ -60,9 +60,7 @@ def _constant(x: Any) -> Any:
 
 
 def _attribute(gm: fx.GraphModule, node: fx.Node) -> Any:
-    t = gm
-    for part in node.target.split("."):
-        t = getattr(t, part)
+    t = attribute(gm, node.target)
     if isinstance(t, torch.Tensor):
         if t.dtype.is_floating_point or t.dtype.is_complex:
             return ("data", tuple(t.shape), t.dtype)  # read as a symbolic leaf
@@ -84,7 +82,6 @@ def fingerprint(gm: fx.GraphModule, roots: list, expand: Callable[[fx.Node, int]
     labels: dict = {}
     nodes: list = []
     entries: list = []
-    order: dict = {}
 
     def ref(n: fx.Node) -> tuple:
         if n not in labels:
@@ -102,13 +99,6 @@ def fingerprint(gm: fx.GraphModule, roots: list, expand: Callable[[fx.Node, int]
         if isinstance(x, dict):
             return ("dict", tuple((k, enc(v)) for k, v in x.items()))
         return _constant(x)
-
-    def read_before_update(n: fx.Node, muts: list) -> bool:
-        # as the evaluator's check of an updated tensor: every read comes after the last update
-        if not order:
-            order.update((m, i) for i, m in enumerate(n.graph.nodes))
-        last = order[muts[-1]]
-        return any(u not in muts and order[u] < last for u in list(n.users) + [r for m in muts for r in m.users])
 
     for r in roots:
         ref(r)
@@ -131,7 +121,7 @@ def fingerprint(gm: fx.GraphModule, roots: list, expand: Callable[[fx.Node, int]
             muts = mutations(n)
             entry = (n.op, target, enc(n.args), enc(n.kwargs), _value(example_value(n)),
                      bool(n.meta.get(OPAQUE)), flags(n), tuple(ref(m) for m in muts),
-                     bool(muts) and read_before_update(n, muts))
+                     bool(muts) and read_before_update(n, muts) is not None)
         if expected is not None and (i >= len(expected) or expected[i] != entry):
             return None, None
         entries.append(entry)

@@ -43,7 +43,6 @@ class Memo:
         self.check = check_requested() if check == "env" else check
         self._entries: dict = {}  # key -> [(expanded labels, fingerprint, verdict, labels, origin)]
         self._pass = 0
-        self.hits = 0
         self.reused_from: dict = {}  # this pass: output node name -> where the verdict it reused came from
 
     def new_pass(self) -> None:
@@ -117,7 +116,6 @@ class Memo:
             if got is None or nodes[names["selection"]] is not a.selection or not self._same_block_sizes(
                     a, names["block sizes"]):
                 continue
-            self.hits += 1
             self.reused_from[a.output.name] = name if pass_ == self._pass else f"{name} of an earlier graph"
             check = self.check == "all" or (self.check == "first" and not checked)
             origin[2] = origin[2] or check

@@ -75,6 +75,25 @@ def _is_update(node: fx.Node) -> bool:
     )
 
 
+def read_before_update(node: fx.Node, muts: list) -> fx.Node | None:
+    """A read of ``node``, or of one of its updates ``muts``, that comes before the last update:
+    the evaluator gives an updated tensor its value after every update, so such a read is not
+    followed. None where every read comes after."""
+    order = {n: i for i, n in enumerate(node.graph.nodes)}
+    last = order[muts[-1]]
+    for u in list(node.users) + [r for m in muts for r in m.users]:
+        if u not in muts and order[u] < last:
+            return u
+    return None
+
+
+def attribute(module: torch.nn.Module, target: str) -> Any:
+    """What a ``get_attr`` node of ``module`` reads (``target`` is a dotted path)."""
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module
+
+
 def _mutated_base(node: fx.Node):
     """The tensor an in-place update writes into, if ``node`` is one."""
     if _is_update(node) and isinstance(node.args[0], fx.Node):
@@ -391,6 +410,7 @@ class Evaluator:
         self.entered: set = set()  # every node evaluated, also those whose evaluation raised
         self._shapes: dict = {}  # node -> shape: sizes are read for every point, and SymInt hints are slow
         self._mutations: dict = {}
+        self._early_reads: dict = {}  # updated tensor -> :func:`read_before_update`
         self._calls: dict = {}
         self._einsums: dict = {}  # einsum node -> :meth:`_einsum_plan`
         self._index_plans: dict = {}  # indexing node -> :meth:`_index_plan`
@@ -468,9 +488,7 @@ class Evaluator:
         if node in self.tables or node in self.leaves or node.op == "placeholder" or node.meta.get(OPAQUE):
             return self._leaf(node, coords)
         if node.op == "get_attr" and self.module is not None:
-            t = self.module
-            for part in node.target.split("."):
-                t = getattr(t, part)
+            t = attribute(self.module, node.target)
             if isinstance(t, torch.Tensor) and not t.dtype.is_floating_point:
                 return t[_bcast(coords, tuple(t.shape))].item()
             return Leaf(node, coords)
@@ -487,11 +505,8 @@ class Evaluator:
     def _updated(self, node: fx.Node, coords: tuple) -> Any:
         """A tensor updated in place: its value after every update (all reads must follow them)."""
         muts = self.mutations(node)
-        last = muts[-1]
-        order = {n: i for i, n in enumerate(node.graph.nodes)}
-        for u in list(node.users) + [r for m in muts for r in m.users]:
-            if u not in muts and order[u] < order[last]:
-                raise Unsupported(f"{node.name} is read before its in-place update {last.name}")
+        if self._memo(self._early_reads, node, lambda n: read_before_update(n, muts)) is not None:
+            raise Unsupported(f"{node.name} is read before its in-place update {muts[-1].name}")
 
         def state(i, c):  # value after the first i updates
             prev = self._state.get(node, "unset")
