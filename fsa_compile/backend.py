@@ -16,6 +16,7 @@ from torch import fx
 
 from .patterns import matcher
 from .patterns.ops import device_of, dtype_of, example_value
+from .patterns.rewrite import input_dtype
 
 log = logging.getLogger("fsa_compile")
 
@@ -32,7 +33,8 @@ def _plan_name(strategy: str):
         device = device_of(m.q) or torch.device("cpu")
         if strategy == "reference" or not kernels_available(device):
             return "reference (plain PyTorch; Triton kernels need CUDA or FSA_COMPILE_INTERPRET=1)"
-        plan = choose_plan(m.B, m.T, m.H, m.G, m.D, m.D, m.n, m.block_size, dtype_of(m.q), m.causal, strategy, device)
+        dtype = input_dtype(m) or dtype_of(m.q)  # what the rewrite casts q, k, v to
+        plan = choose_plan(m.B, m.T, m.H, m.G, m.D, m.D, m.n, m.block_size, dtype, m.causal, strategy, device)
         return plan.describe()
 
     return plan_of

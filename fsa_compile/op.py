@@ -50,6 +50,14 @@ def _canonical(block_indices, T, block_size, count_duplicates, on_out_of_range):
     )
 
 
+def _own_precision(q: Tensor):
+    """The op computes in the precision its inputs set (float32 accumulation), whatever autocast
+    is on around the call: an enabled autocast would otherwise reach the reference's float32
+    products and round them to bf16. Casting to autocast's dtype is the caller's decision (the
+    public wrapper and the rewrite make it, as eager code would)."""
+    return torch.autocast(q.device.type, enabled=False)
+
+
 @torch.library.custom_op("fsa::selected_attention", mutates_args=())
 def _selected_attention(
     q: Tensor,
@@ -69,10 +77,11 @@ def _selected_attention(
     idx = _canonical(block_indices, T, block_size, count_duplicates, on_out_of_range)
     plan = plan_for(q, k, v, idx, block_size, causal, strategy)
     index = None
-    if plan.strategy == "reference":
-        o, lse = reference.reference_forward(q, k, v, idx, block_size, scale, causal)
-    else:
-        o, lse, index = _kernel_forward(q, k, v, idx, block_size, scale, causal, plan, keep_index=True)
+    with _own_precision(q):
+        if plan.strategy == "reference":
+            o, lse = reference.reference_forward(q, k, v, idx, block_size, scale, causal)
+        else:
+            o, lse, index = _kernel_forward(q, k, v, idx, block_size, scale, causal, plan, keep_index=True)
     # contiguous whatever the inputs' strides: the fake implementation promises that to Inductor
     o, lse = o.contiguous(), lse.contiguous()
     off_shape, ent_shape = _index_shapes(q, k, block_indices, block_size, strategy)
@@ -118,11 +127,12 @@ def _selected_attention_backward(
     idx = _canonical(block_indices, T, block_size, count_duplicates, "drop")
     plan = plan_for(q, k, v, idx, block_size, causal, strategy)
     # A gradient on lse (d lse / d s = p) only shifts delta = rowsum(dO * O); both paths take it.
-    if plan.strategy == "reference":
-        grads = reference.reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, dlse=dlse)
-    else:
-        index = (offsets, entries) if entries.numel() else None
-        grads = _kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan, dlse=dlse, index=index)
+    with _own_precision(q):
+        if plan.strategy == "reference":
+            grads = reference.reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, dlse=dlse)
+        else:
+            index = (offsets, entries) if entries.numel() else None
+            grads = _kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan, dlse=dlse, index=index)
     # contiguous, as the fake implementation says, whatever the strides of q, k, v (a transposed
     # [B, H, T, D] input): Inductor checks a custom op's outputs against its fake strides
     return tuple(g.contiguous() for g in grads)
@@ -162,6 +172,16 @@ def _backward(ctx, do, dlse, _d_offsets, _d_entries):
 _selected_attention.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _autocast_inputs(q: Tensor, k: Tensor, v: Tensor):
+    """Under ``torch.autocast``, wider inputs go to autocast's dtype, as for
+    ``F.scaled_dot_product_attention`` (an attention product autocast runs in low precision)."""
+    dev = q.device.type
+    if not torch.is_autocast_enabled(dev):
+        return q, k, v
+    dtype = torch.get_autocast_dtype(dev)
+    return tuple(t.to(dtype) if t.is_floating_point() and t.dtype.itemsize > dtype.itemsize else t for t in (q, k, v))
+
+
 def selected_attention(
     q: Tensor,
     k: Tensor,
@@ -182,8 +202,9 @@ def selected_attention(
     ``q [B, T, HQ, D]``, ``k, v [B, T, H, D]``, ``block_indices [B, T, H, n]`` integers (negative
     entries are padding) with ``layout="bthd"``; ``[B, H, T, D]`` / ``[B, H, T, n]`` with
     ``layout="bhtd"``. Query head ``hq`` reads key/value head ``hq // (HQ // H)``. Returns ``o``
-    in the layout and dtype of ``q``, and with ``return_lse=True`` also the natural-log
-    log-sum-exp ``[B, T, HQ]`` (``[B, HQ, T]`` for bhtd) in float32.
+    in the layout and dtype of ``q`` (under ``torch.autocast``, float32 inputs are first cast to
+    autocast's dtype, as ``F.scaled_dot_product_attention``'s are), and with ``return_lse=True``
+    also the natural-log log-sum-exp ``[B, T, HQ]`` (``[B, HQ, T]`` for bhtd) in float32.
 
     ``count_duplicates``: a block listed twice in a row counts twice (what gathering code does);
     ``False`` counts it once (what a boolean mask does). ``on_out_of_range``: ``"raise"`` a
@@ -200,6 +221,7 @@ def selected_attention(
         on_out_of_range = "assert"  # a host-side check would break the graph
     if layout == "bhtd":
         q, k, v, block_indices = (t.transpose(1, 2) for t in (q, k, v, block_indices))
+    q, k, v = _autocast_inputs(q, k, v)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     o, lse, _, _ = _selected_attention(

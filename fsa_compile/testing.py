@@ -261,7 +261,9 @@ def assert_compiled_matches_eager(
     ``grad``: also compare the gradients of every floating-point tensor argument under a random
     upstream gradient; skipped where eager's output has NaN rows (a query that sees no key makes
     eager's gradients NaN across everything that row read, while the rewritten op's are finite).
-    ``rtol``/``atol`` default by dtype (:data:`TOLERANCES`). ``expect_rewrites``: the number of
+    ``rtol``/``atol`` default by dtype (:data:`TOLERANCES`); called under ``torch.autocast``, by
+    autocast's dtype (or by the outputs' dtype, where it is narrower than the inputs': autocast
+    inside ``fn``), with the function run in float32 without an outer autocast as the yardstick. ``expect_rewrites``: the number of
     subgraphs the backend must have rewritten while compiling for this call (only checked when
     this call compiled something). ``compiled``: reuse a function already compiled with the
     backend (saves recompiling in property tests). The call runs under :class:`many_recompiles`,
@@ -271,9 +273,7 @@ def assert_compiled_matches_eager(
         compiled = torch.compile(fn, backend="fsa", options=dict(backend_options or {"inner": "aot_eager"}))
     leaves = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
     dtype = leaves[0].dtype if leaves else torch.float32
-    (frt, fat), (grt, gat) = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
-    frt, fat = rtol or frt, atol or fat
-    grt, gat = rtol or grt, atol or gat
+    device_type = leaves[0].device.type if leaves else "cpu"
 
     def fresh():
         out = []
@@ -286,11 +286,23 @@ def assert_compiled_matches_eager(
 
     ea, ca = fresh(), fresh()
     expected = fn(*ea, **kwargs)
+    # Under autocast (around the call, or inside fn: then the outputs show it) the products run
+    # in a narrower dtype than the inputs': its tolerances.
+    narrow = [t.dtype for t in _tensors(expected) if t.is_floating_point()]
+    if torch.is_autocast_enabled(device_type):
+        narrow.append(torch.get_autocast_dtype(device_type))
+    for dt in narrow:
+        if dt.itemsize < dtype.itemsize:
+            dtype = dt
+    (frt, fat), (grt, gat) = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
+    frt, fat = rtol or frt, atol or fat
+    grt, gat = rtol or grt, atol or gat
     low = dtype in (torch.float16, torch.bfloat16)
     if low:  # the same function in float32: the yardstick when compiled and eager disagree
         ta = [a.detach().float().requires_grad_(grad) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
               for a in args]
-        truth_out = fn(*ta, **kwargs)
+        with torch.autocast(device_type, enabled=False):
+            truth_out = fn(*ta, **kwargs)
     with RewriteCounter() as counter, many_recompiles():
         actual = compiled(*ca, **kwargs)
     truths = _tensors(truth_out) if low else [None] * len(_tensors(expected))

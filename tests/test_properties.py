@@ -7,6 +7,7 @@ Half of the main property runs under torch.compile's default dynamic shapes (B a
 the first change, the rewrite re-verified at a longer T), the rest and the other properties with
 static shapes, which compile about twice as fast: the suite stays under five minutes on two cores.
 """
+import dataclasses
 import math
 import os
 
@@ -82,13 +83,20 @@ def test_every_form_matches_eager_forward_and_backward(name, shape, kind, seed, 
 @given(name=st.sampled_from(["gather_index_einsum", "gather_index_select", "mask_scatter_repeat", "mask_sdpa",
                              "gather_take_per_token", "gather_rope_interleaved"]),
        shape=shapes(T=(1, 32), G=(1, 4), dtypes=(torch.float16, torch.bfloat16)),
-       kind=st.sampled_from(["unique", "padding", "duplicates"]), seed=st.integers(0, 2**20))
-def test_low_precision_matches_eager_within_dtype_tolerance(name, shape, kind, seed):
+       kind=st.sampled_from(["unique", "padding", "duplicates"]), seed=st.integers(0, 2**20), autocast=st.booleans())
+def test_low_precision_matches_eager_within_dtype_tolerance(name, shape, kind, seed, autocast):
+    """In fp16/bf16 inputs, or (``autocast``) float32 inputs under ``torch.autocast`` to that dtype:
+    then the rewrite computes in autocast's dtype, as the user's products do."""
     form = FORMS[name]
+    low = shape.dtype
+    if autocast:
+        shape = dataclasses.replace(shape, dtype=torch.float32)
     args = _args(form, shape, kind, seed, grad=False)
-    with RewriteCounter() as c:
+    with RewriteCounter() as c, torch.autocast("cpu", dtype=low, enabled=autocast):
         assert_compiled_matches_eager(form.fn, *args, compiled=compiled(name, form.fn, False), grad=True)
     _check_rewrites(c)
+    for r in c.rewrites:
+        assert r.options["dtype"] == str(low).removeprefix("torch."), str(r)
 
 
 @settings(max_examples=examples(30), **SETTINGS)

@@ -61,6 +61,8 @@ def _describe(m) -> tuple[dict, dict]:
         "scale": round(m.scale, 6), "causal": m.causal, "count_duplicates": m.count_duplicates,
         "on_out_of_range": m.on_out_of_range,
         "layouts": "/".join(m.layouts[x][0] for x in ("q", "k", "v", "o")),
+        # what the op computes in: q, k, v are cast to it (the narrowest the user's products read)
+        "dtype": str(rewrite.input_dtype(m) or "?").removeprefix("torch."),
     }
     return shapes, options
 

@@ -61,7 +61,9 @@ def _narrowest_on_path(leaf: fx.Node, sinks: list) -> torch.dtype | None:
     The point evaluator sees through casts, so the matched leaf can be wider than what the
     products read (an fp32 RoPE output cast to bf16, then upcast for the scores). Casting the
     leaf to the narrowest dtype on its way reproduces the rounding the user's code applies;
-    the upcasts after it are exact.
+    the upcasts after it are exact. A product whose result is narrower than what it reads ran
+    under ``torch.autocast``, which rounds the operands to the result's dtype first: that
+    rounding counts too, so autocast code runs the op (and its kernels) in autocast's dtype.
     """
     ancestors, stack = set(), list(sinks)
     while stack:
@@ -80,10 +82,7 @@ def _narrowest_on_path(leaf: fx.Node, sinks: list) -> torch.dtype | None:
             if u in ancestors and u not in seen:
                 seen.add(u)
                 dt = dtype_of(u)
-                uc = canon(u)
-                if dt is not None and dt.is_floating_point and best is not None and not (
-                    uc is not None and uc.name in ("matmul", "einsum", "sdpa")
-                ) and dt.itemsize < best.itemsize:
+                if dt is not None and dt.is_floating_point and best is not None and dt.itemsize < best.itemsize:
                     best = dt
                 stack.append(u)
     return best
