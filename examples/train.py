@@ -1,6 +1,6 @@
 """Train the NSA model (examples/nsa_model.py) on synthetic tokens under a chosen backend.
 
-    python examples/train.py --backend fsa --steps 50 [--T 4096] [--save ckpt.pt] [--resume ckpt.pt]
+    python examples/train.py --backend fsa --steps 50 [--T 4096] [--save ckpt.pt] [--resume ckpt.pt] [--amp]
     torchrun --nproc-per-node 2 examples/train.py --backend fsa               # DDP, one process per GPU
     torchrun --nproc-per-node 2 examples/train.py --backend fsa --dist fsdp   # FSDP2 (fully_shard)
 
@@ -72,6 +72,8 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true", help="a tiny model (the CPU/CI size)")
     ap.add_argument("--inner", default="inductor", choices=["inductor", "aot_eager"],
                     help="what compiles the graph after the fsa rewrite")
+    ap.add_argument("--amp", action="store_true",
+                    help="mixed precision: float32 weights, the forward under torch.autocast to bf16")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", help="write a checkpoint here at the end")
     ap.add_argument("--resume", help="start from this checkpoint")
@@ -92,6 +94,8 @@ def main(argv=None):
         device, dtype = torch.device("cuda", local), torch.bfloat16
     else:
         device, dtype = torch.device("cpu"), torch.float32
+    if args.amp:
+        dtype = torch.float32
     T = args.T or (4096 if device.type == "cuda" else 256)
     if args.backend == "fsa" and rank == 0:
         logging.basicConfig(format="%(message)s")
@@ -121,7 +125,8 @@ def main(argv=None):
     compiled = compile_model(train_model, args.backend, args.inner)
     if rank == 0:
         how = f", {world} processes ({args.dist}, batch {args.batch} each)" if distributed else ""
-        print(f"{num_params(model) / 1e6:.1f}M parameters, T={T}, batch {args.batch * world}{how}, {device}, {dtype}, "
+        print(f"{num_params(model) / 1e6:.1f}M parameters, T={T}, batch {args.batch * world}{how}, {device}, {dtype}"
+              f"{' (autocast to bf16)' if args.amp else ''}, "
               f"backend {args.backend}", flush=True)
 
     # one generator per step, seeded by the step: a resumed run draws the batches that the
@@ -131,10 +136,12 @@ def main(argv=None):
 
     losses = []
     t_start = time.perf_counter()
+    t_warm, first, now = None, None, t_start  # the first step compiles: the rate counts the steps after it
     tokens_done = 0
     for step in range(start, start + args.steps):
         batch = synthetic_batch(args.batch * world, T, cfg.vocab, batch_gen(step), device)[rank * args.batch:(rank + 1) * args.batch]
-        logits = compiled(batch[:, :-1])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            logits = compiled(batch[:, :-1])
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, cfg.vocab), batch[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -145,13 +152,17 @@ def main(argv=None):
             if device.type != "cuda":  # gloo has no AVG
                 shown = shown / world
         losses.append(shown.item())
-        tokens_done += args.batch * T
+        now = time.perf_counter()
+        if t_warm is None:
+            t_warm, first = now, now - t_start
+        else:
+            tokens_done += args.batch * T
         if rank == 0:
-            el = time.perf_counter() - t_start
             done = step - start + 1
             bar = "#" * (20 * done // args.steps)
             per = " per process" if distributed else ""
-            print(f"\rstep {step + 1:4d} [{bar:<20}] loss {losses[-1]:.4f}  {tokens_done / el:,.0f} tok/s{per}",
+            rate = f"{tokens_done / (now - t_warm):,.0f} tok/s{per}" if tokens_done else "tok/s from the next step"
+            print(f"\rstep {step + 1:4d} [{bar:<20}] loss {losses[-1]:.4f}  first step (compile) {first:.1f} s, {rate}",
                   end="", flush=True)
     state = _full_state(model, opt, fsdp) if args.save else None  # every rank takes part in the gather
     if rank == 0:
@@ -162,7 +173,8 @@ def main(argv=None):
         if args.log_json:
             with open(args.log_json, "w") as f:
                 json.dump({"backend": args.backend, "T": T, "world": world, "dist": args.dist if distributed else None,
-                           "losses": losses}, f)
+                           "amp": args.amp, "first_step_s": first,
+                           "tok_s": tokens_done / (now - t_warm) if tokens_done else None, "losses": losses}, f)
     if distributed:
         torch.distributed.destroy_process_group()
     return losses

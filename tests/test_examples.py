@@ -23,6 +23,20 @@ def test_training_loss_curve_matches_eager(tmp_path):
     assert max(abs(a - b) for a, b in zip(resumed, eager[8:])) < 1e-4, (resumed, eager[8:])
 
 
+def test_mixed_precision_training_runs_the_op_in_bf16_and_follows_eager():
+    """``--amp``: float32 weights, the forward under autocast to bf16; the attention's products then
+    read bf16, so does the op, and the loss follows eager's to bf16 noise."""
+    import train
+    from fsa_compile.testing import RewriteCounter
+
+    common = ["--tiny", "--T", "96", "--inner", "aot_eager", "--amp", "--steps", "5"]
+    eager = train.main(common + ["--backend", "eager"])
+    with RewriteCounter() as counter:
+        fsa = train.main(common + ["--backend", "fsa"])
+    assert counter.rewrites and {r.options["dtype"] for r in counter.rewrites} == {"bfloat16"}, counter.rewrites
+    assert max(abs(a - b) for a, b in zip(eager, fsa)) < 0.05, (eager, fsa)
+
+
 TRAIN_TINY = ["--tiny", "--steps", "3", "--T", "96", "--inner", "aot_eager", "--backend", "fsa"]
 
 
