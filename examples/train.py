@@ -8,6 +8,10 @@ Under torchrun every rank draws the same global batch of ``--batch x world size`
 trains on its share, so N processes with ``--batch b`` follow one process with ``--batch N*b``
 (the printed loss is the mean over ranks). Without CUDA the ranks talk through gloo on the CPU.
 
+The loss of every step is recorded, but read from the GPU (which waits for it) only every
+``--log-every`` steps, when the progress line is printed; tokens/s leave out the first step, which
+compiles.
+
 The data is a synthetic copy task (random segments repeated later in the sequence), so the loss
 falls as the model learns to look back: attention that drops keys would show in the curve. The
 model file imports nothing of fsa_compile; with --backend fsa the rewrites are logged.
@@ -37,6 +41,8 @@ def synthetic_batch(B, T, vocab, generator, device):
     for s in range(1, nseg, 2):
         src = int(torch.randint(0, s, (1,), generator=generator))
         x[:, s * seg:(s + 1) * seg] = x[:, src * seg:(src + 1) * seg]
+    if device.type == "cuda":  # from pageable memory the copy would wait for the last step's kernels
+        return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
 
 
@@ -74,6 +80,8 @@ def main(argv=None):
                     help="what compiles the graph after the fsa rewrite")
     ap.add_argument("--amp", action="store_true",
                     help="mixed precision: float32 weights, the forward under torch.autocast to bf16")
+    ap.add_argument("--log-every", type=int, default=10,
+                    help="read the loss (a wait for the GPU) and print progress every N steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", help="write a checkpoint here at the end")
     ap.add_argument("--resume", help="start from this checkpoint")
@@ -81,6 +89,8 @@ def main(argv=None):
     ap.add_argument("--dist", choices=["ddp", "fsdp"], default="ddp",
                     help="under torchrun: DistributedDataParallel or FSDP2 (fully_shard)")
     args = ap.parse_args(argv)
+    if args.log_every < 1:
+        ap.error("--log-every must be at least 1")
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world > 1
@@ -135,6 +145,7 @@ def main(argv=None):
         return torch.Generator().manual_seed(args.seed * 1_000_003 + step)
 
     losses = []
+    unread = []  # this stretch's losses, still on the device: reading one waits for the GPU
     t_start = time.perf_counter()
     t_warm, first, now = None, None, t_start  # the first step compiles: the rate counts the steps after it
     tokens_done = 0
@@ -151,14 +162,17 @@ def main(argv=None):
             torch.distributed.all_reduce(shown, op=torch.distributed.ReduceOp.AVG if device.type == "cuda" else torch.distributed.ReduceOp.SUM)
             if device.type != "cuda":  # gloo has no AVG
                 shown = shown / world
-        losses.append(shown.item())
+        unread.append(shown)
+        done = step - start + 1
+        if t_warm is not None and done % args.log_every and done != args.steps:
+            continue  # let the host run ahead of the GPU
+        losses.extend(x.item() for x in unread)
+        unread.clear()
         now = time.perf_counter()
         if t_warm is None:
             t_warm, first = now, now - t_start
-        else:
-            tokens_done += args.batch * T
+        tokens_done = (done - 1) * args.batch * T
         if rank == 0:
-            done = step - start + 1
             bar = "#" * (20 * done // args.steps)
             per = " per process" if distributed else ""
             rate = f"{tokens_done / (now - t_warm):,.0f} tok/s{per}" if tokens_done else "tok/s from the next step"
