@@ -56,6 +56,7 @@ def main():
                 ("no optimizer step", {"optimizer": False}), ("no autocast context", {"ctx": False}),
                 ("same batch, no optimizer, no context", {"fresh": False, "optimizer": False, "ctx": False})]
     rows = []
+    name0 = variants[0][0]
     for name, kw in variants:
         step(0, **kw).item()  # a recompile, if the variant needs one, stays out of the timing
         sync()
@@ -77,9 +78,10 @@ def main():
         sync()
         wall = (time.perf_counter() - t0) / n * 1e3
     ev = prof.key_averages()
-    gpu_us = sum(e.self_device_time_total for e in ev if e.self_device_time_total > 0) / n
-    print(f"\nprofiled ({n} steps of train.py's loop): wall {wall:.2f} ms/step (under the profiler), "
-          f"GPU busy {gpu_us / 1e3:.2f} ms/step")
+    # (the GPU's busy time is the table's "Self CUDA time total" over the steps; a sum over the
+    # rows counts each kernel twice, under its own name and under the op that launched it)
+    print(f"\nprofiled ({n} steps of {name0!r}): wall {wall:.2f} ms/step under the profiler; "
+          f"GPU busy: the table's Self CUDA time total / {n}")
     width = int(os.environ.get("PROFILE_NAME_WIDTH", "60"))
     print(ev.table(sort_by="self_cpu_time_total", row_limit=a.rows, max_name_column_width=width))
     print("\nsummary (ms/step):")

@@ -1,6 +1,7 @@
 """Train the NSA model (examples/nsa_model.py) on synthetic tokens under a chosen backend.
 
     python examples/train.py --backend fsa --steps 50 [--T 4096] [--save ckpt.pt] [--resume ckpt.pt] [--amp]
+    python examples/train.py --backend fsa --mode reduce-overhead   # CUDA graphs: short T is host-bound
     torchrun --nproc-per-node 2 examples/train.py --backend fsa               # DDP, one process per GPU
     torchrun --nproc-per-node 2 examples/train.py --backend fsa --dist fsdp   # FSDP2 (fully_shard)
 
@@ -55,11 +56,13 @@ def config_for(args) -> NSAConfig:
                      head_dim=args.head_dim, max_seq=max_seq)
 
 
-def compile_model(model, backend, inner="inductor"):
+def compile_model(model, backend, inner="inductor", mode=None):
     if backend == "eager":
         return model
     if backend == "inductor":
-        return torch.compile(model)
+        return torch.compile(model, mode=mode)
+    if mode is not None:  # torch.compile takes a mode or options, not both; a mode is Inductor's
+        return torch.compile(model, backend="fsa", mode=mode)
     return torch.compile(model, backend="fsa", options={"inner": inner})
 
 
@@ -80,6 +83,9 @@ def main(argv=None):
                     help="what compiles the graph after the fsa rewrite")
     ap.add_argument("--amp", action="store_true",
                     help="mixed precision: float32 weights, the forward under torch.autocast to bf16")
+    ap.add_argument("--mode", choices=["default", "reduce-overhead"], default="default",
+                    help="torch.compile mode; reduce-overhead replays each step from CUDA graphs (short T, "
+                         "where the host's launches set the pace)")
     ap.add_argument("--log-every", type=int, default=10,
                     help="read the loss (a wait for the GPU) and print progress every N steps")
     ap.add_argument("--seed", type=int, default=0)
@@ -132,12 +138,15 @@ def main(argv=None):
     train_model = model
     if distributed and not fsdp:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    compiled = compile_model(train_model, args.backend, args.inner)
+    mode = None if args.mode == "default" else args.mode
+    if mode is not None and (args.backend == "eager" or args.inner != "inductor"):
+        ap.error("--mode needs a compiling backend (inductor or fsa) with --inner inductor")
+    compiled = compile_model(train_model, args.backend, args.inner, mode)
     if rank == 0:
         how = f", {world} processes ({args.dist}, batch {args.batch} each)" if distributed else ""
         print(f"{num_params(model) / 1e6:.1f}M parameters, T={T}, batch {args.batch * world}{how}, {device}, {dtype}"
               f"{' (autocast to bf16)' if args.amp else ''}, "
-              f"backend {args.backend}", flush=True)
+              f"backend {args.backend}" + (f", mode {mode}" if mode else ""), flush=True)
 
     # one generator per step, seeded by the step: a resumed run draws the batches that the
     # uninterrupted run would have drawn
@@ -151,6 +160,8 @@ def main(argv=None):
     tokens_done = 0
     for step in range(start, start + args.steps):
         batch = synthetic_batch(args.batch * world, T, cfg.vocab, batch_gen(step), device)[rank * args.batch:(rank + 1) * args.batch]
+        if mode == "reduce-overhead":  # a new step: the last one's graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
             logits = compiled(batch[:, :-1])
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, cfg.vocab), batch[:, 1:].reshape(-1))

@@ -37,6 +37,16 @@ def test_mixed_precision_training_runs_the_op_in_bf16_and_follows_eager():
     assert max(abs(a - b) for a, b in zip(eager, fsa)) < 0.05, (eager, fsa)
 
 
+def test_train_mode_needs_inductor():
+    """``--mode`` is a torch.compile mode, which Inductor implements: asked of eager, or with another
+    inner compiler, the example says so instead of failing inside torch.compile."""
+    import train
+
+    for flags in (["--backend", "eager"], ["--backend", "fsa", "--inner", "aot_eager"]):
+        with pytest.raises(SystemExit):
+            train.main(["--tiny", "--steps", "1", "--mode", "reduce-overhead", *flags])
+
+
 TRAIN_TINY = ["--tiny", "--steps", "3", "--T", "96", "--inner", "aot_eager", "--backend", "fsa"]
 
 
