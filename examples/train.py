@@ -10,8 +10,8 @@ trains on its share, so N processes with ``--batch b`` follow one process with `
 (the printed loss is the mean over ranks). Without CUDA the ranks talk through gloo on the CPU.
 
 The loss of every step is recorded, but read from the GPU (which waits for it) only every
-``--log-every`` steps, when the progress line is printed; tokens/s leave out the first step, which
-compiles.
+``--log-every`` steps, when the progress line is printed with the tokens/s of the steps since the
+last line (and since step 1: the first step, which compiles, is left out of both).
 
 The data is a synthetic copy task (random segments repeated later in the sequence), so the loss
 falls as the model learns to look back: attention that drops keys would show in the curve. The
@@ -158,6 +158,7 @@ def main(argv=None):
     t_start = time.perf_counter()
     t_warm, first, now = None, None, t_start  # the first step compiles: the rate counts the steps after it
     tokens_done = 0
+    mark = last = None  # (time, tokens) at the last progress line; the rate over the stretch since
     for step in range(start, start + args.steps):
         batch = synthetic_batch(args.batch * world, T, cfg.vocab, batch_gen(step), device)[rank * args.batch:(rank + 1) * args.batch]
         if mode == "reduce-overhead":  # a new step: the last one's graph outputs may be overwritten
@@ -183,10 +184,15 @@ def main(argv=None):
         if t_warm is None:
             t_warm, first = now, now - t_start
         tokens_done = (done - 1) * args.batch * T
+        if mark is not None and tokens_done > mark[1]:
+            last = (tokens_done - mark[1]) / (now - mark[0])
+        mark = (now, tokens_done)
         if rank == 0:
             bar = "#" * (20 * done // args.steps)
             per = " per process" if distributed else ""
-            rate = f"{tokens_done / (now - t_warm):,.0f} tok/s{per}" if tokens_done else "tok/s from the next step"
+            # the last stretch's rate: the early steps also warm up (CUDA graphs record there)
+            rate = (f"{last:,.0f} tok/s{per} (since step 1: {tokens_done / (now - t_warm):,.0f})" if last
+                    else "tok/s from the next step")
             print(f"\rstep {step + 1:4d} [{bar:<20}] loss {losses[-1]:.4f}  first step (compile) {first:.1f} s, {rate}",
                   end="", flush=True)
     state = _full_state(model, opt, fsdp) if args.save else None  # every rank takes part in the gather
@@ -199,7 +205,8 @@ def main(argv=None):
             with open(args.log_json, "w") as f:
                 json.dump({"backend": args.backend, "T": T, "world": world, "dist": args.dist if distributed else None,
                            "amp": args.amp, "first_step_s": first,
-                           "tok_s": tokens_done / (now - t_warm) if tokens_done else None, "losses": losses}, f)
+                           "tok_s": tokens_done / (now - t_warm) if tokens_done else None, "tok_s_last": last,
+                           "losses": losses}, f)
     if distributed:
         torch.distributed.destroy_process_group()
     return losses
