@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU run of 2026-12-02 (H200), fifth call: train.py with CUDA graphs, its rate now over the last stretch, (--mode reduce-overhead)
-# at T = 4096, bf16 weights and --amp; compared with the default mode's curves of call 1202B.
+# GPU run of 2026-12-02 (H200), fifth call: 1202D again (train.py --mode reduce-overhead at T = 4096,
+# bf16 weights and --amp) with the progress rate over the stretch since the last line.
 set -uo pipefail
 . benchmarks/gpu_env.sh
 for run in "bf16:" "amp:--amp"; do
