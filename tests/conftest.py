@@ -25,6 +25,17 @@ if not ON_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+# Modules with the longest tests, run first: pytest-xdist hands tests to its workers in collection
+# order, and a long test collected last (the main hypothesis property, ~2.5 min on CI) kept one
+# worker busy while the other sat idle at the end of the run.
+LONGEST_FIRST = ("test_properties.py", "test_examples.py", "test_kernels_backward.py", "test_patterns_graphs.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: order kept within
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "interpret: run the op through the interpreted Triton kernels on CPU")
 

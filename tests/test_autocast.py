@@ -27,8 +27,8 @@ def _args(form, kind="unique", seed=0):
 AUTOCAST_FORMS = ["gather_index_einsum", "gather_bhtd_matmul_where", "mask_sdpa", "gather_manual_softmax"]
 
 
-@pytest.mark.parametrize("name", AUTOCAST_FORMS)
-@pytest.mark.parametrize("where", ["around the call", "inside the function"])
+@pytest.mark.parametrize("name,where", [(name, "around the call") for name in AUTOCAST_FORMS]
+                         + [(name, "inside the function") for name in ("gather_index_einsum", "mask_sdpa")])
 def test_autocast_products_run_the_op_in_autocasts_dtype(name, where):
     form = FORMS[name]
     args = _args(form, seed=3)
@@ -123,10 +123,11 @@ def test_autocast_on_the_gpu_runs_the_bf16_kernels(name):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("strategy", ["fsa", "nsa"])
+@pytest.mark.parametrize("strategy", ["fsa"])
 def test_autocast_runs_the_bf16_kernels_interpreted(strategy):
     """Through the Triton kernels (interpreted on CPU): the plan is for bf16 and the result, forward
-    and backward, is eager's under autocast to bf16 tolerance."""
+    and backward, is eager's under autocast to bf16 tolerance. (The inverted loop only: once the
+    dtype is chosen the op is the same for both strategies, and each has its bf16 kernel tests.)"""
     form = FORMS["gather_index_einsum"]
     q, k, v, idx, bs = make_inputs(Shape(1, 40, 2, 2, 16, 16, 3), "unique", 10)
     opts = {**FAST, "strategy": strategy}
