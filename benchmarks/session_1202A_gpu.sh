@@ -7,16 +7,10 @@ set -uo pipefail
 . benchmarks/gpu_env.sh
 timeout 260 python -m pytest -q -m gpu -n 4 > "$OUT/gpu_tests_all_1202A.log" 2>&1
 tail -1 "$OUT/gpu_tests_all_1202A.log"; grep "^FAILED" "$OUT/gpu_tests_all_1202A.log" | head
-train() {  # tag, then train.py's flags
-  local tag=$1; shift
-  timeout 150 python examples/train.py "$@" --log-json "$OUT/train_${tag}_1202A.json" > "$OUT/train_${tag}_1202A.log" 2>&1
-  echo "$tag rc=$?: $(grep -m1 parameters "$OUT/train_${tag}_1202A.log" | cut -c1-150)"
-  tr '\r' '\n' < "$OUT/train_${tag}_1202A.log" | grep "^step" | tail -1
-  grep -o "dtype=[a-z0-9]*; plan: [a-z]*" "$OUT/train_${tag}_1202A.log" | sort | uniq -c
-}
-train eager_amp_T2048 --backend eager --amp --T 2048 --layers 2 --steps 30
-train fsa_amp_T2048 --backend fsa --amp --T 2048 --layers 2 --steps 30
-train fsa_bf16_T4096 --backend fsa --T 4096 --steps 40
-train fsa_amp_T4096 --backend fsa --amp --T 4096 --steps 40
+. benchmarks/train_run.sh
+train_run 1202A eager_amp_T2048 --backend eager --amp --T 2048 --layers 2 --steps 30
+train_run 1202A fsa_amp_T2048 --backend fsa --amp --T 2048 --layers 2 --steps 30
+train_run 1202A fsa_bf16_T4096 --backend fsa --T 4096 --steps 40
+train_run 1202A fsa_amp_T4096 --backend fsa --amp --T 4096 --steps 40
 python benchmarks/compare_losses.py "$OUT/train_eager_amp_T2048_1202A.json" "$OUT/train_fsa_amp_T2048_1202A.json"
 python benchmarks/compare_losses.py "$OUT/train_fsa_bf16_T4096_1202A.json" "$OUT/train_fsa_amp_T4096_1202A.json"

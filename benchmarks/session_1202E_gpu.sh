@@ -1,13 +1,10 @@
 #!/usr/bin/env bash
-# GPU run of 2026-12-02 (H200), fifth call: 1202D again (train.py --mode reduce-overhead at T = 4096,
-# bf16 weights and --amp) with the progress rate over the stretch since the last line.
+# GPU runs of 2026-12-02 (H200), fourth and fifth calls: train.py with CUDA graphs (--mode
+# reduce-overhead) at T = 4096, bf16 weights and --amp. Call 1202D ran it as `CALL=1202D`, call
+# 1202E (the default) again after the progress rate became the last stretch's.
 set -uo pipefail
 . benchmarks/gpu_env.sh
-for run in "bf16:" "amp:--amp"; do
-  tag=${run%%:*}; flags=${run#*:}
-  timeout 200 python examples/train.py --backend fsa --mode reduce-overhead $flags --T 4096 --steps 40 \
-    --log-json "$OUT/train_fsa_${tag}_ro_T4096_1202E.json" > "$OUT/train_fsa_${tag}_ro_T4096_1202E.log" 2>&1
-  echo "$tag rc=$?: $(grep -m1 parameters "$OUT/train_fsa_${tag}_ro_T4096_1202E.log" | cut -c1-160)"
-  tr '\r' '\n' < "$OUT/train_fsa_${tag}_ro_T4096_1202E.log" | grep "^step" | tail -4
-  grep -i "skipping cudagraphs\|error" "$OUT/train_fsa_${tag}_ro_T4096_1202E.log" | head -3
-done
+. benchmarks/train_run.sh
+CALL=${CALL:-1202E}
+TAIL=4 train_run $CALL fsa_bf16_ro_T4096 --backend fsa --mode reduce-overhead --T 4096 --steps 40
+TAIL=4 train_run $CALL fsa_amp_ro_T4096 --backend fsa --mode reduce-overhead --amp --T 4096 --steps 40
