@@ -385,6 +385,7 @@ def _scalar_arith(name: str, a: Any, b: Any) -> Any:
 
 
 _BINARY = {"add", "sub", "mul", "div", "floordiv", "mod", "gt", "lt", "ge", "le", "eq", "ne", "and", "or"}
+_DATA_ARITH = {"add", "sub", "mul", "div"}  # of data, gives data (comparisons give masks: not data)
 _VIEWS = {"reshape", "flatten", "unsqueeze", "squeeze"}
 
 
@@ -554,9 +555,29 @@ class Evaluator:
             return Leaf(node, coords)
         b = self._operand(self._arg(call, 1, "other"), coords)
         alpha = call.kwargs.get("alpha")
-        if alpha is not None:
-            b = _scalar_arith("mul", b, self.scalar(alpha))
-        return _scalar_arith(call.name, a, b)
+        try:
+            if alpha is not None:
+                b = _scalar_arith("mul", b, self.scalar(alpha))
+            return _scalar_arith(call.name, a, b)
+        except Unsupported:
+            if call.name in _DATA_ARITH and self._is_data(node) and all(
+                    self._is_data_term(x) for x in (a, b) if is_symbolic(x)):
+                # Arithmetic on plain data (a RoPE's q * cos + rotate_half(q) * sin, a norm's
+                # q * rsqrt(..)) is new data: read this node as a tensor, as an op the pass does
+                # not follow is read. Terms of the attention itself (a score, the softmax) stay
+                # unsupported, so changing them remains a near miss.
+                return Leaf(node, coords)
+            raise
+
+    def _is_data(self, node: fx.Node) -> bool:
+        ev = example_value(node)
+        return isinstance(ev, torch.Tensor) and ev.dtype.is_floating_point
+
+    def _is_data_term(self, x: Any) -> bool:
+        """A value that is data read from a tensor (maybe scaled), not a product or a pattern leaf."""
+        while isinstance(x, Scaled):
+            x = x.value
+        return isinstance(x, Leaf) and x.node not in self.leaves and x.node not in self.tables
 
     # elementwise ----------------------------------------------------------------------------------
     def _op_identity(self, node, call, coords):
