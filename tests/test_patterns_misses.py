@@ -48,6 +48,8 @@ def variant(q, k, v, block_indices, block_size, *, change=None):
         v = v.clone()
         v.add_(1.0)
     k_sel = k[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
+    if change == "gathered_keys_times_data":  # other keys than k's, at the gathered positions
+        k_sel = k_sel * (torch.sigmoid(q[..., :1]) + 0.5).unsqueeze(-1)
     v_safe = (safe + 1).clamp(max=T - 1) if change == "values_shifted" else safe
     v_sel = v[b_idx, v_safe, h_idx].repeat_interleave(G, dim=2)
     s = torch.einsum("bthd,bthsd->bths", q, k_sel)
@@ -59,6 +61,11 @@ def variant(q, k, v, block_indices, block_size, *, change=None):
         s = torch.tanh(s)  # a soft cap between the product and the softmax
     if change == "per_head_scale":
         s = s * torch.linspace(0.5, 1.0, HQ).view(1, 1, HQ, 1)
+    # arithmetic with data (read as data where it makes q or k) on the attention itself
+    if change == "scores_times_data":  # a temperature per query from the data
+        s = s * (torch.sigmoid(q[..., :1]) + 0.5)
+    if change == "scores_plus_data":  # a bias per key from the data
+        s = s + torch.sigmoid(k_sel[..., 0])
     fill = -1e4 if change == "finite_fill" else NEG_INF
     s = s.masked_fill(masked.repeat_interleave(G, dim=2), fill)
     if change == "attention_sink":  # a zero logit in every row, dropped after the softmax
@@ -67,6 +74,8 @@ def variant(q, k, v, block_indices, block_size, *, change=None):
         p = torch.softmax(s, dim=-1)
     if change == "scaled_probabilities":
         p = p * 0.5
+    if change == "probabilities_times_data":  # a gate between the softmax and the product
+        p = p * (torch.sigmoid(q[..., :1]) + 0.5)
     if change == "extra_op_after_softmax":
         p = p * 0.9 + 0.1 / p.shape[-1]  # smoothing between the softmax and the product
     return torch.einsum("bths,bthsd->bthd", p, v_sel)
@@ -90,6 +99,11 @@ MISSES = {
     "value_updated_in_place": "after the in-place update",
     "scale_in_place": "after the in-place update",
     "permuted_head_dim": "does not pair a query with keys",
+    # arithmetic of plain data is read as data (a RoPE, a QK-norm), but not on the attention itself
+    "scores_times_data": "cannot follow the subgraph",
+    "scores_plus_data": "cannot follow the subgraph",
+    "probabilities_times_data": "cannot follow the subgraph",
+    "gathered_keys_times_data": "could not read q, k, v",
 }
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import fx
 
-from .ops import INPLACE, canon, concrete, example_value, shape_of
+from .ops import INPLACE, canon, concrete, dtype_of, example_value, shape_of
 
 NEG_INF = float("-inf")
 
@@ -560,7 +560,8 @@ class Evaluator:
                 b = _scalar_arith("mul", b, self.scalar(alpha))
             return _scalar_arith(call.name, a, b)
         except Unsupported:
-            if call.name in _DATA_ARITH and self._is_data(node) and all(
+            dt = dtype_of(node)
+            if call.name in _DATA_ARITH and dt is not None and dt.is_floating_point and all(
                     self._is_data_term(x) for x in (a, b) if is_symbolic(x)):
                 # Arithmetic on plain data (a RoPE's q * cos + rotate_half(q) * sin, a norm's
                 # q * rsqrt(..)) is new data: read this node as a tensor, as an op the pass does
@@ -569,15 +570,11 @@ class Evaluator:
                 return Leaf(node, coords)
             raise
 
-    def _is_data(self, node: fx.Node) -> bool:
-        ev = example_value(node)
-        return isinstance(ev, torch.Tensor) and ev.dtype.is_floating_point
-
     def _is_data_term(self, x: Any) -> bool:
         """A value that is data read from a tensor (maybe scaled), not a product or a pattern leaf."""
         while isinstance(x, Scaled):
             x = x.value
-        return isinstance(x, Leaf) and x.node not in self.leaves and x.node not in self.tables
+        return isinstance(x, Leaf) and x.node not in self.leaves
 
     # elementwise ----------------------------------------------------------------------------------
     def _op_identity(self, node, call, coords):
