@@ -284,10 +284,38 @@ def is_symbolic(x: Any) -> bool:
 
 def _bcast(coords: tuple, shape: tuple) -> tuple:
     """Coordinates of a broadcast operand of ``shape`` inside an output indexed by ``coords``."""
-    if type(coords) is tuple and len(shape) == len(coords) and 1 not in shape:  # the common case, no loop
-        return coords
-    tail = coords[len(coords) - len(shape):] if shape else ()
-    return tuple(0 if s == 1 else c for c, s in zip(tail, shape))
+    key = (len(coords), shape)
+    try:
+        pick = _PICKS[key]
+    except KeyError:
+        pick = _PICKS[key] = _pick(*key)
+    return pick(coords)
+
+
+def _getter(positions: list) -> Callable[[tuple], tuple]:
+    """``t -> tuple(t[p] for p in positions)``, in C."""
+    if not positions:
+        return lambda t: ()
+    get = operator.itemgetter(*positions)
+    return (lambda t: (get(t),)) if len(positions) == 1 else get
+
+
+_PICKS: dict = {}  # (rank of the coordinates, operand shape) -> :func:`_pick`; the evaluator's hottest helper
+
+
+def _pick(rank: int, shape: tuple) -> Callable[[tuple], tuple]:
+    """``coords -> coordinates in an operand of shape`` for coordinates of ``rank`` entries, worked
+    out once per (rank, shape): a size-1 dim reads 0, the others their aligned coordinate."""
+    if len(shape) > rank:
+        return lambda c: tuple(0 if s == 1 else x for x, s in zip(c[rank - len(shape):] if shape else (), shape))
+    if not shape:
+        return lambda c: ()
+    off = rank - len(shape)
+    if 1 not in shape:
+        return tuple if off == 0 else (lambda c: tuple(c[off:]))
+    # coordinate ``rank`` of ``(*c, 0)`` is the 0 a broadcast dim reads
+    get = _getter([rank if s == 1 else off + d for d, s in enumerate(shape)])
+    return lambda c: get((*c, 0))
 
 
 def _broadcast(*shapes: tuple) -> tuple:
@@ -385,6 +413,14 @@ def _scalar_arith(name: str, a: Any, b: Any) -> Any:
 
 
 _BINARY = {"add", "sub", "mul", "div", "floordiv", "mod", "gt", "lt", "ge", "le", "eq", "ne", "and", "or"}
+# :func:`_scalar_arith` of two numbers, without its tests for data terms
+_ON_NUMBERS = {
+    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
+    "floordiv": operator.floordiv, "mod": operator.mod, "gt": operator.gt, "lt": operator.lt,
+    "ge": operator.ge, "le": operator.le, "eq": operator.eq, "ne": operator.ne,
+    "and": lambda a, b: bool(a) and bool(b), "or": lambda a, b: bool(a) or bool(b),
+}
+_NUMBERS = frozenset({int, float, bool})
 _DATA_ARITH = {"add", "sub", "mul", "div"}  # of data, gives data (comparisons give masks: not data)
 _VIEWS = {"reshape", "flatten", "unsqueeze", "squeeze"}
 
@@ -416,6 +452,7 @@ class Evaluator:
         self._einsums: dict = {}  # einsum node -> :meth:`_einsum_plan`
         self._index_plans: dict = {}  # indexing node -> :meth:`_index_plan`
         self._state: dict = {}  # tensor updated in place -> getter of its value before the update being evaluated
+        self._steps: dict = {}  # node -> :meth:`_step`
 
     # -- values of non-tensor arguments ---------------------------------------------------------
     def scalar(self, x: Any) -> Any:
@@ -478,30 +515,62 @@ class Evaluator:
         return Leaf(node, coords)
 
     def _at(self, node: fx.Node, coords: tuple) -> Any:
+        try:
+            step = self._steps[node]
+        except KeyError:
+            step = self._steps[node] = self._step(node)
+        return step(node, coords)
+
+    def _step(self, node: fx.Node) -> Callable:
+        """What :meth:`_at` does at every point of ``node``, decided once: all it tests is fixed
+        for the evaluator's life except the in-place state, which only a tensor updated in place
+        and its updates read."""
         self.entered.add(node)
         if node in self.stale:
-            raise Unsupported(self.stale[node])
+            why = self.stale[node]
+
+            def stale(node, coords):
+                raise Unsupported(why)
+
+            return stale
+        step = self._static_step(node)
         base = _mutated_base(node)
-        if base is not None and base not in self._state:
-            return self.at(base, coords)  # an update's result is its tensor, read after all updates
-        if base is None and node not in self._state and self.mutations(node):
-            return self._updated(node, coords)
+        if base is not None:
+            def update(node, coords):
+                if base not in self._state:
+                    return self.at(base, coords)  # an update's result is its tensor, read after all updates
+                return step(node, coords)
+
+            return update
+        if self.mutations(node):
+            def updated(node, coords):
+                if node not in self._state:
+                    return self._updated(node, coords)
+                return step(node, coords)
+
+            return updated
+        return step
+
+    def _static_step(self, node: fx.Node) -> Callable:
         if node in self.tables or node in self.leaves or node.op == "placeholder" or node.meta.get(OPAQUE):
-            return self._leaf(node, coords)
+            return self._leaf
         if node.op == "get_attr" and self.module is not None:
-            t = attribute(self.module, node.target)
-            if isinstance(t, torch.Tensor) and not t.dtype.is_floating_point:
-                return t[_bcast(coords, tuple(t.shape))].item()
-            return Leaf(node, coords)
+            return self._attr
         call = self._memo(self._calls, node, canon)
         if call is None:
-            return self._leaf(node, coords)
+            return self._leaf
         handler = getattr(self, "_op_" + call.name, None)
-        if handler is not None:
-            return handler(node, call, coords)
-        if call.name in _BINARY:
-            return self._binary(node, call, coords)
-        return self._leaf(node, coords)
+        if handler is None and call.name in _BINARY:
+            handler = self._binary
+        if handler is None:
+            return self._leaf
+        return lambda node, coords: handler(node, call, coords)
+
+    def _attr(self, node: fx.Node, coords: tuple) -> Any:
+        t = attribute(self.module, node.target)
+        if isinstance(t, torch.Tensor) and not t.dtype.is_floating_point:
+            return t[_bcast(coords, tuple(t.shape))].item()
+        return Leaf(node, coords)
 
     def _updated(self, node: fx.Node, coords: tuple) -> Any:
         """A tensor updated in place: its value after every update (all reads must follow them)."""
@@ -543,12 +612,24 @@ class Evaluator:
         return call.kwargs.get(name, default)
 
     def _operand(self, x: Any, coords: tuple) -> Any:
-        if isinstance(x, fx.Node) and self.shape_or_none(x) is not None:
-            return self.at(x, _bcast(coords, self.shape_or_none(x)))
+        if isinstance(x, fx.Node):
+            try:
+                shape = self._shapes[x]
+            except KeyError:
+                shape = self._shapes[x] = shape_of(x)
+            if shape is not None:
+                return self.at(x, _bcast(coords, shape))
         return self.scalar(x)
 
     def _binary(self, node, call, coords):
         a = self._operand(call.args[0], coords)
+        if type(a) in _NUMBERS and "alpha" not in call.kwargs:
+            b = self._operand(call.args[1] if len(call.args) > 1 else call.kwargs.get("other"), coords)
+            if type(b) in _NUMBERS:  # index arithmetic and masks: most of the evaluator's points
+                return _ON_NUMBERS[call.name](a, b)
+        return self._binary_terms(node, call, coords, a)
+
+    def _binary_terms(self, node, call, coords, a):
         if isinstance(a, Leaf) and node.op == "call_function" and node.target in _IOPS:
             # `q *= c` on a tensor read as data: the op must read the updated tensor (this node),
             # not q with c folded into the scale (q itself holds the update by then)
@@ -1025,13 +1106,8 @@ class Evaluator:
             operands, sources, size = self._einsums[node] = self._einsum_plan(call)
 
         def side(k):
-            a, src = operands[k], sources[k]
-
-            def f(i):
-                # per operand dim: 0 (size 1, broadcast), the summed index, or an output coordinate
-                return self.at(a, tuple(0 if c is None else i if c < 0 else coords[c] for c in src))
-
-            return f
+            a, pick = operands[k], sources[k]
+            return lambda i: self.at(a, pick((*coords, i, 0)))
 
         return self._dot(side(0), side(1), size)
 
@@ -1059,7 +1135,10 @@ class Evaluator:
         (red,) = summed
         size = self.shape(operands[0])[ins[0].index(red)]
         shapes = [self.shape(o) for o in operands]
+        # per operand dim, its coordinate in ``(*out_coords, summed index, 0)``: an output
+        # coordinate, the summed index, or 0 for a size-1 dim broadcast against the output
+        rank = len(out)
         sources = tuple(
-            tuple(None if sz == 1 else -1 if c == red else out.index(c) for c, sz in zip(ins[k], shapes[k]))
+            _getter([rank + 1 if sz == 1 else rank if c == red else out.index(c) for c, sz in zip(ins[k], shapes[k])])
             for k in range(2))
         return operands, sources, size
