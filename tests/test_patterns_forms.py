@@ -178,3 +178,28 @@ def test_arithmetic_on_q_and_k_in_the_graph_is_read_as_data(which):
     torch._dynamo.reset()
     assert_compiled_matches_eager(fn, q.detach(), k.detach(), v.detach(), idx, bs, *extra, backend_options=FAST,
                                   expect_rewrites=1)
+
+
+def _one_hot_counts(q, k, v, block_indices, block_size):
+    """Block mask as a count of one-hot rows over the slots (padding clamped to block 0 and
+    zeroed), ``> 0``; expanded by ``pos // bs``."""
+    B, T, HQ, D = q.shape
+    G = HQ // k.shape[2]
+    nb = (T + block_size - 1) // block_size
+    hot = torch.nn.functional.one_hot(block_indices.clamp(min=0), nb) * (block_indices >= 0).unsqueeze(-1)
+    pos = torch.arange(T)
+    allowed = (hot.sum(dim=-2) > 0)[..., pos // block_size] & (pos.view(1, T, 1, 1) >= pos.view(1, 1, 1, T))
+    s = torch.einsum("bthd,bshd->bths", q, k.repeat_interleave(G, dim=2)) * D**-0.5
+    s = s.masked_fill(~allowed.repeat_interleave(G, dim=2), float("-inf"))
+    return torch.einsum("bths,bshd->bthd", s.softmax(-1), v.repeat_interleave(G, dim=2))
+
+
+@pytest.mark.parametrize("kind", ["padding", "duplicates"])
+def test_block_mask_from_one_hot_counts_is_rewritten(kind):
+    """Reductions of the selection (``.any``, ``.all``, an integer ``.sum``) and ``F.one_hot`` are
+    read point by point: a mask built from them is a dense-mask form (each block once)."""
+    q, k, v, idx, bs = make_inputs(SHAPE, kind, 7)
+    rep = fsa_compile.explain(_one_hot_counts, q, k, v, idx, bs, options=FAST)
+    assert len(rep.rewrites) == 1 and rep.misses == [], str(rep)
+    assert rep.rewrites[0].options["count_duplicates"] is False, str(rep)
+    torch.testing.assert_close(rep.output, _one_hot_counts(q, k, v, idx, bs), equal_nan=True, rtol=1e-4, atol=1e-5)

@@ -235,3 +235,46 @@ def test_clamping_is_caught_where_only_the_last_query_sees_the_last_block():
     q, k, v, idx, bs = make_inputs(Shape(1, 5, 1, 3, 12, 4, 3), "padding", 3)
     rep = _explain(lambda *a: variant(*a, change="clamp_block_indices"), q, k, v, idx, bs)
     assert len(rep.misses) == 1 and MISSES["clamp_block_indices"] in rep.misses[0].reason, str(rep)
+
+
+def mask_variant(q, k, v, block_indices, block_size, *, change=None):
+    """The compare-and-reduce block mask (``forms.mask_compare_any``) with one thing changed."""
+    B, T, HQ, D = q.shape
+    nb = (T + block_size - 1) // block_size
+    blocks = torch.arange(nb) + (1 if change == "block_numbers_shifted" else 0)
+    hits = block_indices.unsqueeze(-2) == blocks.unsqueeze(-1)  # [B, T, H, nb, n]
+    if change == "all_slots":
+        selected = hits.all(dim=-1)
+    elif change == "selected_twice":
+        selected = hits.sum(dim=-1) > 1
+    elif change == "one_hot_of_padding":  # F.one_hot fails on a negative entry
+        selected = torch.nn.functional.one_hot(block_indices, nb).sum(dim=-2) > 0
+    else:
+        selected = hits.any(dim=-1)
+    pos = torch.arange(T)
+    allowed = selected[..., pos // block_size] & (pos.view(1, T, 1, 1) >= pos.view(1, 1, 1, T))
+    s = torch.einsum("bthd,bshd->bths", q, k) * D**-0.5
+    return torch.einsum("bths,bshd->bthd", s.masked_fill(~allowed, NEG_INF).softmax(-1), v)
+
+
+MASK_MISSES = {
+    "all_slots": "not the causal (or full) keys of its selected blocks",
+    "selected_twice": "not the causal (or full) keys of its selected blocks",
+    "block_numbers_shifted": "no query sees block 0 through this code",
+    "one_hot_of_padding": "fails (index out of range) on valid block indices",
+}
+
+
+def test_the_unchanged_mask_variant_is_rewritten():
+    q, k, v, idx, bs = make_inputs(Shape(1, 40, 2, 1, 8, 8, 3), "padding", 0)
+    rep = fsa_compile.explain(mask_variant, q, k, v, idx, bs, options=FAST)
+    assert len(rep.rewrites) == 1 and rep.rewrites[0].options["count_duplicates"] is False, str(rep)
+
+
+@pytest.mark.parametrize("change", sorted(MASK_MISSES))
+def test_mask_near_miss_reason(change):
+    q, k, v, idx, bs = make_inputs(Shape(1, 40, 2, 1, 8, 8, 3), "padding", 0)
+    if change == "one_hot_of_padding":
+        idx = idx.clamp(min=0)  # no padding in the example, so that eager runs; the pass still tries it
+    rep = _explain(lambda *a: mask_variant(*a, change=change), q, k, v, idx, bs)
+    assert len(rep.misses) == 1 and MASK_MISSES[change] in rep.misses[0].reason, str(rep)

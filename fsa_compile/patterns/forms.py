@@ -387,6 +387,21 @@ def mask_index_put(q, k, v, block_indices, block_size):
     return torch.einsum("bths,bshd->bthd", p, v.repeat_interleave(G, dim=2))
 
 
+def mask_compare_any(q, k, v, block_indices, block_size):
+    """Block mask by comparing every block number with the selection and ``.any`` over the slots
+    (padding equals no block), expanded by indexing with ``pos // bs``, [B, T, H, D]."""
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    nb = (T + block_size - 1) // block_size
+    blocks = (block_indices.unsqueeze(-2) == torch.arange(nb, device=q.device).unsqueeze(-1)).any(dim=-1)
+    pos = torch.arange(T, device=q.device)
+    allowed = blocks[..., pos // block_size] & (pos.view(1, T, 1, 1) >= pos.view(1, 1, 1, T))
+    scores = torch.einsum("bthd,bshd->bths", q, k.repeat_interleave(G, dim=2)) * D**-0.5
+    scores = scores.masked_fill(~allowed.repeat_interleave(G, dim=2), NEG_INF)
+    return torch.einsum("bths,bshd->bthd", scores.softmax(dim=-1), v.repeat_interleave(G, dim=2))
+
+
 @dataclass(frozen=True)
 class Form:
     name: str
@@ -421,6 +436,7 @@ FORMS = {
         (mask_sdpa, "bhtd", "mask"),
         (mask_bias_manual_softmax, "bthd", "mask"),
         (mask_index_put, "bthd", "mask"),
+        (mask_compare_any, "bthd", "mask"),
     ]
 }
 

@@ -53,6 +53,7 @@ _FUNCTIONS: dict[Any, str] = {
     torch._C._nn.pad: "pad", F.pad: "pad", torch.constant_pad_nd: "pad",
     F.scaled_dot_product_attention: "sdpa",
     torch.topk: "topk", torch.detach: "detach",
+    torch.any: "any", torch.all: "all", F.one_hot: "one_hot",
 }
 
 _METHODS: dict[str, str] = {
@@ -80,6 +81,7 @@ _METHODS: dict[str, str] = {
     "tril": "tril", "triu": "triu", "tril_": "tril", "triu_": "triu",
     "scatter": "scatter", "scatter_": "scatter",
     "abs": "abs", "minimum": "minimum", "maximum": "maximum",
+    "any": "any", "all": "all",
 }
 
 # In-place methods the evaluator follows: the tensor they update is read after them.

@@ -764,6 +764,60 @@ class Evaluator:
 
     _op_triu = _op_tril
 
+    # reductions of index arithmetic and masks -------------------------------------------------------
+    def _reduced_points(self, node, call, coords):
+        """The input coordinates a reduction ``x.any(dim, keepdim)`` combines at output ``coords``."""
+        src = call.args[0]
+        shape = self.shape(src)
+        dim = self._arg(call, 1, "dim")
+        keep = bool(self.scalar(self._arg(call, 2, "keepdim", False)))
+        dims = range(len(shape)) if dim is None else self.scalar(dim)
+        dims = sorted({_dim(d, len(shape)) for d in (dims if isinstance(dims, (list, tuple, range)) else (dims,))})
+        outer = iter(coords)  # a kept dim has coordinate 0 there
+        base = []
+        for d in range(len(shape)):
+            if d in dims:
+                if keep:
+                    next(outer)
+                base.append(None)
+            else:
+                base.append(next(outer))
+        for combo in itertools.product(*(range(shape[d]) for d in dims)):
+            c, it = list(base), iter(combo)
+            for d in dims:
+                c[d] = next(it)
+            yield tuple(c)
+
+    def _reduced_values(self, node, call, coords):
+        src = call.args[0]
+        values = [self.at(src, c) for c in self._reduced_points(node, call, coords)]  # every one, as eager
+        if any(is_symbolic(x) for x in values):
+            raise Unsupported(f"{call.name} of a data term")
+        return values
+
+    def _op_any(self, node, call, coords):
+        values = self._reduced_values(node, call, coords)
+        return any(values) if call.name == "any" else all(values)
+
+    _op_all = _op_any
+
+    def _op_sum(self, node, call, coords):
+        """A count (a sum of integers or booleans). A floating-point sum stays data, as before."""
+        dt = dtype_of(node)
+        if dt is None or dt.is_floating_point or dt.is_complex or "dtype" in call.kwargs:
+            return self._leaf(node, coords)
+        return sum(int(x) for x in self._reduced_values(node, call, coords))
+
+    def _op_one_hot(self, node, call, coords):
+        index = call.args[0]
+        classes = self.shape(node)[-1]
+        i = self.at(index, coords[:-1])
+        if is_symbolic(i):
+            raise Unsupported("one_hot of a data term")
+        if not 0 <= int(i) < classes:
+            raise OutOfBounds(f"one_hot of {int(i)} with {classes} classes")
+        return int(int(i) == coords[-1])
+
     def _op_scatter(self, node, call, coords):
         """``self.scatter(dim, index, src)``: element ``c`` is ``src[p]`` for an index position ``p``
         of the same row with ``index[p] == c[dim]``, else ``self[c]``. The whole index row is read,
