@@ -76,6 +76,12 @@ _METHODS: dict[str, str] = {
     "logical_and": "and", "logical_or": "or", "logical_not": "not",
     "bitwise_and": "and", "bitwise_or": "or", "bitwise_not": "not",
     "__and__": "and", "__or__": "or", "__invert__": "not",
+    # torch 2.11's Dynamo records some operators on tensors as their dunder methods (``a == b`` as
+    # ``call_method __eq__``); 2.13 records ``operator.eq``. Reflected ones (``__rsub__``) swap
+    # their operands and are left out.
+    "__eq__": "eq", "__ne__": "ne", "__lt__": "lt", "__le__": "le", "__gt__": "gt", "__ge__": "ge",
+    "__add__": "add", "__sub__": "sub", "__mul__": "mul", "__truediv__": "div",
+    "__floordiv__": "floordiv", "__mod__": "mod", "__neg__": "neg", "__matmul__": "matmul",
     "size": "size", "topk": "topk", "new_full": "full_like", "new_zeros": "zeros_like",
     "new_ones": "ones_like", "zero_": "zeros_like", "fill_": "fill",
     "tril": "tril", "triu": "triu", "tril_": "tril", "triu_": "triu",
