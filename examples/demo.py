@@ -7,6 +7,7 @@ at a small size.
     python examples/demo.py [--T 8192] [--inner inductor|aot_eager]
 """
 import argparse
+import copy
 import os
 import sys
 import time
@@ -68,7 +69,20 @@ def main():
     tol = 2e-2 if dtype != torch.float32 else 1e-4
     ok = rel(out_c, out_e) < tol and rel(g_c, g_e) < tol
     print(f"compiled vs eager: output rel. error {rel(out_c, out_e):.2e}, input-grad rel. error {rel(g_c, g_e):.2e} "
-          f"({'OK' if ok else 'MISMATCH'}, tolerance {tol:g})")
+          f"({'OK' if ok else 'beyond'} tolerance {tol:g})")
+    if not ok and dtype != torch.float32:
+        # In bf16 eager is not the truth: its gathers accumulate gradients in bf16. Both sides are
+        # measured against the same layer in float32; the compiled one passes if it is at most
+        # twice as far from it as eager is (the rule of fsa_compile.testing).
+        layer32 = copy.deepcopy(layer).float()
+        x32 = x.detach().float().requires_grad_(True)
+        out_t = layer32(x32)
+        g_t, = torch.autograd.grad(out_t.square().mean(), x32)
+        dist = {name: (rel(o, out_t), rel(g, g_t)) for name, o, g in (("fsa", out_c, g_c), ("eager", out_e, g_e))}
+        ok = all(dist["fsa"][i] <= 2 * dist["eager"][i] + 1e-3 for i in range(2))
+        print(f"against float32: fsa output {dist['fsa'][0]:.2e}, input-grad {dist['fsa'][1]:.2e}; "
+              f"eager output {dist['eager'][0]:.2e}, input-grad {dist['eager'][1]:.2e} "
+              f"({'OK' if ok else 'MISMATCH'}: fsa at most twice eager's distance)")
 
     print("timing ...", flush=True)
     rows = []

@@ -88,6 +88,8 @@ def main(argv=None):
                          "where the host's launches set the pace)")
     ap.add_argument("--log-every", type=int, default=10,
                     help="read the loss (a wait for the GPU) and print progress every N steps")
+    ap.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
+                    help="auto: the GPU where there is one (bf16), else the CPU path (float32)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", help="write a checkpoint here at the end")
     ap.add_argument("--resume", help="start from this checkpoint")
@@ -100,11 +102,17 @@ def main(argv=None):
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world > 1
+    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        ap.error("--device cuda: this machine has no CUDA device")
+    if cuda and distributed and world > torch.cuda.device_count():
+        ap.error(f"{world} ranks need {world} GPUs, this machine has {torch.cuda.device_count()} "
+                 "(--device cpu trains on the CPU, over gloo)")
     rank = 0
     if distributed:
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
         rank = torch.distributed.get_rank()
-    if torch.cuda.is_available():
+    if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         device, dtype = torch.device("cuda", local), torch.bfloat16

@@ -1,4 +1,8 @@
-"""The examples run at a tiny size on the CPU path, and training under fsa follows eager."""
+"""The examples run at a tiny size on the CPU path, and training under fsa follows eager.
+
+The training tests pass ``--device cpu``: on a machine with CUDA, train.py would otherwise train
+in bf16 on the GPU, which the float32 tolerances here are not for, and torchrun's two ranks would
+need two GPUs."""
 import os
 import sys
 
@@ -13,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 def test_training_loss_curve_matches_eager(tmp_path):
     import train
 
-    common = ["--tiny", "--T", "96", "--inner", "aot_eager"]
+    common = ["--tiny", "--T", "96", "--inner", "aot_eager", "--device", "cpu"]
     eager = train.main(common + ["--steps", "10", "--backend", "eager"])
     fsa = train.main(common + ["--steps", "8", "--backend", "fsa", "--save", str(tmp_path / "ck.pt")])
     assert len(eager) == 10 and len(fsa) == 8
@@ -47,7 +51,18 @@ def test_train_mode_needs_inductor():
             train.main(["--tiny", "--steps", "1", "--mode", "reduce-overhead", *flags])
 
 
-TRAIN_TINY = ["--tiny", "--steps", "3", "--T", "96", "--inner", "aot_eager", "--backend", "fsa"]
+def test_train_says_what_its_device_cannot_do(monkeypatch):
+    """``--device cuda`` without CUDA, or more torchrun ranks than GPUs: a clear error, not a
+    failure inside torch.cuda."""
+    import train
+
+    if torch.cuda.is_available():
+        monkeypatch.setenv("WORLD_SIZE", str(torch.cuda.device_count() + 1))
+    with pytest.raises(SystemExit):
+        train.main(["--tiny", "--steps", "1", "--device", "cuda"])
+
+
+TRAIN_TINY = ["--tiny", "--steps", "3", "--T", "96", "--inner", "aot_eager", "--backend", "fsa", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
