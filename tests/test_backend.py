@@ -69,7 +69,11 @@ def test_report_reads_well_and_rewrites_are_logged(caplog):
     text = str(rep)
     assert text.startswith("fsa_compile: 1 rewrite(s), 0 near miss(es)")
     assert "gather form" in text and "G=2" in text and "plan:" in text
-    assert any("rewrote" in r.getMessage() for r in caplog.records)
+    msgs = [r.getMessage() for r in caplog.records]
+    rewrote = next(i for i, m in enumerate(msgs) if "rewrote" in m)
+    # the checks, which take seconds on a real layer, are announced before they start
+    checking = next(i for i, m in enumerate(msgs) if "checking the softmax at" in m)
+    assert checking < rewrote and any(m.startswith("fsa_compile: checked ") for m in msgs[checking:rewrote]), msgs
 
 
 def test_near_miss_has_a_reason():

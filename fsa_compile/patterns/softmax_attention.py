@@ -21,8 +21,10 @@ Every failed check is a near miss with a reason a user can act on.
 """
 from __future__ import annotations
 
+import logging
 import math
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import product
@@ -32,6 +34,8 @@ from torch import fx
 
 from . import layouts as L
 from .memo import Memo
+
+log = logging.getLogger("fsa_compile")
 from .ops import canon, concrete, dtype_of, example_value, shape_of
 from .points import (NEG_INF, Dot, Evaluator, Leaf, OutOfBounds, Scaled, Unsupported, is_symbolic, mutations,
                      unfollowed_reads)
@@ -837,7 +841,16 @@ class Analysis:
         recalled, check = self.memo.recall(self) if self.memo is not None else (None, False)
         if recalled is not None and not check:
             return recalled
-        match = self._run()
+        if recalled is None:
+            # the checks of a new subgraph take seconds (tens at long T on a slow host): say so first
+            log.info("fsa_compile: checking the softmax at %s against the selected-attention contract "
+                     "on random selections (once per distinct layer) ...", self.output.name)
+        start = time.perf_counter()
+        try:
+            match = self._run()
+        finally:
+            if recalled is None:
+                log.info("fsa_compile: checked %s in %.1f s", self.output.name, time.perf_counter() - start)
         if self.memo is not None:
             if recalled is not None:
                 self.memo.compare(recalled, match)
