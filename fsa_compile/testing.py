@@ -265,8 +265,8 @@ def assert_compiled_matches_eager(
     autocast's dtype (or by the outputs' dtype, where it is narrower than the inputs': autocast
     inside ``fn``), with the function run in float32 without an outer autocast as the yardstick.
     ``expect_rewrites``: the number of subgraphs the backend must have rewritten while compiling
-    for this call (only checked when this call compiled something). ``compiled``: reuse a function already compiled with the
-    backend (saves recompiling in property tests). The call runs under :class:`many_recompiles`,
+    for this call (only checked when this call compiled something). ``compiled``: reuse a
+    function already compiled with the backend (saves recompiling in property tests). The call runs under :class:`many_recompiles`,
     so a new shape compiles again instead of falling back to eager. Returns the compiled output.
     """
     if compiled is None:

@@ -613,10 +613,7 @@ class Evaluator:
 
     def _operand(self, x: Any, coords: tuple) -> Any:
         if isinstance(x, fx.Node):
-            try:
-                shape = self._shapes[x]
-            except KeyError:
-                shape = self._shapes[x] = shape_of(x)
+            shape = self.shape_or_none(x)
             if shape is not None:
                 return self.at(x, _bcast(coords, shape))
         return self.scalar(x)
@@ -624,7 +621,7 @@ class Evaluator:
     def _binary(self, node, call, coords):
         a = self._operand(call.args[0], coords)
         if type(a) in _NUMBERS and "alpha" not in call.kwargs:
-            b = self._operand(call.args[1] if len(call.args) > 1 else call.kwargs.get("other"), coords)
+            b = self._operand(self._arg(call, 1, "other"), coords)
             if type(b) in _NUMBERS:  # index arithmetic and masks: most of the evaluator's points
                 return _ON_NUMBERS[call.name](a, b)
         return self._binary_terms(node, call, coords, a)

@@ -34,11 +34,11 @@ from torch import fx
 
 from . import layouts as L
 from .memo import Memo
-
-log = logging.getLogger("fsa_compile")
 from .ops import canon, concrete, dtype_of, example_value, shape_of
 from .points import (NEG_INF, Dot, Evaluator, Leaf, OutOfBounds, Scaled, Unsupported, is_symbolic, mutations,
                      unfollowed_reads)
+
+log = logging.getLogger("fsa_compile")
 
 FAMILY = "softmax-attention"
 
@@ -841,22 +841,23 @@ class Analysis:
         recalled, check = self.memo.recall(self) if self.memo is not None else (None, False)
         if recalled is not None and not check:
             return recalled
-        if recalled is None:
-            # the checks of a new subgraph take seconds (tens at long T on a slow host): say so first
-            log.info("fsa_compile: checking the softmax at %s against the selected-attention contract "
-                     "on random selections (once per distinct layer) ...", self.output.name)
-        start = time.perf_counter()
-        try:
-            match = self._run()
-        finally:
-            if recalled is None:
-                log.info("fsa_compile: checked %s in %.1f s", self.output.name, time.perf_counter() - start)
+        match = self._run() if recalled is not None else self._run_announced()
         if self.memo is not None:
             if recalled is not None:
                 self.memo.compare(recalled, match)
             else:
                 self.memo.remember(self, match)
         return match
+
+    def _run_announced(self) -> Match:
+        # the checks of a new subgraph take seconds (tens at long T on a slow host): say so first
+        log.info("fsa_compile: checking the softmax at %s against the selected-attention contract "
+                 "on random selections (once per distinct layer) ...", self.output.name)
+        start = time.perf_counter()
+        try:
+            return self._run()
+        finally:
+            log.info("fsa_compile: checked %s in %.1f s", self.output.name, time.perf_counter() - start)
 
     def _run(self) -> Match:
         self.structure()
