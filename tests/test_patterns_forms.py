@@ -203,3 +203,48 @@ def test_block_mask_from_one_hot_counts_is_rewritten(kind):
     assert len(rep.rewrites) == 1 and rep.misses == [], str(rep)
     assert rep.rewrites[0].options["count_duplicates"] is False, str(rep)
     torch.testing.assert_close(rep.output, _one_hot_counts(q, k, v, idx, bs), equal_nan=True, rtol=1e-4, atol=1e-5)
+
+
+def _group_major_tiled(q, k, v, block_indices, block_size):
+    """[B, T, H, D]; GQA groups g-major (``hq = g * H + h``) by ``torch.tile`` of the gathered keys,
+    values and mask."""
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size)).flatten(-2)  # [B, T, H, S]
+    masked = (block_indices < 0).repeat_interleave(block_size, -1) | (tok > torch.arange(T).view(1, T, 1, 1))
+    safe = tok.clamp(0, T - 1)
+    b_idx, h_idx = torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, 1, H, 1)
+    k_sel = torch.tile(k[b_idx, safe, h_idx], (1, 1, G, 1, 1))
+    v_sel = torch.tile(v[b_idx, safe, h_idx], (1, 1, G, 1, 1))
+    s = torch.einsum("bthd,bthsd->bths", q, k_sel) * D**-0.5
+    s = s.masked_fill(torch.tile(masked, (1, 1, G, 1)), float("-inf"))
+    return torch.einsum("bths,bthsd->bthd", s.softmax(-1), v_sel)
+
+
+@pytest.mark.parametrize("G,H", [(2, 3), (4, 2), (1, 2), (3, 1)])
+def test_group_major_heads_are_regrouped_for_the_op(G, H):
+    """Query head ``g * H + h`` reading KV head ``h``: the rewrite hands the op q with its heads
+    regrouped (``h * G + g``) and regroups the output back; where G = 1 or H = 1 both orders are
+    one and nothing is regrouped."""
+    q, k, v, idx, bs = make_inputs(Shape(2, 37, H, G, 8, 8, 3), "padding", 12)
+    rep = fsa_compile.explain(_group_major_tiled, q, k, v, idx, bs, options=FAST)
+    assert len(rep.rewrites) == 1 and rep.misses == [], str(rep)
+    regrouped = "(gh)" in str(rep.rewrites[0])
+    assert regrouped is (G > 1 and H > 1), str(rep)
+    torch.testing.assert_close(rep.output, _group_major_tiled(q, k, v, idx, bs), equal_nan=True, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
+    args = make_inputs(Shape(2, 37, H, G, 8, 8, 3), "unique", 13)
+    assert_compiled_matches_eager(_group_major_tiled, *args, backend_options=FAST, expect_rewrites=1)
+
+
+@pytest.mark.interpret
+def test_group_major_heads_through_the_kernels():
+    """The regrouped q and output through the interpreted Triton kernels, forward and backward."""
+    q, k, v, idx, bs = make_inputs(Shape(1, 40, 2, 2, 16, 8, 3), "unique", 14)
+    args = (*to_layout("bhtd", q, k, v, idx), bs)
+    fn = FORMS["gather_group_major"].fn
+    rep = fsa_compile.explain(fn, *args, options=FAST)
+    assert len(rep.rewrites) == 1 and "plan: fsa" in str(rep.rewrites[0]), str(rep)
+    torch._dynamo.reset()
+    assert_compiled_matches_eager(fn, *args, backend_options=FAST, expect_rewrites=1)

@@ -48,10 +48,14 @@ def variant(q, k, v, block_indices, block_size, *, change=None):
         v = v.clone()
         v.add_(1.0)
     k_sel = k[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
+    if change in ("mask_grouped_other_way", "values_grouped_other_way"):  # hq = g * H + h for the keys
+        k_sel = k[b_idx, safe, h_idx].repeat(1, 1, G, 1, 1)
     if change == "gathered_keys_times_data":  # other keys than k's, at the gathered positions
         k_sel = k_sel * (torch.sigmoid(q[..., :1]) + 0.5).unsqueeze(-1)
     v_safe = (safe + 1).clamp(max=T - 1) if change == "values_shifted" else safe
     v_sel = v[b_idx, v_safe, h_idx].repeat_interleave(G, dim=2)
+    if change == "mask_grouped_other_way":
+        v_sel = v[b_idx, v_safe, h_idx].repeat(1, 1, G, 1, 1)
     s = torch.einsum("bthd,bthsd->bths", q, k_sel)
     if change == "scale_in_place":
         s.div_(D**0.5)  # an update the pass does not follow: the scale must not be lost
@@ -104,6 +108,9 @@ MISSES = {
     "scores_plus_data": "cannot follow the subgraph",
     "probabilities_times_data": "cannot follow the subgraph",
     "gathered_keys_times_data": "could not read q, k, v",
+    # GQA groups of one grouping (g-major, ``repeat``) for the keys, of the other for the rest
+    "mask_grouped_other_way": "not the causal (or full) keys of its selected blocks",
+    "values_grouped_other_way": "values are not read at the same positions as the keys",
 }
 
 

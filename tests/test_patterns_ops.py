@@ -33,3 +33,17 @@ def test_a_dunder_method_reads_as_its_operator(dunder, op):
 def test_reflected_dunders_are_not_read(reflected):
     """``a.__rsub__(b)`` is ``b - a``: read as ``sub`` it would swap the operands."""
     assert canon(_node("call_method", reflected)) is None
+
+
+@pytest.mark.parametrize("layout", ["bt(gh)d", "b(gh)td", "bthd", "bthgd"])
+def test_query_head_coordinates_round_trip(layout):
+    """A query head placed into a layout's coordinates (``with_head``) reads back as itself
+    (``decode``), in both GQA groupings; a g-major layout puts head ``h * G + g`` at ``g * H + h``."""
+    from fsa_compile.patterns import layouts as L
+    roles = L.QUERY[layout]
+    G, H, D = 3, 2, 4
+    for hq in range(G * H):
+        coords = L.with_head(roles, (0,) * len(roles), 0, hq, G, D, H)
+        assert L.decode(roles, coords, G, D, H)["hq"] == hq
+        if "qg" in roles:
+            assert coords[roles.index("qg")] == hq % G * H + hq // G

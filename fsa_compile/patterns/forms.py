@@ -286,6 +286,26 @@ def gather_bmm_merged_heads(q, k, v, block_indices, block_size):
     return torch.bmm(p.view(BHQ * T, 1, -1), v_sel).view(BHQ, T, D)
 
 
+def gather_group_major(q, k, v, block_indices, block_size):
+    """GQA groups the other way round, ``hq = g * H + h`` (einops' ``repeat(k, 'b h ... -> b (g h)
+    ...')``): gathered keys tiled by ``expand`` + ``reshape``, the mask by ``.repeat``; [B, H, T, D]."""
+    B, HQ, T, D = q.shape
+    H = k.shape[1]
+    G = HQ // H
+    tok, pad = _token_indices(block_indices, block_size)  # [B, H, T, S]
+    visible = ~pad & (tok <= torch.arange(T, device=q.device).view(T, 1))
+    safe = tok.clamp(0, T - 1)
+    b_idx = torch.arange(B, device=q.device).view(B, 1, 1, 1)
+    h_idx = torch.arange(H, device=q.device).view(1, H, 1, 1)
+
+    def tiled(x):  # [B, H, ...] -> [B, G*H, ...], group outermost
+        return x.unsqueeze(1).expand(B, G, *x.shape[1:]).reshape(B, HQ, *x.shape[2:])
+
+    scores = torch.einsum("bhtd,bhtsd->bhts", q, tiled(k[b_idx, h_idx, safe])) * D**-0.5
+    scores = scores.masked_fill(~visible.repeat(1, G, 1, 1), NEG_INF)
+    return torch.einsum("bhts,bhtsd->bhtd", scores.softmax(-1), tiled(v[b_idx, h_idx, safe]))
+
+
 # -- dense-mask forms -----------------------------------------------------------------------------------
 
 
@@ -431,6 +451,7 @@ FORMS = {
         (gather_rope_interleaved, "bthd", "gather"),
         (gather_seq_first, "tbhd", "gather"),
         (gather_bmm_merged_heads, "(bh)td", "gather"),
+        (gather_group_major, "bhtd", "gather"),
         (mask_scatter_repeat, "bhtd", "mask"),
         (mask_scatter_index_pos, "bthd", "mask"),
         (mask_sdpa, "bhtd", "mask"),

@@ -1,9 +1,11 @@
 """The tensor layouts a pattern may meet, as the role of each dim.
 
 Roles: ``b`` batch, ``t`` token, ``h`` key/value head, ``g`` head inside a GQA group, ``hq`` query
-head (``h * G + g``), ``d`` head dim, ``i`` slot of the selection. A pattern reads an element's
-coordinates through a layout to learn its roles, and the rewrite turns the matched tensors into
-the op's ``[B, T, H, D]`` form with the inverse view.
+head (``h * G + g``, the grouping ``repeat_interleave`` gives), ``qg`` query head grouped the other
+way (``g * H + h``: keys repeated by ``k.repeat(1, G, 1, 1)`` or einops' ``(g h)``), ``d`` head
+dim, ``i`` slot of the selection. A pattern reads an element's coordinates through a layout to
+learn its roles, and the rewrite turns the matched tensors into the op's ``[B, T, H, D]`` form
+with the inverse view (for ``qg``, a copy that regroups the heads).
 """
 from __future__ import annotations
 
@@ -22,6 +24,12 @@ QUERY = {  # also the layouts of the attention output
     "htd": ("hq", "t", "d"),
     "thgd": ("t", "h", "g", "d"),
     "t(hd)": ("t", "hq*d"),
+    # query heads g-major (``hq = g * H + h``); after the others, so that with G = 1 or H = 1
+    # (where both read alike) the rewrite needs no permutation
+    "bt(gh)d": ("b", "t", "qg", "d"),
+    "b(gh)td": ("b", "qg", "t", "d"),
+    "t(gh)d": ("t", "qg", "d"),
+    "(gh)td": ("qg", "t", "d"),
 }
 KEY = {
     "bthd": ("b", "t", "h", "d"), "bhtd": ("b", "h", "t", "d"), "bt(hd)": ("b", "t", "h*d"),
@@ -35,10 +43,13 @@ SELECTION = {
 }
 
 
-def decode(layout: tuple, coords: tuple, G: int = 1, D: int = 1) -> dict:
-    """Roles of an element's coordinates; ``hq`` is derived from ``h`` and ``g`` when split, and
-    a merged ``heads * D`` dim is split with the head dim ``D``."""
+def decode(layout: tuple, coords: tuple, G: int = 1, D: int = 1, H: int = 1) -> dict:
+    """Roles of an element's coordinates; ``hq`` is derived from ``h`` and ``g`` when split (or
+    from a g-major ``qg`` with ``H`` heads), and a merged ``heads * D`` dim is split with the head
+    dim ``D``."""
     r = dict(zip(layout, coords))
+    if "qg" in r:
+        r["g"], r["h"] = divmod(r.pop("qg"), H)
     for merged, (outer, inner) in MERGED.items():
         if merged in r:
             r[outer], r[inner] = divmod(r.pop(merged), D)
@@ -59,7 +70,7 @@ def with_d(layout: tuple, coords: tuple, d: int, D: int) -> tuple:
     return tuple(out)
 
 
-def with_head(layout: tuple, coords: tuple, b: int, hq: int, G: int, D: int) -> tuple:
+def with_head(layout: tuple, coords: tuple, b: int, hq: int, G: int, D: int, H: int = 1) -> tuple:
     """``coords`` moved to batch ``b`` and query head ``hq`` (split into ``h``, ``g`` or merged
     with the head dim where the layout does that); other coordinates stay."""
     out = list(coords)
@@ -72,6 +83,8 @@ def with_head(layout: tuple, coords: tuple, b: int, hq: int, G: int, D: int) -> 
             out[i] = hq // G
         elif role == "g":
             out[i] = hq % G
+        elif role == "qg":
+            out[i] = hq % G * H + hq // G
         elif role == "hq*d":
             out[i] = hq * D + out[i] % D
     return tuple(out)
@@ -80,6 +93,8 @@ def with_head(layout: tuple, coords: tuple, b: int, hq: int, G: int, D: int) -> 
 def sizes(layout: tuple, shape: tuple, D: int = 1) -> dict:
     """Sizes of the roles; a merged dim must be a multiple of the head dim ``D``."""
     z = dict(zip(layout, shape))
+    if "qg" in z:
+        z["hq"] = z.pop("qg")
     for merged, (outer, inner) in MERGED.items():
         if merged in z:
             total = z.pop(merged)
@@ -88,8 +103,19 @@ def sizes(layout: tuple, shape: tuple, D: int = 1) -> dict:
     return z
 
 
-def to_bthd(graph: fx.Graph, node: fx.Node, layout: tuple, D: int = 1) -> fx.Node:
+def _regroup(graph: fx.Graph, node: fx.Node, layout: tuple, outer: int, inner: int) -> tuple:
+    """The heads dim ``outer x inner`` as ``inner x outer`` (a copy: no view can do it), and the
+    layout with ``hq`` for ``qg``."""
+    i = layout.index("qg")
+    split = graph.call_method("unflatten", (node, i, (outer, inner)))
+    swapped = graph.call_method("transpose", (split, i, i + 1))
+    return graph.call_method("flatten", (swapped, i, i + 1)), tuple("hq" if r == "qg" else r for r in layout)
+
+
+def to_bthd(graph: fx.Graph, node: fx.Node, layout: tuple, D: int = 1, H: int = 1, G: int = 1) -> fx.Node:
     """Insert the view that turns ``node`` (in ``layout``) into ``[B, T, heads, D]``."""
+    if "qg" in layout:
+        node, layout = _regroup(graph, node, layout, G, H)
     if "b" not in layout:
         node = graph.call_method("unsqueeze", (node, 0))
         layout = ("b",) + tuple(layout)
@@ -112,6 +138,10 @@ def to_bthd(graph: fx.Graph, node: fx.Node, layout: tuple, D: int = 1) -> fx.Nod
 
 def from_bthd(graph: fx.Graph, node: fx.Node, layout: tuple, H: int, G: int) -> fx.Node:
     """Insert the view that turns an op output ``[B, T, HQ, D]`` into ``layout``."""
+    if "qg" in layout:
+        hq_layout = tuple("hq" if r == "qg" else r for r in layout)
+        out = from_bthd(graph, node, hq_layout, H, G)
+        return _regroup(graph, out, tuple("qg" if r == "hq" else r for r in hq_layout), H, G)[0]
     if "b" not in layout:
         return graph.call_method("squeeze", (from_bthd(graph, node, ("b",) + tuple(layout), H, G), 0))
     names = "".join(r.replace("hq", "q") for r in layout)

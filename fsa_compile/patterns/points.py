@@ -1008,6 +1008,13 @@ class Evaluator:
         c[dim] //= reps
         return self.at(src, tuple(c))
 
+    def _op_repeat(self, node, call, coords):
+        # Tensor.repeat / torch.tile: the source tiled along every dim, new dims in front
+        src = call.args[0]
+        shape = self.shape(src)
+        extra = len(coords) - len(shape)
+        return self.at(src, tuple(c % s for c, s in zip(coords[extra:], shape)))
+
     # indexing ---------------------------------------------------------------------------------------
     def _checked(self, i, size, allow_negative):
         if is_symbolic(i):

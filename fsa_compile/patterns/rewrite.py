@@ -25,7 +25,7 @@ def apply(graph: fx.Graph, m, strategy: str = "auto") -> fx.Node:
     dtype = input_dtype(m)
     with graph.inserting_before(out):
         q, k, v = (
-            _cast(graph, L.to_bthd(graph, leaf, m.layouts[name][1], m.D), leaf, dtype)
+            _cast(graph, L.to_bthd(graph, leaf, m.layouts[name][1], m.D, m.H, m.G), leaf, dtype)
             for name, leaf in (("q", m.q), ("k", m.k), ("v", m.v))
         )
         sel = L.to_bthd(graph, m.selection, m.layouts["selection"][1])

@@ -504,10 +504,10 @@ class Analysis:
             sz = L.sizes(sl, self.sel_shape)
             if (sz["b"], sz["t"], sz["h"]) != (B, T, H) or len(sl) != len(self.sel_shape):
                 continue
-            if all(self._consistent(s, kl, vl, ql, ol, G) for s in samples):
+            if all(self._consistent(s, kl, vl, ql, ol, G, H) for s in samples):
                 layouts = {"q": (qn, ql), "k": (kn, kl), "v": (vn, vl), "o": (on, ol), "selection": (sn, sl)}
                 options.append((layouts, (B, T, H, G, vz["d"], sz["i"])))
-            elif all(self._consistent(s, kl, vl, ql, ol, G, same_v=False) for s in samples):
+            elif all(self._consistent(s, kl, vl, ql, ol, G, H, same_v=False) for s in samples):
                 shifted = True
         if options:
             return options
@@ -519,18 +519,18 @@ class Analysis:
             f"selection {list(self.sel_shape)})"
         )
 
-    def _consistent(self, s, kl, vl, ql, ol, G, same_v=True):
+    def _consistent(self, s, kl, vl, ql, ol, G, H, same_v=True):
         point, dd, qleaf, kleaf, vleaf = s[:5]
         D, Dv = self.D, L.sizes(vl, shape_of(self.v), self.D)["d"]
-        o = L.decode(ol, point, G, Dv)
-        q = L.decode(ql, qleaf.coords, G, D)
+        o = L.decode(ol, point, G, Dv, H)
+        q = L.decode(ql, qleaf.coords, G, D, H)
         k = L.decode(kl, kleaf.coords, 1, D)
         v = L.decode(vl, vleaf.coords, 1, Dv)
         return (
             q["d"] == dd and k["d"] == dd
             and (q["b"], q["t"], q["hq"]) == (o["b"], o["t"], o["hq"])
-            and k["b"] == o["b"] == v["b"] and k["h"] == o["hq"] // G == v["h"]
-            and v["d"] == o["d"] and (v["t"] == k["t"] or not same_v)
+            and k["b"] == o["b"] == v["b"] and k["h"] == o["hq"] // G
+            and v["d"] == o["d"] and ((v["t"], v["h"]) == (k["t"], k["h"]) or not same_v)
         )
 
     # stage 3 + 4: what each query attends to, on random selections
@@ -592,13 +592,13 @@ class Analysis:
                 p[t_dim] = self.rng.randrange(min(self.T, 2 * self.block_size))
             b, hq = divmod(self._next_head % heads, self.H * self.G)
             self._next_head += 1
-            points.append(L.with_head(ol, tuple(p), b, hq, self.G, self.Dv))
+            points.append(L.with_head(ol, tuple(p), b, hq, self.G, self.Dv, self.H))
         return points
 
     def _form_keys(self, probe, point):
         """Visible key positions (with multiplicity) of one output row, and the scale."""
         ol, kl, vl, ql = (self.layouts[x][1] for x in ("o", "k", "v", "q"))
-        o = L.decode(ol, point, self.G, self.Dv)
+        o = L.decode(ol, point, self.G, self.Dv, self.H)
         dot = probe.product(point)
         if dot.size != self.S:
             raise NearMiss("the output product's length differs between rows")
@@ -617,7 +617,7 @@ class Analysis:
             # every head-dim coordinate at the table's first visible key, the two ends elsewhere
             for dd in range(self.D) if first else {0, self.D - 1}:
                 (qc, ql_), (kc, kl_) = self._query_key(sdot, dd)
-                q = L.decode(ql, ql_.coords, self.G, self.D)
+                q = L.decode(ql, ql_.coords, self.G, self.D, self.H)
                 k = L.decode(kl, kl_.coords, 1, self.D)
                 if ql_.node is not self.q or kl_.node is not self.k:
                     raise NearMiss("scores read other tensors than the matched q and k")
