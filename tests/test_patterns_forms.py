@@ -1,4 +1,6 @@
 """Fire tests: every recognised spelling is rewritten once and matches eager, forward and backward."""
+import functools
+
 import pytest
 import torch
 
@@ -248,3 +250,69 @@ def test_group_major_heads_through_the_kernels():
     assert len(rep.rewrites) == 1 and "plan: fsa" in str(rep.rewrites[0]), str(rep)
     torch._dynamo.reset()
     assert_compiled_matches_eager(fn, *args, backend_options=FAST, expect_rewrites=1)
+
+
+def _gathered(q, k, v, block_indices, block_size):
+    """The gather form's gathered keys and values ``[B, T, HQ, S, D]`` and masked slots."""
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size)).flatten(-2)
+    masked = (block_indices < 0).repeat_interleave(block_size, -1) | (tok > torch.arange(T).view(1, T, 1, 1))
+    safe = tok.clamp(0, T - 1)
+    b_idx, h_idx = torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, 1, H, 1)
+    return (k[b_idx, safe, h_idx].repeat_interleave(G, 2), v[b_idx, safe, h_idx].repeat_interleave(G, 2),
+            masked.repeat_interleave(G, 2))
+
+
+def _logsumexp_softmax(q, k, v, block_indices, block_size, detach=False):
+    """Softmax spelled ``exp(s - logsumexp(s))``."""
+    k_sel, v_sel, masked = _gathered(q, k, v, block_indices, block_size)
+    s = torch.einsum("bthd,bthsd->bths", q, k_sel) * q.shape[-1] ** -0.5
+    s = s.masked_fill(masked, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1, keepdim=True)
+    return torch.einsum("bths,bthsd->bthd", torch.exp(s - (lse.detach() if detach else lse)), v_sel)
+
+
+def _baddbmm_scores(q, k, v, block_indices, block_size, bias=None):
+    """Scores by ``torch.baddbmm(mask_bias, q, k_sel^T, alpha=scale)`` on ``[B*T*HQ, ...]`` rows
+    (the products Bloom- and Falcon-style attention writes), then ``bmm``."""
+    B, T, HQ, D = q.shape
+    k_sel, v_sel, masked = _gathered(q, k, v, block_indices, block_size)
+    S = k_sel.shape[-2]
+    add = torch.zeros(B * T * HQ, 1, S).masked_fill(masked.reshape(-1, 1, S), float("-inf"))
+    if bias is not None:
+        add = add + bias
+    s = torch.baddbmm(add, q.reshape(-1, 1, D), k_sel.reshape(-1, S, D).transpose(1, 2), alpha=D**-0.5)
+    return torch.bmm(s.softmax(-1), v_sel.reshape(-1, S, D)).view(B, T, HQ, D)
+
+
+@pytest.mark.parametrize("fn", [_logsumexp_softmax, _baddbmm_scores], ids=["logsumexp_softmax", "baddbmm_scores"])
+def test_more_spellings_of_the_scores_and_softmax(fn):
+    q, k, v, idx, bs = make_inputs(SHAPE, "padding", 21)
+    rep = fsa_compile.explain(fn, q, k, v, idx, bs, options=FAST)
+    assert len(rep.rewrites) == 1 and rep.misses == [], str(rep)
+    torch.testing.assert_close(rep.output, fn(q, k, v, idx, bs), equal_nan=True, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
+    assert_compiled_matches_eager(fn, *make_inputs(SHAPE, "unique", 22), backend_options=FAST, expect_rewrites=1)
+
+
+def test_a_detached_logsumexp_is_not_a_softmax():
+    """``exp(s - lse.detach())`` has softmax's values but not its gradient: left alone."""
+    q, k, v, idx, bs = make_inputs(SHAPE, "unique", 23)
+    fn = functools.partial(_logsumexp_softmax, detach=True)
+    rep = fsa_compile.explain(fn, q, k, v, idx, bs, options=FAST)
+    assert rep.rewrites == [], str(rep)
+    torch._dynamo.reset()
+    assert_compiled_matches_eager(fn, q, k, v, idx, bs, backend_options=FAST)
+
+
+def test_baddbmm_with_a_position_bias_is_a_near_miss():
+    """A finite bias in the baddbmm (ALiBi-like) changes the scores: a near miss with its reason."""
+    q, k, v, idx, bs = make_inputs(SHAPE, "unique", 24)
+    S = idx.shape[-1] * bs
+    fn = functools.partial(_baddbmm_scores, bias=-0.1 * torch.arange(S, dtype=torch.float32))
+    rep = fsa_compile.explain(fn, q, k, v, idx, bs, options=FAST)
+    assert rep.rewrites == [] and len(rep.misses) == 1, str(rep)
+    assert "cannot follow the subgraph" in rep.misses[0].reason, str(rep)
+    torch.testing.assert_close(rep.output, fn(q, k, v, idx, bs), rtol=1e-4, atol=1e-5)

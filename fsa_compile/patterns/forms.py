@@ -306,6 +306,23 @@ def gather_group_major(q, k, v, block_indices, block_size):
     return torch.einsum("bhts,bhtsd->bhtd", scores.softmax(-1), tiled(v[b_idx, h_idx, safe]))
 
 
+def gather_sdpa_per_token(q, k, v, block_indices, block_size):
+    """``F.scaled_dot_product_attention`` of each query token (a length-1 query) over its gathered
+    keys, the visible ones as a boolean mask, squeezed after; GQA by repeat_interleave."""
+    B, T, HQ, D = q.shape
+    H = k.shape[2]
+    G = HQ // H
+    tok, pad = _token_indices(block_indices, block_size)  # [B, T, H, S]
+    visible = ~pad & (tok <= torch.arange(T, device=q.device).view(1, T, 1, 1))
+    safe = tok.clamp(0, T - 1)
+    b_idx = torch.arange(B, device=q.device).view(B, 1, 1, 1)
+    h_idx = torch.arange(H, device=q.device).view(1, 1, H, 1)
+    k_sel = k[b_idx, safe, h_idx].repeat_interleave(G, dim=2)  # [B, T, HQ, S, D]
+    v_sel = v[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
+    mask = visible.repeat_interleave(G, dim=2).unsqueeze(-2)  # [B, T, HQ, 1, S]
+    return F.scaled_dot_product_attention(q.unsqueeze(-2), k_sel, v_sel, attn_mask=mask).squeeze(-2)
+
+
 # -- dense-mask forms -----------------------------------------------------------------------------------
 
 
@@ -452,6 +469,7 @@ FORMS = {
         (gather_seq_first, "tbhd", "gather"),
         (gather_bmm_merged_heads, "(bh)td", "gather"),
         (gather_group_major, "bhtd", "gather"),
+        (gather_sdpa_per_token, "bthd", "gather"),
         (mask_scatter_repeat, "bhtd", "mask"),
         (mask_scatter_index_pos, "bthd", "mask"),
         (mask_sdpa, "bhtd", "mask"),

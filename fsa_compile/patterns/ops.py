@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import fx
 
 _FUNCTIONS: dict[Any, str] = {
-    torch.matmul: "matmul", operator.matmul: "matmul", torch.bmm: "matmul",
+    torch.matmul: "matmul", operator.matmul: "matmul", torch.bmm: "matmul", torch.baddbmm: "baddbmm",
     torch.einsum: "einsum",
     torch.softmax: "softmax", F.softmax: "softmax", torch.special.softmax: "softmax",
     operator.getitem: "getitem", operator.setitem: "setitem",
@@ -44,7 +44,7 @@ _FUNCTIONS: dict[Any, str] = {
     torch.unsqueeze: "unsqueeze", torch.squeeze: "squeeze",
     torch.transpose: "transpose", torch.swapaxes: "transpose", torch.swapdims: "transpose",
     torch.permute: "permute",
-    torch.exp: "exp", torch.amax: "amax", torch.max: "max", torch.sum: "sum",
+    torch.exp: "exp", torch.amax: "amax", torch.max: "max", torch.sum: "sum", torch.logsumexp: "logsumexp",
     torch.full_like: "full_like", torch.zeros_like: "zeros_like", torch.ones_like: "ones_like",
     torch.zeros: "zeros", torch.ones: "ones", torch.full: "full",
     torch.tril: "tril", torch.triu: "triu",
@@ -68,8 +68,8 @@ _METHODS: dict[str, str] = {
     "repeat_interleave": "repeat_interleave", "repeat": "repeat", "tile": "repeat",
     "gather": "gather", "index_select": "index_select", "take_along_dim": "take_along_dim",
     "clamp": "clamp", "clip": "clamp", "clamp_min": "clamp_min", "clamp_max": "clamp_max",
-    "softmax": "softmax", "matmul": "matmul", "bmm": "matmul",
-    "exp": "exp", "amax": "amax", "max": "max", "sum": "sum",
+    "softmax": "softmax", "matmul": "matmul", "bmm": "matmul", "baddbmm": "baddbmm",
+    "exp": "exp", "amax": "amax", "max": "max", "sum": "sum", "logsumexp": "logsumexp",
     "add": "add", "sub": "sub", "mul": "mul", "div": "div", "neg": "neg",
     "floor_divide": "floordiv", "remainder": "mod",
     "gt": "gt", "lt": "lt", "ge": "ge", "le": "le", "eq": "eq", "ne": "ne",

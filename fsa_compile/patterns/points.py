@@ -212,7 +212,7 @@ _FRESH = {"matmul", "einsum", "softmax", "arange", "add", "sub", "mul", "div", "
           "gt", "lt", "ge", "le", "eq", "ne", "and", "or", "not", "where", "masked_fill", "clamp",
           "clamp_min", "clamp_max", "gather", "take_along_dim", "index_select", "repeat_interleave",
           "exp", "amax", "max", "sum", "full_like", "zeros_like", "ones_like", "zeros", "ones", "full",
-          "tril", "triu", "abs", "minimum", "maximum", "scatter", "pad"}
+          "tril", "triu", "abs", "minimum", "maximum", "scatter", "pad", "repeat", "baddbmm", "logsumexp"}
 
 
 def _fresh(node: fx.Node) -> bool:
@@ -1156,6 +1156,18 @@ class Evaluator:
         m, n = coords[-2], coords[-1]
         ba, bb = _bcast(batch, sa[:-2]), _bcast(batch, sb[:-2])
         return self._dot(lambda i: self.at(a, ba + (m, i)), lambda i: self.at(b, bb + (i, n)), sa[-1])
+
+    def _op_baddbmm(self, node, call, coords):
+        # beta * input + alpha * (batch1 @ batch2); with beta = 0 the input is not read (torch
+        # does not propagate its NaN or inf either)
+        bias, a, b = (self._arg(call, i, name) for i, name in enumerate(("input", "batch1", "batch2")))
+        beta, alpha = self.scalar(call.kwargs.get("beta", 1)), self.scalar(call.kwargs.get("alpha", 1))
+        sa = self.shape(a)
+        prod = self._dot(lambda i: self.at(a, (coords[0], coords[1], i)), lambda i: self.at(b, (coords[0], i, coords[2])), sa[-1])
+        term = _scalar_arith("mul", prod, alpha)
+        if beta == 0:
+            return term
+        return _scalar_arith("add", term, _scalar_arith("mul", self._operand(bias, coords), beta))
 
     def _op_einsum(self, node, call, coords):
         try:

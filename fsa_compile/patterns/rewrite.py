@@ -76,7 +76,7 @@ def _narrowest_on_path(leaf: fx.Node, sinks: list) -> torch.dtype | None:
     while stack:
         n = stack.pop()
         call = canon(n)
-        if n is not leaf and call is not None and call.name in ("matmul", "einsum", "sdpa"):
+        if n is not leaf and call is not None and call.name in ("matmul", "baddbmm", "einsum", "sdpa"):
             continue  # what happens to the product's result is not the input's rounding
         for u in n.users:
             if u in ancestors and u not in seen:

@@ -166,6 +166,24 @@ def manual_softmax(node: fx.Node):
     return arg, dim
 
 
+def logsumexp_softmax(node: fx.Node):
+    """``(x, dim)`` if ``node`` is ``exp(x - logsumexp(x, dim, keepdim=True))``, else None (a row
+    that sees nothing is NaN there too: ``-inf - -inf``)."""
+    call = canon(node)
+    if call is None or call.name != "exp" or not isinstance(node.args[0], fx.Node):
+        return None
+    arg = node.args[0]
+    ac = canon(arg)
+    if ac is None or ac.name != "sub" or not all(isinstance(a, fx.Node) for a in arg.args[:2]):
+        return None
+    x, lse = arg.args[0], _strip(arg.args[1], through_detach=False)
+    lc, shp = canon(lse), shape_of(node)
+    if lc is None or lc.name != "logsumexp" or shp is None or lse.args[0] is not x or not _keepdim(lc):
+        return None
+    dim = _dim_arg(lc)
+    return None if dim is None else (x, dim % len(shp))
+
+
 def _output_chain(product_node):
     """The product, then the single-user views and casts after it; furthest first."""
     chain = [product_node]
@@ -187,13 +205,13 @@ def candidates(graph: fx.Graph):
         if call is None:
             continue
         if call.name == "sdpa":
-            yield Anchor("sdpa", node, None, -1, [node])
+            yield Anchor("sdpa", node, None, -1, _output_chain(node))  # (a per-token SDPA is squeezed after)
             continue
         if call.name == "softmax":
             dim = _dim_arg(call)
             pre = node.args[0]
-        elif call.name == "div":
-            found = manual_softmax(node)
+        elif call.name in ("div", "exp"):
+            found = manual_softmax(node) if call.name == "div" else logsumexp_softmax(node)
             if found is None:
                 continue
             pre, dim = found
