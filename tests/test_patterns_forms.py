@@ -287,7 +287,24 @@ def _baddbmm_scores(q, k, v, block_indices, block_size, bias=None):
     return torch.bmm(s.softmax(-1), v_sel.reshape(-1, S, D)).view(B, T, HQ, D)
 
 
-@pytest.mark.parametrize("fn", [_logsumexp_softmax, _baddbmm_scores], ids=["logsumexp_softmax", "baddbmm_scores"])
+def _log_softmax_exp(q, k, v, block_indices, block_size):
+    """Softmax as ``F.log_softmax(s).exp()``, the scale as ``/ torch.sqrt(torch.tensor(D))``."""
+    k_sel, v_sel, masked = _gathered(q, k, v, block_indices, block_size)
+    s = torch.einsum("bthd,bthsd->bths", q, k_sel) / torch.sqrt(torch.tensor(q.shape[-1], dtype=torch.float32))
+    p = torch.nn.functional.log_softmax(s.masked_fill(masked, float("-inf")), dim=-1).exp()
+    return torch.einsum("bths,bthsd->bthd", p, v_sel)
+
+
+def _mul_sum_products(q, k, v, block_indices, block_size):
+    """Both products as a broadcast multiply and a sum: ``(q * k_sel).sum(-1)``, ``(p * v_sel).sum(-2)``."""
+    k_sel, v_sel, masked = _gathered(q, k, v, block_indices, block_size)
+    s = (q.unsqueeze(-2) * k_sel).sum(-1) * q.shape[-1] ** -0.5
+    p = s.masked_fill(masked, float("-inf")).softmax(-1)
+    return (p.unsqueeze(-1) * v_sel).sum(dim=-2)
+
+
+@pytest.mark.parametrize("fn", [_logsumexp_softmax, _baddbmm_scores, _log_softmax_exp, _mul_sum_products],
+                         ids=["logsumexp_softmax", "baddbmm_scores", "log_softmax_exp", "mul_sum_products"])
 def test_more_spellings_of_the_scores_and_softmax(fn):
     q, k, v, idx, bs = make_inputs(SHAPE, "padding", 21)
     rep = fsa_compile.explain(fn, q, k, v, idx, bs, options=FAST)
@@ -315,4 +332,20 @@ def test_baddbmm_with_a_position_bias_is_a_near_miss():
     rep = fsa_compile.explain(fn, q, k, v, idx, bs, options=FAST)
     assert rep.rewrites == [] and len(rep.misses) == 1, str(rep)
     assert "cannot follow the subgraph" in rep.misses[0].reason, str(rep)
+    torch.testing.assert_close(rep.output, fn(q, k, v, idx, bs), rtol=1e-4, atol=1e-5)
+
+
+def test_a_summed_product_with_scaled_probabilities_is_a_near_miss():
+    """The multiply-and-sum output product is read as a product, so what it multiplies is
+    checked as for ``@``: probabilities scaled on the way are a near miss with that reason."""
+    def fn(q, k, v, block_indices, block_size):
+        k_sel, v_sel, masked = _gathered(q, k, v, block_indices, block_size)
+        s = torch.einsum("bthd,bthsd->bths", q, k_sel) * q.shape[-1] ** -0.5
+        p = s.masked_fill(masked, float("-inf")).softmax(-1)
+        return (p.unsqueeze(-1) * 0.5 * v_sel).sum(dim=-2)
+
+    q, k, v, idx, bs = make_inputs(SHAPE, "unique", 25)
+    rep = fsa_compile.explain(fn, q, k, v, idx, bs, options=FAST)
+    assert rep.rewrites == [] and len(rep.misses) == 1, str(rep)
+    assert "multiplied by 0.5" in rep.misses[0].reason, str(rep)
     torch.testing.assert_close(rep.output, fn(q, k, v, idx, bs), rtol=1e-4, atol=1e-5)

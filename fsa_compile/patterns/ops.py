@@ -16,6 +16,7 @@ _FUNCTIONS: dict[Any, str] = {
     torch.matmul: "matmul", operator.matmul: "matmul", torch.bmm: "matmul", torch.baddbmm: "baddbmm",
     torch.einsum: "einsum",
     torch.softmax: "softmax", F.softmax: "softmax", torch.special.softmax: "softmax",
+    torch.log_softmax: "log_softmax", F.log_softmax: "log_softmax",
     operator.getitem: "getitem", operator.setitem: "setitem",
     torch.arange: "arange",
     operator.add: "add", torch.add: "add", operator.iadd: "add",
@@ -49,6 +50,7 @@ _FUNCTIONS: dict[Any, str] = {
     torch.zeros: "zeros", torch.ones: "ones", torch.full: "full",
     torch.tril: "tril", torch.triu: "triu",
     torch.abs: "abs", torch.minimum: "minimum", torch.maximum: "maximum",
+    torch.sqrt: "sqrt", torch.rsqrt: "rsqrt", torch.tensor: "tensor",
     torch.scatter: "scatter",
     torch._C._nn.pad: "pad", F.pad: "pad", torch.constant_pad_nd: "pad",
     F.scaled_dot_product_attention: "sdpa",
@@ -68,7 +70,7 @@ _METHODS: dict[str, str] = {
     "repeat_interleave": "repeat_interleave", "repeat": "repeat", "tile": "repeat",
     "gather": "gather", "index_select": "index_select", "take_along_dim": "take_along_dim",
     "clamp": "clamp", "clip": "clamp", "clamp_min": "clamp_min", "clamp_max": "clamp_max",
-    "softmax": "softmax", "matmul": "matmul", "bmm": "matmul", "baddbmm": "baddbmm",
+    "softmax": "softmax", "log_softmax": "log_softmax", "matmul": "matmul", "bmm": "matmul", "baddbmm": "baddbmm",
     "exp": "exp", "amax": "amax", "max": "max", "sum": "sum", "logsumexp": "logsumexp",
     "add": "add", "sub": "sub", "mul": "mul", "div": "div", "neg": "neg",
     "floor_divide": "floordiv", "remainder": "mod",
@@ -86,7 +88,7 @@ _METHODS: dict[str, str] = {
     "new_ones": "ones_like", "zero_": "zeros_like", "fill_": "fill",
     "tril": "tril", "triu": "triu", "tril_": "tril", "triu_": "triu",
     "scatter": "scatter", "scatter_": "scatter",
-    "abs": "abs", "minimum": "minimum", "maximum": "maximum",
+    "abs": "abs", "minimum": "minimum", "maximum": "maximum", "sqrt": "sqrt", "rsqrt": "rsqrt",
     "any": "any", "all": "all",
 }
 

@@ -212,7 +212,8 @@ _FRESH = {"matmul", "einsum", "softmax", "arange", "add", "sub", "mul", "div", "
           "gt", "lt", "ge", "le", "eq", "ne", "and", "or", "not", "where", "masked_fill", "clamp",
           "clamp_min", "clamp_max", "gather", "take_along_dim", "index_select", "repeat_interleave",
           "exp", "amax", "max", "sum", "full_like", "zeros_like", "ones_like", "zeros", "ones", "full",
-          "tril", "triu", "abs", "minimum", "maximum", "scatter", "pad", "repeat", "baddbmm", "logsumexp"}
+          "tril", "triu", "abs", "minimum", "maximum", "scatter", "pad", "repeat", "baddbmm", "logsumexp", "sqrt", "rsqrt",
+          "tensor"}
 
 
 def _fresh(node: fx.Node) -> bool:
@@ -685,6 +686,33 @@ class Evaluator:
             raise Unsupported("abs of a data term")
         return abs(v)
 
+    def _op_sqrt(self, node, call, coords):
+        try:
+            v = self.at(call.args[0], coords)
+        except Unsupported:
+            v = None
+        if v is None or is_symbolic(v):  # of data (an RMS norm's rsqrt): data, as before it was read
+            return self._leaf(node, coords)
+        root = math.sqrt(v) if v >= 0 else math.nan
+        return root if call.name == "sqrt" else (1.0 / root if root else math.inf)
+
+    _op_rsqrt = _op_sqrt
+
+    def _op_tensor(self, node, call, coords):
+        # torch.tensor(number or nested lists of numbers): a constant made in the graph (a scale
+        # written ``/ torch.sqrt(torch.tensor(d))``)
+        value = self.scalar(call.args[0])
+        for c in coords:
+            if not isinstance(value, (list, tuple)):
+                raise Unsupported("torch.tensor of an unexpected shape")
+            value = value[c]
+        if isinstance(value, (list, tuple)) or not isinstance(value, (bool, int, float)):
+            raise Unsupported("torch.tensor of something other than numbers")
+        dt = dtype_of(node)
+        if dt is not None and dt.is_floating_point:
+            return float(value)
+        return value
+
     def _op_minimum(self, node, call, coords):
         a = self._operand(call.args[0], coords)
         b = self._operand(call.args[1], coords)
@@ -799,11 +827,33 @@ class Evaluator:
     _op_all = _op_any
 
     def _op_sum(self, node, call, coords):
-        """A count (a sum of integers or booleans). A floating-point sum stays data, as before."""
+        """A count (a sum of integers or booleans), or a product spelled out: ``(a * b).sum(dim)``
+        over one dim of an elementwise product of two tensors. Any other floating-point sum stays
+        data."""
         dt = dtype_of(node)
         if dt is None or dt.is_floating_point or dt.is_complex or "dtype" in call.kwargs:
-            return self._leaf(node, coords)
+            product = self._summed_product(node, call, coords)
+            return self._leaf(node, coords) if product is None else product
         return sum(int(x) for x in self._reduced_values(node, call, coords))
+
+    def _summed_product(self, node, call, coords):
+        src = call.args[0]
+        inner = canon(src) if isinstance(src, fx.Node) else None
+        dim = self._arg(call, 1, "dim")
+        if inner is None or inner.name != "mul" or "dtype" in call.kwargs or dim is None or src.users.keys() != {node}:
+            return None
+        dims = self.scalar(dim)
+        if isinstance(dims, (list, tuple)):
+            if len(dims) != 1:
+                return None
+            dims = dims[0]
+        a, b = inner.args[0], inner.args[1]
+        sa, sb = self.shape_or_none(a), self.shape_or_none(b)
+        if sa is None or sb is None or a is b:
+            return None
+        points = list(self._reduced_points(node, call, coords))
+        return self._dot(lambda i: self.at(a, _bcast(points[i], sa)), lambda i: self.at(b, _bcast(points[i], sb)),
+                         len(points))
 
     def _op_one_hot(self, node, call, coords):
         index = call.args[0]

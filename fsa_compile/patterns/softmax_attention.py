@@ -167,17 +167,21 @@ def manual_softmax(node: fx.Node):
 
 
 def logsumexp_softmax(node: fx.Node):
-    """``(x, dim)`` if ``node`` is ``exp(x - logsumexp(x, dim, keepdim=True))``, else None (a row
-    that sees nothing is NaN there too: ``-inf - -inf``)."""
+    """``(x, dim)`` if ``node`` is ``exp(x - logsumexp(x, dim, keepdim=True))`` or
+    ``exp(log_softmax(x, dim))``, else None (a row that sees nothing is NaN there too)."""
     call = canon(node)
     if call is None or call.name != "exp" or not isinstance(node.args[0], fx.Node):
         return None
     arg = node.args[0]
     ac = canon(arg)
+    shp = shape_of(node)
+    if ac is not None and ac.name == "log_softmax" and shp is not None and "dtype" not in ac.kwargs:
+        dim = _dim_arg(ac)
+        return None if dim is None else (arg.args[0], dim % len(shp))
     if ac is None or ac.name != "sub" or not all(isinstance(a, fx.Node) for a in arg.args[:2]):
         return None
     x, lse = arg.args[0], _strip(arg.args[1], through_detach=False)
-    lc, shp = canon(lse), shape_of(node)
+    lc = canon(lse)
     if lc is None or lc.name != "logsumexp" or shp is None or lse.args[0] is not x or not _keepdim(lc):
         return None
     dim = _dim_arg(lc)
@@ -226,8 +230,8 @@ def candidates(graph: fx.Graph):
             cur, depth = frontier.pop(0)
             for user in cur.users:
                 uc = canon(user)
-                if uc is not None and uc.name in ("matmul", "einsum"):
-                    out = user
+                if uc is not None and (uc.name in ("matmul", "einsum") or uc.name == "sum" and depth > 0):
+                    out = user  # (a sum: (p.unsqueeze(-1) * v).sum(-2), if the evaluator reads it so)
                     break
                 if uc is not None and (uc.name in _PASSTHROUGH or uc.name in _VIEWS):
                     frontier.append((user, depth))
