@@ -139,9 +139,8 @@ def to_bthd(graph: fx.Graph, node: fx.Node, layout: tuple, D: int = 1, H: int = 
 def from_bthd(graph: fx.Graph, node: fx.Node, layout: tuple, H: int, G: int) -> fx.Node:
     """Insert the view that turns an op output ``[B, T, HQ, D]`` into ``layout``."""
     if "qg" in layout:
-        hq_layout = tuple("hq" if r == "qg" else r for r in layout)
-        out = from_bthd(graph, node, hq_layout, H, G)
-        return _regroup(graph, out, tuple("qg" if r == "hq" else r for r in hq_layout), H, G)[0]
+        out = from_bthd(graph, node, tuple("hq" if r == "qg" else r for r in layout), H, G)
+        return _regroup(graph, out, layout, H, G)[0]
     if "b" not in layout:
         return graph.call_method("squeeze", (from_bthd(graph, node, ("b",) + tuple(layout), H, G), 0))
     names = "".join(r.replace("hq", "q") for r in layout)

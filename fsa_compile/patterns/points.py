@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import fx
 
-from .ops import INPLACE, canon, concrete, dtype_of, example_value, shape_of
+from .ops import INPLACE, Call, canon, concrete, dtype_of, example_value, shape_of
 
 NEG_INF = float("-inf")
 
@@ -212,8 +212,8 @@ _FRESH = {"matmul", "einsum", "softmax", "arange", "add", "sub", "mul", "div", "
           "gt", "lt", "ge", "le", "eq", "ne", "and", "or", "not", "where", "masked_fill", "clamp",
           "clamp_min", "clamp_max", "gather", "take_along_dim", "index_select", "repeat_interleave",
           "exp", "amax", "max", "sum", "full_like", "zeros_like", "ones_like", "zeros", "ones", "full",
-          "tril", "triu", "abs", "minimum", "maximum", "scatter", "pad", "repeat", "baddbmm", "logsumexp", "sqrt", "rsqrt",
-          "tensor"}
+          "tril", "triu", "abs", "minimum", "maximum", "scatter", "pad", "repeat", "baddbmm", "logsumexp",
+          "sqrt", "rsqrt", "tensor"}
 
 
 def _fresh(node: fx.Node) -> bool:
@@ -706,7 +706,7 @@ class Evaluator:
             if not isinstance(value, (list, tuple)):
                 raise Unsupported("torch.tensor of an unexpected shape")
             value = value[c]
-        if isinstance(value, (list, tuple)) or not isinstance(value, (bool, int, float)):
+        if not isinstance(value, (bool, int, float)):
             raise Unsupported("torch.tensor of something other than numbers")
         dt = dtype_of(node)
         if dt is not None and dt.is_floating_point:
@@ -843,10 +843,8 @@ class Evaluator:
         if inner is None or inner.name != "mul" or "dtype" in call.kwargs or dim is None or src.users.keys() != {node}:
             return None
         dims = self.scalar(dim)
-        if isinstance(dims, (list, tuple)):
-            if len(dims) != 1:
-                return None
-            dims = dims[0]
+        if isinstance(dims, (list, tuple)) and len(dims) != 1:
+            return None
         a, b = inner.args[0], inner.args[1]
         sa, sb = self.shape_or_none(a), self.shape_or_none(b)
         if sa is None or sb is None or a is b:
@@ -1212,9 +1210,7 @@ class Evaluator:
         # does not propagate its NaN or inf either)
         bias, a, b = (self._arg(call, i, name) for i, name in enumerate(("input", "batch1", "batch2")))
         beta, alpha = self.scalar(call.kwargs.get("beta", 1)), self.scalar(call.kwargs.get("alpha", 1))
-        sa = self.shape(a)
-        prod = self._dot(lambda i: self.at(a, (coords[0], coords[1], i)), lambda i: self.at(b, (coords[0], i, coords[2])), sa[-1])
-        term = _scalar_arith("mul", prod, alpha)
+        term = _scalar_arith("mul", self._op_matmul(node, Call("matmul", (a, b), {}), coords), alpha)
         if beta == 0:
             return term
         return _scalar_arith("add", term, _scalar_arith("mul", self._operand(bias, coords), beta))
