@@ -257,10 +257,11 @@ def _gathered(q, k, v, block_indices, block_size):
     B, T, HQ, D = q.shape
     H = k.shape[2]
     G = HQ // H
-    tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size)).flatten(-2)
-    masked = (block_indices < 0).repeat_interleave(block_size, -1) | (tok > torch.arange(T).view(1, T, 1, 1))
+    dev = q.device
+    tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size, device=dev)).flatten(-2)
+    masked = (block_indices < 0).repeat_interleave(block_size, -1) | (tok > torch.arange(T, device=dev).view(1, T, 1, 1))
     safe = tok.clamp(0, T - 1)
-    b_idx, h_idx = torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, 1, H, 1)
+    b_idx, h_idx = torch.arange(B, device=dev).view(B, 1, 1, 1), torch.arange(H, device=dev).view(1, 1, H, 1)
     return (k[b_idx, safe, h_idx].repeat_interleave(G, 2), v[b_idx, safe, h_idx].repeat_interleave(G, 2),
             masked.repeat_interleave(G, 2))
 
@@ -280,7 +281,7 @@ def _baddbmm_scores(q, k, v, block_indices, block_size, bias=None):
     B, T, HQ, D = q.shape
     k_sel, v_sel, masked = _gathered(q, k, v, block_indices, block_size)
     S = k_sel.shape[-2]
-    add = torch.zeros(B * T * HQ, 1, S).masked_fill(masked.reshape(-1, 1, S), float("-inf"))
+    add = torch.zeros(B * T * HQ, 1, S, device=q.device).masked_fill(masked.reshape(-1, 1, S), float("-inf"))
     if bias is not None:
         add = add + bias
     s = torch.baddbmm(add, q.reshape(-1, 1, D), k_sel.reshape(-1, S, D).transpose(1, 2), alpha=D**-0.5)
@@ -303,15 +304,33 @@ def _mul_sum_products(q, k, v, block_indices, block_size):
     return (p.unsqueeze(-1) * v_sel).sum(dim=-2)
 
 
-@pytest.mark.parametrize("fn", [_logsumexp_softmax, _baddbmm_scores, _log_softmax_exp, _mul_sum_products],
-                         ids=["logsumexp_softmax", "baddbmm_scores", "log_softmax_exp", "mul_sum_products"])
-def test_more_spellings_of_the_scores_and_softmax(fn):
+MORE_SPELLINGS = {"logsumexp_softmax": _logsumexp_softmax, "baddbmm_scores": _baddbmm_scores,
+                  "log_softmax_exp": _log_softmax_exp, "mul_sum_products": _mul_sum_products}
+
+
+@pytest.mark.parametrize("name", sorted(MORE_SPELLINGS))
+def test_more_spellings_of_the_scores_and_softmax(name):
+    fn = MORE_SPELLINGS[name]
     q, k, v, idx, bs = make_inputs(SHAPE, "padding", 21)
     rep = fsa_compile.explain(fn, q, k, v, idx, bs, options=FAST)
     assert len(rep.rewrites) == 1 and rep.misses == [], str(rep)
     torch.testing.assert_close(rep.output, fn(q, k, v, idx, bs), equal_nan=True, rtol=1e-4, atol=1e-5)
     torch._dynamo.reset()
     assert_compiled_matches_eager(fn, *make_inputs(SHAPE, "unique", 22), backend_options=FAST, expect_rewrites=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(MORE_SPELLINGS))
+def test_more_spellings_on_the_gpu_run_the_kernels_and_match_eager(name):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    fn = MORE_SPELLINGS[name]
+    q, k, v, idx, bs = (a.cuda() if isinstance(a, torch.Tensor) else a
+                        for a in make_inputs(Shape(1, 300, 2, 2, 64, 32, 4, torch.bfloat16), "unique", 25))
+    rep = fsa_compile.explain(fn, q, k, v, idx, bs)
+    assert len(rep.rewrites) == 1 and "reference" not in rep.rewrites[0].plan, str(rep)
+    torch._dynamo.reset()
+    assert_compiled_matches_eager(fn, q, k, v, idx, bs, expect_rewrites=1)
 
 
 def test_a_detached_logsumexp_is_not_a_softmax():
