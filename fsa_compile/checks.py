@@ -52,8 +52,12 @@ def check_inputs(q, k, v, block_indices, block_size, layout, scale, strategy, st
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape {names}, got k {_shape(k)} and v {_shape(v)}")
     H = k.shape[hdim]
-    if k.shape[0] != B or k.shape[tdim] != T:
-        raise ValueError(f"q {_shape(q)} and k {_shape(k)} disagree on batch or sequence length ({layout} layout)")
+    if k.shape[0] != B:
+        raise ValueError(f"q {_shape(q)} and k {_shape(k)} disagree on the batch size ({layout} layout)")
+    if T > k.shape[tdim]:
+        raise ValueError(
+            f"q {_shape(q)} has more query rows than k {_shape(k)} has keys ({layout} layout): queries are "
+            "positions of the key sequence (q_offset), so T_q <= T_k")
     if k.shape[3] != D:
         raise ValueError(f"q {_shape(q)} and k {_shape(k)} disagree on the head dim")
     if H == 0 or HQ % H != 0:
@@ -69,3 +73,17 @@ def check_inputs(q, k, v, block_indices, block_size, layout, scale, strategy, st
             f"block_indices must be {'[B, T, H, n]' if layout == 'bthd' else '[B, H, T, n]'} = "
             f"[{', '.join(map(str, expect))}, n] for q {_shape(q)} and k {_shape(k)}, got {_shape(block_indices)}"
         )
+
+
+def check_q_offset(q_offset, Tq: int, Tk: int) -> int:
+    """The position of q's first row among the ``Tk`` keys: ``Tk - Tq`` by default (the queries
+    are the last ones, as when decoding after a cache), else an int with the queries inside."""
+    if q_offset is None:
+        return Tk - Tq
+    if isinstance(q_offset, bool) or not isinstance(q_offset, int):
+        raise TypeError(f"q_offset must be an int or None, got {type(q_offset).__name__}")
+    if q_offset < 0 or q_offset + Tq > Tk:
+        raise ValueError(
+            f"q_offset={q_offset} puts the {Tq} query rows at positions {q_offset}..{q_offset + Tq - 1}, "
+            f"outside the {Tk} keys: need 0 <= q_offset <= T_k - T_q = {Tk - Tq}")
+    return q_offset

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .checks import check_inputs
+from .checks import check_inputs, check_q_offset
 from .lowering import backward as _kernel_backward
 from .lowering import choose_plan, kernels_available
 from .lowering import forward as _kernel_forward
@@ -34,14 +34,15 @@ def plan_for(q: Tensor, k: Tensor, v: Tensor, block_indices: Tensor, block_size:
 
 def _index_shapes(q: Tensor, k: Tensor, block_indices: Tensor, block_size: int, strategy: str):
     """Shapes of the inverted-loop index the forward returns for the backward: ``offsets
-    [B, H, NB + 1]`` and ``entries [B, H, T * n]`` when the plan is the inverted loop, else empty.
-    From static facts only (not T's value), so the fake implementation gives the same answer."""
+    [B, H, NB + 1]`` (NB blocks of the keys) and ``entries [B, H, T * n]`` (T query rows) when the
+    plan is the inverted loop, else empty. From static facts only (not T's value), so the fake
+    implementation gives the same answer."""
     B, T, HQ, _ = q.shape
     H = k.shape[2]
     n = block_indices.shape[-1]
     if n == 0 or H == 0 or q.numel() == 0 or resolve_strategy(strategy, HQ // H, q.device) != "fsa":
         return (0,), (0,)
-    return (B, H, (T + block_size - 1) // block_size + 1), (B, H, T * n)
+    return (B, H, (k.shape[1] + block_size - 1) // block_size + 1), (B, H, T * n)
 
 
 def _canonical(block_indices, T, block_size, count_duplicates, on_out_of_range):
@@ -70,18 +71,20 @@ def _selected_attention(
     count_duplicates: bool,
     on_out_of_range: str,
     strategy: str,
+    q_offset: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(o, lse, offsets, entries)``: the last two are the inverted loop's index of the selection
-    (:func:`_index_shapes`), kept for the backward so that it does not build it again."""
-    T = q.shape[1]
-    idx = _canonical(block_indices, T, block_size, count_duplicates, on_out_of_range)
+    (:func:`_index_shapes`), kept for the backward so that it does not build it again. q's rows
+    are the key positions ``q_offset .. q_offset + T_q - 1``."""
+    idx = _canonical(block_indices, k.shape[1], block_size, count_duplicates, on_out_of_range)
     plan = plan_for(q, k, v, idx, block_size, causal, strategy)
     index = None
     with _own_precision(q):
         if plan.strategy == "reference":
-            o, lse = reference.reference_forward(q, k, v, idx, block_size, scale, causal)
+            o, lse = reference.reference_forward(q, k, v, idx, block_size, scale, causal, q_offset)
         else:
-            o, lse, index = _kernel_forward(q, k, v, idx, block_size, scale, causal, plan, keep_index=True)
+            o, lse, index = _kernel_forward(q, k, v, idx, block_size, scale, causal, plan, keep_index=True,
+                                            q_offset=q_offset)
     # contiguous whatever the inputs' strides: the fake implementation promises that to Inductor
     o, lse = o.contiguous(), lse.contiguous()
     off_shape, ent_shape = _index_shapes(q, k, block_indices, block_size, strategy)
@@ -94,7 +97,7 @@ def _selected_attention(
 
 
 @_selected_attention.register_fake
-def _(q, k, v, block_indices, block_size, scale, causal, count_duplicates, on_out_of_range, strategy):
+def _(q, k, v, block_indices, block_size, scale, causal, count_duplicates, on_out_of_range, strategy, q_offset=0):
     B, T, HQ, _ = q.shape
     o = q.new_empty(B, T, HQ, v.shape[-1])
     lse = q.new_empty(B, T, HQ, dtype=torch.float32)
@@ -119,32 +122,35 @@ def _selected_attention_backward(
     strategy: str,
     offsets: Tensor,
     entries: Tensor,
+    q_offset: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``offsets``/``entries``: the index the forward returned (empty: none, build it)."""
-    T = q.shape[1]
     # The forward already applied the out-of-range policy (raised or asserted); dropping here only
     # keeps the backward from reading past the end if it was asked to run anyway.
-    idx = _canonical(block_indices, T, block_size, count_duplicates, "drop")
+    idx = _canonical(block_indices, k.shape[1], block_size, count_duplicates, "drop")
     plan = plan_for(q, k, v, idx, block_size, causal, strategy)
     # A gradient on lse (d lse / d s = p) only shifts delta = rowsum(dO * O); both paths take it.
     with _own_precision(q):
         if plan.strategy == "reference":
-            grads = reference.reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, dlse=dlse)
+            grads = reference.reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, dlse=dlse,
+                                                 q_offset=q_offset)
         else:
             index = (offsets, entries) if entries.numel() else None
-            grads = _kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan, dlse=dlse, index=index)
+            grads = _kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan, dlse=dlse, index=index,
+                                     q_offset=q_offset)
     # contiguous, as the fake implementation says, whatever the strides of q, k, v (a transposed
     # [B, H, T, D] input): Inductor checks a custom op's outputs against its fake strides
     return tuple(g.contiguous() for g in grads)
 
 
 @_selected_attention_backward.register_fake
-def _(do, dlse, q, k, v, o, lse, block_indices, block_size, scale, causal, count_duplicates, strategy, offsets, entries):
+def _(do, dlse, q, k, v, o, lse, block_indices, block_size, scale, causal, count_duplicates, strategy, offsets, entries,
+      q_offset=0):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, block_indices, block_size, scale, causal, count_duplicates, on_out_of_range, strategy = inputs
+    q, k, v, block_indices, block_size, scale, causal, count_duplicates, on_out_of_range, strategy, *rest = inputs
     o, lse, offsets, entries = output
     # The index outputs carry no gradient, and an output nobody differentiates (usually lse) is
     # handed to the backward as None rather than as a zero tensor: no fills, and the backward
@@ -152,21 +158,21 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(offsets, entries)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(q, k, v, block_indices, o, lse, offsets, entries)
-    ctx.args = (block_size, scale, causal, count_duplicates, strategy)
+    ctx.args = (block_size, scale, causal, count_duplicates, strategy, rest[0] if rest else 0)
 
 
 def _backward(ctx, do, dlse, _d_offsets, _d_entries):
     q, k, v, block_indices, o, lse, offsets, entries = ctx.saved_tensors
-    block_size, scale, causal, count_duplicates, strategy = ctx.args
+    block_size, scale, causal, count_duplicates, strategy, q_offset = ctx.args
     dq = dk = dv = None
     if any(ctx.needs_input_grad[:3]):
         if do is None:
             do = torch.zeros_like(o)
         dq, dk, dv = _selected_attention_backward(
             do.contiguous(), dlse, q, k, v, o, lse, block_indices, block_size, scale, causal, count_duplicates,
-            strategy, offsets, entries,
+            strategy, offsets, entries, q_offset,
         )
-    return dq, dk, dv, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 _selected_attention.register_autograd(_backward, setup_context=_setup_context)
@@ -196,6 +202,7 @@ def selected_attention(
     strategy: str = "auto",
     count_duplicates: bool = True,
     on_out_of_range: str = "raise",
+    q_offset: Optional[int] = None,
 ):
     """NSA selected attention (DESIGN.md section 2).
 
@@ -211,8 +218,14 @@ def selected_attention(
     ``ValueError`` for entries ``>= ceil(T / block_size)`` (a host-side check; under
     ``torch.compile`` it becomes a device-side assertion), ``"assert"``, or ``"drop"`` them.
     A query with no visible key gets ``o = 0`` and ``lse = -inf``.
+
+    q may hold fewer rows than k and v (decoding after a KV cache, a chunk of a prefill): its rows
+    are the key positions ``q_offset .. q_offset + T_q - 1`` (``block_indices`` has q's rows; the
+    blocks are the keys'), by default the last ``T_q`` positions (``q_offset = T_k - T_q``).
     """
     check_inputs(q, k, v, block_indices, block_size, layout, scale, strategy, STRATEGIES)
+    tdim = 1 if layout == "bthd" else 2
+    q_offset = check_q_offset(q_offset, q.shape[tdim], k.shape[tdim])
     if on_out_of_range not in reference.OUT_OF_RANGE_POLICIES:
         raise ValueError(
             f"on_out_of_range must be one of {reference.OUT_OF_RANGE_POLICIES}, got {on_out_of_range!r}"
@@ -225,7 +238,8 @@ def selected_attention(
     if scale is None:
         scale = q.shape[-1] ** -0.5
     o, lse, _, _ = _selected_attention(
-        q, k, v, block_indices, block_size, float(scale), bool(causal), bool(count_duplicates), on_out_of_range, strategy
+        q, k, v, block_indices, block_size, float(scale), bool(causal), bool(count_duplicates), on_out_of_range, strategy,
+        q_offset,
     )
     if layout == "bhtd":
         o, lse = o.transpose(1, 2), lse.transpose(1, 2)

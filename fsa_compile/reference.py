@@ -53,7 +53,7 @@ def canonical_indices(
             count = int((idx >= nb).sum())
             raise ValueError(
                 f"block_indices{where} (as [b, t, h, slot]) is {int(idx[tuple(where)])}, out of range "
-                f"({count} such entr{'y' if count == 1 else 'ies'}): with T={seq_len} and "
+                f"({count} such entr{'y' if count == 1 else 'ies'}): with {seq_len} keys and "
                 f"block_size={block_size} there are {nb} blocks, so entries must be < {nb} "
                 f"(negative entries mean padding)"
             )
@@ -92,7 +92,7 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _gather_chunk(k, v, idx_c, t0, block_size, causal, T):
-    """Gathered keys/values and visibility for queries ``t0 .. t0 + c``.
+    """Gathered keys/values and visibility for queries at positions ``t0 .. t0 + c`` over ``T`` keys.
 
     Returns ``kg [B,H,c,S,D]``, ``vg [B,H,c,S,Dv]`` (float32), ``tok [B,H,c,S]`` (int64 token
     positions, clamped to be valid addresses) and ``vis [B,H,c,S]`` (bool).
@@ -126,13 +126,16 @@ def reference_forward(
     block_size: int,
     scale: float,
     causal: bool = True,
+    q_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``o [B,T,HQ,Dv]`` (q's dtype) and natural-log ``lse [B,T,HQ]`` (float32).
 
     Inputs are ``[B, T, H, D]`` with canonical indices ``[B, T, H, n]``. A row with no visible
-    key gets ``o = 0`` and ``lse = -inf``.
+    key gets ``o = 0`` and ``lse = -inf``. With ``q_offset``, q (and the indices) hold ``Tq``
+    query rows at positions ``q_offset .. q_offset + Tq - 1`` of k's and v's ``Tk`` keys.
     """
     B, T, HQ, D = q.shape
+    Tk = k.shape[1]
     H, Dv = k.shape[2], v.shape[-1]
     G = HQ // H
     n = block_indices.shape[-1]
@@ -141,7 +144,7 @@ def reference_forward(
     c = _chunk_len(B, H, n * block_size, D, Dv)
     for t0 in range(0, T, c):
         t1 = min(T, t0 + c)
-        kg, vg, _, vis = _gather_chunk(k, v, block_indices[:, t0:t1], t0, block_size, causal, T)
+        kg, vg, _, vis = _gather_chunk(k, v, block_indices[:, t0:t1], t0 + q_offset, block_size, causal, Tk)
         qc = q[:, t0:t1].to(kg.dtype).reshape(B, t1 - t0, H, G, D).permute(0, 2, 1, 3, 4)
         s = torch.einsum("bhcgd,bhcsd->bhcgs", qc, kg) * scale
         s = s.masked_fill(~vis.unsqueeze(3), -math.inf)
@@ -171,6 +174,7 @@ def reference_backward(
     scale: float,
     causal: bool = True,
     dlse: torch.Tensor | None = None,
+    q_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients ``dq, dk, dv`` (in the inputs' dtypes) from the saved ``o`` and ``lse``.
 
@@ -178,6 +182,7 @@ def reference_backward(
     enters as ``ds = p * (dp - delta + dlse)``.
     """
     B, T, HQ, D = q.shape
+    Tk = k.shape[1]
     H, Dv = k.shape[2], v.shape[-1]
     G = HQ // H
     n = block_indices.shape[-1]
@@ -186,14 +191,14 @@ def reference_backward(
     if dlse is not None:
         delta = delta - torch.where(torch.isinf(lse), torch.zeros_like(dlse), dlse).to(acc)
     dq = torch.empty(B, T, HQ, D, dtype=q.dtype, device=q.device)
-    dk = torch.zeros(B * H * T, D, dtype=acc, device=q.device)
-    dv = torch.zeros(B * H * T, Dv, dtype=acc, device=q.device)
+    dk = torch.zeros(B * H * Tk, D, dtype=acc, device=q.device)
+    dv = torch.zeros(B * H * Tk, Dv, dtype=acc, device=q.device)
     c = _chunk_len(B, H, n * block_size, D, Dv)
-    bh = (torch.arange(B, device=q.device).view(B, 1) * H + torch.arange(H, device=q.device)) * T
+    bh = (torch.arange(B, device=q.device).view(B, 1) * H + torch.arange(H, device=q.device)) * Tk
     for t0 in range(0, T, c):
         t1 = min(T, t0 + c)
         cl = t1 - t0
-        kg, vg, tok, vis = _gather_chunk(k, v, block_indices[:, t0:t1], t0, block_size, causal, T)
+        kg, vg, tok, vis = _gather_chunk(k, v, block_indices[:, t0:t1], t0 + q_offset, block_size, causal, Tk)
 
         def heads(x):  # [B,c,HQ,X] -> [B,H,c,G,X]
             return x[:, t0:t1].to(acc).reshape(B, cl, H, G, -1).permute(0, 2, 1, 3, 4)
@@ -213,6 +218,6 @@ def reference_backward(
         rows = (bh.view(B, H, 1, 1) + tok).reshape(-1)
         dk.index_add_(0, rows, dkg.reshape(-1, D))
         dv.index_add_(0, rows, dvg.reshape(-1, Dv))
-    dk = dk.view(B, H, T, D).permute(0, 2, 1, 3).to(k.dtype)
-    dv = dv.view(B, H, T, Dv).permute(0, 2, 1, 3).to(v.dtype)
+    dk = dk.view(B, H, Tk, D).permute(0, 2, 1, 3).to(k.dtype)
+    dv = dv.view(B, H, Tk, Dv).permute(0, 2, 1, 3).to(v.dtype)
     return dq, dk.contiguous(), dv.contiguous()

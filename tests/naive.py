@@ -6,22 +6,25 @@ duplicates count once), times visibility; attention is the weighted softmax. Sma
 import torch
 
 
-def naive_selected_attention(q, k, v, idx, bs, scale=None, causal=True, count_duplicates=True):
-    B, T, HQ, D = q.shape
+def naive_selected_attention(q, k, v, idx, bs, scale=None, causal=True, count_duplicates=True, q_offset=None):
+    """``q_offset``: q's rows are key positions ``q_offset ..`` (default: the last ``T_q`` keys)."""
+    B, Tq, HQ, D = q.shape
+    T = k.shape[1]
     H = k.shape[2]
     G = HQ // H
+    off = T - Tq if q_offset is None else q_offset
     nb = (T + bs - 1) // bs
     scale = D**-0.5 if scale is None else scale
-    cnt = torch.zeros(B, T, H, nb, dtype=torch.float64)
+    cnt = torch.zeros(B, Tq, H, nb, dtype=torch.float64)
     for s in range(idx.shape[-1]):
         e = idx[..., s].long()
         ok = (e >= 0) & (e < nb)
         cnt.scatter_add_(-1, e.clamp(0, nb - 1).unsqueeze(-1), ok.double().unsqueeze(-1))
     if not count_duplicates:
         cnt = (cnt > 0).double()
-    w = cnt.repeat_interleave(bs, -1)[..., :T]  # [B, T, H, T]
+    w = cnt.repeat_interleave(bs, -1)[..., :T]  # [B, Tq, H, T]
     if causal:
-        w = w * torch.ones(T, T, dtype=torch.bool).tril()[None, :, None, :]
+        w = w * torch.ones(T, T, dtype=torch.bool).tril()[off:off + Tq][None, :, None, :]
     w = w.repeat_interleave(G, 2)
     qd, kd, vd = q.double(), k.double().repeat_interleave(G, 2), v.double().repeat_interleave(G, 2)
     s = torch.einsum("bthd,bshd->bths", qd, kd) * scale

@@ -196,6 +196,29 @@ def test_dlse_gradient():
 
 
 @interpreted
+@pytest.mark.parametrize("off,tq,chunked", [(13, 19, False), (44, 1, False), (5, 40, True)])
+def test_queries_at_an_offset(off, tq, chunked, monkeypatch):
+    """q shorter than k: dQ for its rows, dK/dV for every key (zero where no row looks), against
+    the reference with the same offset; ``chunked`` also splits the rows into query chunks."""
+    if chunked:
+        monkeypatch.setattr(bw, "DQ_PART_BUDGET", 3000)
+    args, _ = _case(1, 45, 1, 2, 16, 8, 3, torch.float32, True, seed=14)
+    do, q, k, v, o, lse, idx, bs, scale, causal = args
+    q, do, idx = q[:, off:off + tq], do[:, off:off + tq], idx[:, off:off + tq]
+    o, lse = reference_forward(q, k, v, idx, bs, scale, causal, off)
+    ref = reference_backward(do.double(), q.double(), k.double(), v.double(), o.double(), lse, idx, bs, scale,
+                             causal, q_offset=off)
+    sub = (do, q, k, v, o, lse, idx, bs, scale, causal)
+    bw.POISON_FOR_TESTS = True
+    try:
+        out = bw.kernel_backward(*sub, q_offset=off)
+    finally:
+        bw.POISON_FOR_TESTS = False
+    _check(out, ref, torch.float32, sub)
+    assert (out[1][:, off + tq + 8:] == 0).all()  # keys past every row's reach get no gradient
+
+
+@interpreted
 def test_reference_strategy_and_unsupported_fall_back():
     class P:
         strategy = "reference"
@@ -229,3 +252,33 @@ def test_gpu_backward_real_sizes(G, D, dtype, causal):
         assert _rel(a, r) < tol, (name, _rel(a, r))
     again = bw.kernel_backward(*args)
     assert all(torch.equal(x, y) for x, y in zip(out, again))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("G", [2, 16])
+@pytest.mark.parametrize("strategy", ["fsa", "nsa"])
+def test_gpu_queries_at_an_offset(G, strategy):
+    """The op at real sizes with q shorter than k (a chunk of a prefill, one decode row), forward
+    and backward through the kernels, against the reference on float32 copies."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    import fsa_compile
+    from fsa_compile.selection import uniform_selection
+
+    Tk, H, D, bs, n = 3000, 2, 128, 64, 16
+    gen = torch.Generator(device="cuda").manual_seed(G)
+    k = torch.randn(1, Tk, H, D, device="cuda", generator=gen).bfloat16().requires_grad_()
+    v = torch.randn(1, Tk, H, D, device="cuda", generator=gen).bfloat16().requires_grad_()
+    full = uniform_selection(1, Tk, H, n, bs, device="cuda", generator=gen)
+    for off, tq in ((1500, 1000), (Tk - 1, 1)):
+        q = torch.randn(1, tq, H * G, D, device="cuda", generator=gen).bfloat16().requires_grad_()
+        idx = full[:, off:off + tq]
+        o = fsa_compile.selected_attention(q, k, v, idx, bs, strategy=strategy, q_offset=off)
+        do = torch.randn(o.shape, device="cuda", generator=gen).bfloat16()
+        grads = torch.autograd.grad(o, (q, k, v), do)
+        qf, kf, vf = (x.detach().float().requires_grad_() for x in (q, k, v))
+        ro = fsa_compile.selected_attention(qf, kf, vf, idx, bs, strategy="reference", q_offset=off)
+        rgrads = torch.autograd.grad(ro, (qf, kf, vf), do.float())
+        assert _rel(o, ro) < 2e-2, (off, tq, _rel(o, ro))
+        for name, a, r in zip("qkv", grads, rgrads):
+            assert not torch.isnan(a).any() and _rel(a, r) < 2e-2, (off, tq, name, _rel(a, r))

@@ -58,11 +58,11 @@ def random_indices(B, T, H, n, bs, gen, device=CPU):
     return idx
 
 
-def run_and_compare(q, k, v, idx, bs, causal, plan, dtype, scale=None):
+def run_and_compare(q, k, v, idx, bs, causal, plan, dtype, scale=None, q_offset=0):
     D = q.shape[-1]
     scale = D**-0.5 if scale is None else scale
-    o, lse = forward(q, k, v, idx, bs, scale, causal, plan, poison=True)
-    ro, rl = reference_forward(q.double(), k.double(), v.double(), idx, bs, scale, causal)
+    o, lse = forward(q, k, v, idx, bs, scale, causal, plan, poison=True, q_offset=q_offset)
+    ro, rl = reference_forward(q.double(), k.double(), v.double(), idx, bs, scale, causal, q_offset)
     assert o.dtype == q.dtype and lse.dtype == torch.float32
     assert o.shape == ro.shape and lse.shape == rl.shape
     assert not torch.isnan(o).any(), "unwritten (NaN-poisoned) output elements"
@@ -154,6 +154,30 @@ SHARED = [
     pytest.param(16, 4, 24, torch.bfloat16, True, "bthd", False, id="G16-tok4-D24-bf16-causal-loads"),
     pytest.param(32, 2, 16, torch.float32, True, "bhtd", False, id="G32-tok2-D16-f32-causal-loads"),
 ]
+
+
+OFFSET_VARIANTS = VARIANTS + [("nsa-shared", "nsa", dict(tok=4, nsa_shared=True, nsa_tma=True)),
+                               ("nsa-shared-loads", "nsa", dict(tok=2, nsa_shared=True, nsa_tma=False))]
+
+
+@pytest.mark.parametrize("name,strategy,over", OFFSET_VARIANTS, ids=[v[0] for v in OFFSET_VARIANTS])
+def test_queries_at_an_offset(name, strategy, over):
+    """q shorter than k: a chunk of rows in the middle, the last rows, one decode row; the
+    kernels' causal masks read row t as key position q_offset + t."""
+    gen = torch.Generator().manual_seed(11)
+    B, Tk, H, bs, n = 1, 45, 1, 8, 4
+    G = 16 if "shared" in name else 2
+    q, k, v = make_inputs(B, Tk, H, G, 16, 16, torch.float32, "bthd", gen)
+    idx = random_indices(B, Tk, H, n, bs, gen)
+    idx[:, 20:28] = torch.randint(0, 3, (B, 8, H, n), generator=gen, dtype=torch.int32)  # blocks seen by all
+    for off, tq in ((13, 19), (37, 8), (44, 1), (0, 45)):
+        qc, ic = q[:, off:off + tq], idx[:, off:off + tq]
+        plan = plan_of(strategy, over, qc, k, ic, bs, True)
+        run_and_compare(qc, k, v, ic, bs, True, plan, torch.float32, q_offset=off)
+        o, lse = forward(qc, k, v, ic, bs, 16**-0.5, True, plan, q_offset=off)
+        fo, fl = forward(q, k, v, idx, bs, 16**-0.5, True, plan_of(strategy, over, q, k, idx, bs, True))
+        torch.testing.assert_close(o, fo[:, off:off + tq], rtol=0, atol=1e-6)  # rows of the whole
+        torch.testing.assert_close(lse, fl[:, off:off + tq], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("G,tok,D,dtype,causal,layout,tma", SHARED)
@@ -332,15 +356,19 @@ if given is not None:
         T=st.integers(1, 33), H=st.integers(1, 2), G=st.sampled_from([1, 2, 3, 5, 8]),
         D=st.sampled_from([16, 24, 40]), bs=st.sampled_from([4, 8, 16, 20]), n=st.integers(1, 4),
         variant=st.sampled_from(VARIANTS), causal=st.booleans(), seed=st.integers(0, 2**16),
+        extra=st.sampled_from([0, 0, 5, 17]), at=st.floats(0, 1),
     )
-    def test_property_random_shapes(T, H, G, D, bs, n, variant, causal, seed):
+    def test_property_random_shapes(T, H, G, D, bs, n, variant, causal, seed, extra, at):
+        """``extra`` keys beyond q's rows: q then sits at a random offset in the keys."""
         gen = torch.Generator().manual_seed(seed)
-        q, k, v = make_inputs(1, T, H, G, D, D, torch.float32, "bthd", gen)
-        nb = (T + bs - 1) // bs
+        q, k, v = make_inputs(1, T + extra, H, G, D, D, torch.float32, "bthd", gen)
+        off = round(at * extra)
+        q = q[:, off:off + T]
+        nb = (T + extra + bs - 1) // bs
         idx = torch.randint(-1, nb, (1, T, H, n), generator=gen, dtype=torch.int32)
         _, strategy, over = variant
         plan = plan_of(strategy, over, q, k, idx, bs, causal)
-        run_and_compare(q, k, v, idx, bs, causal, plan, torch.float32)
+        run_and_compare(q, k, v, idx, bs, causal, plan, torch.float32, q_offset=off)
 
 
     @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))

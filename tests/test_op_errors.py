@@ -24,7 +24,10 @@ def test_valid_call_works():
         (lambda a: a.update(k=torch.randn(1, 16, 3, 8), v=torch.randn(1, 16, 3, 8)), ValueError, "multiple of key/value heads"),
         (lambda a: a.update(k=torch.randn(1, 16, 2, 16), v=torch.randn(1, 16, 2, 16)), ValueError, "head dim"),
         (lambda a: a.update(v=torch.randn(1, 16, 2, 4)), ValueError, "same shape"),
-        (lambda a: a.update(k=torch.randn(1, 15, 2, 8), v=torch.randn(1, 15, 2, 8)), ValueError, "sequence length"),
+        (lambda a: a.update(k=torch.randn(1, 15, 2, 8), v=torch.randn(1, 15, 2, 8)), ValueError, "has more query rows than k"),
+        (lambda a: a.update(k=torch.randn(2, 16, 2, 8), v=torch.randn(2, 16, 2, 8)), ValueError, "batch size"),
+        (lambda a: a.update(k=torch.randn(1, 40, 2, 8), v=torch.randn(1, 40, 2, 8), idx=torch.full((1, 16, 2, 2), 5)),
+         ValueError, "with 40 keys and block_size=8 there are 5 blocks"),
         (lambda a: a.update(idx=torch.zeros(1, 16, 2, 2)), TypeError, "integer dtype"),
         (lambda a: a.update(idx=torch.zeros(1, 16, 2, 2, dtype=torch.bool)), TypeError, "integer dtype"),
         (lambda a: a.update(idx=torch.zeros(1, 16, 3, 2, dtype=torch.long)), ValueError, "block_indices must be"),
@@ -55,6 +58,10 @@ def test_bad_inputs(mutate, exc, text):
         (dict(strategy="fast"), ValueError, "strategy must be one of"),
         (dict(on_out_of_range="ignore"), ValueError, "on_out_of_range must be one of"),
         (dict(scale="0.1"), TypeError, "scale must be a float"),
+        (dict(q_offset=-1), ValueError, r"need 0 <= q_offset <= T_k - T_q = 0"),
+        (dict(q_offset=1), ValueError, r"positions 1..16, outside the 16 keys"),
+        (dict(q_offset=1.0), TypeError, "q_offset must be an int or None"),
+        (dict(q_offset=True), TypeError, "q_offset must be an int or None"),
     ],
 )
 def test_bad_options(kwargs, exc, text):

@@ -37,6 +37,31 @@ def test_values_and_gradients_match_independent_gather(G):
         assert (a.double() - b).abs().max() < 1e-4, name
 
 
+@pytest.mark.parametrize("Tq,q_offset", [(1, None), (9, None), (12, 5), (45, 0), (1, 0)])
+def test_queries_at_an_offset_match_independent_gather(Tq, q_offset):
+    """q shorter than k (a decode step, a chunk of a prefill): its rows are key positions
+    q_offset.. (by default the last T_q), values and gradients against the naive implementation."""
+    B, T, H, G, D, bs, n = 2, 45, 2, 2, 8, 8, 3
+    q, k, v, g = _inputs(B, T, H, G, D, seed=4, grad=True)
+    off = T - Tq if q_offset is None else q_offset
+    qc = q.detach()[:, off:off + Tq].clone().requires_grad_()
+    idx = random_selection(B, T, H, n, bs, pad=0.2, dup=0.3, generator=g)[:, off:off + Tq]
+    o, lse = fsa_compile.selected_attention(qc, k, v, idx, bs, return_lse=True, q_offset=q_offset)
+    ro, rlse = naive_selected_attention(qc, k, v, idx, bs, q_offset=q_offset)
+    assert o.shape == qc.shape and lse.shape == qc.shape[:3]
+    assert (o.double() - ro).abs().max() < 1e-4
+    assert (lse.double() - rlse).abs().max() < 1e-4
+    w = torch.randn(o.shape, generator=g)
+    grads = torch.autograd.grad((o * w).sum(), (qc, k, v))
+    rgrads = torch.autograd.grad((ro * w.double()).sum(), (qc, k, v))
+    for a, b, name in zip(grads, rgrads, "qkv"):
+        assert (a.double() - b).abs().max() < 1e-4, name
+    # rows of the whole sequence's attention, for the same queries
+    full = fsa_compile.selected_attention(q.detach(), k.detach(), v.detach(),
+                                          torch.nn.functional.pad(idx, (0, 0, 0, 0, off, T - off - Tq), value=-1), bs)
+    torch.testing.assert_close(o.detach(), full[:, off:off + Tq], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("count_duplicates", [True, False])
 def test_duplicates_and_causality(causal, count_duplicates):
@@ -122,7 +147,7 @@ def test_canonical_indices_policies():
     idx = torch.tensor([[[[0, 5, 1, 1, -3]]]])
     T, bs = 20, 8  # 3 blocks
     with pytest.raises(ValueError, match=r"block_indices\[0, 0, 0, 1\] \(as \[b, t, h, slot\]\) is 5, out of range "
-                                         r"\(1 such entry\): with T=20 and block_size=8 there are 3 blocks"):
+                                         r"\(1 such entry\): with 20 keys and block_size=8 there are 3 blocks"):
         canonical_indices(idx, T, bs, count_duplicates=True, on_out_of_range="raise")
     c = canonical_indices(idx, T, bs, count_duplicates=True, on_out_of_range="drop")
     assert c.tolist() == [[[[0, -1, 1, 1, -1]]]] and c.dtype == torch.int32

@@ -149,30 +149,33 @@ def _alloc(shape, dtype, device, zero=False):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan, config=None, dlse=None, index=None):
+def backward(do, q, k, v, o, lse, idx, block_size, scale, causal, plan, config=None, dlse=None, index=None,
+             q_offset=0):
     """``index``: ``(offsets, entries)`` of the forward's inverted index of ``idx``
-    (:mod:`..templates.index`), used instead of building it again; None builds it."""
+    (:mod:`..templates.index`), used instead of building it again; None builds it. q's rows are
+    the key positions ``q_offset ..`` of k's and v's."""
     if getattr(plan, "strategy", "reference") == "reference" or supported(q, k, v, idx, block_size):
-        if dlse is None:
-            return reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal)
-        return reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, dlse=dlse)
-    return kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config, dlse=dlse, index=index)
+        return reference_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, dlse=dlse, q_offset=q_offset)
+    return kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config, dlse=dlse, index=index,
+                           q_offset=q_offset)
 
 
-def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=None, dlse=None, index=None):
+def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=None, dlse=None, index=None,
+                    q_offset=0):
     from ..templates.bwd_preprocess import bwd_preprocess_kernel
     from ..templates.bwd_dkdv import bwd_inverted_kernel, bwd_dkdv_reduce_kernel
     from ..templates.bwd_dq import bwd_dq_reduce_kernel
     from ..templates.index import build_block_index, retile
 
     B, T, HQ, D = q.shape
+    Tk = k.shape[1]
     H = k.shape[2]
     G = HQ // H
     n = idx.shape[-1]
     dev = q.device
     cfg = config or backward_config(B, T, H, G, D, n, block_size, q.dtype)
     d_pad = max(16, _next_pow2(D))
-    nb = -(-T // block_size)
+    nb = -(-Tk // block_size)
     BH = B * H
 
     i64 = FORCE_IDX64 or _needs_idx64(q, k, v, do, o) or B * H * nb * block_size * D >= 2**31 - 1
@@ -189,8 +192,8 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
     )
 
     dq = _alloc((B, T, HQ, D), q.dtype, dev)
-    dk = _alloc((B, T, H, D), k.dtype, dev)
-    dv = _alloc((B, T, H, D), v.dtype, dev)
+    dk = _alloc((B, Tk, H, D), k.dtype, dev)
+    dv = _alloc((B, Tk, H, D), v.dtype, dev)
 
     Tc = cfg.chunk_t
     nchunks = -(-T // Tc)
@@ -244,7 +247,7 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
             start, end, entries, tile_offsets,
             dk_part, dv_part, dq_part, dk, dv, dk_acc, dv_acc,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-            T, t0, 0, Tc, nb, E, max_tiles, n, float(scale),
+            T, Tk, q_offset, t0, 0, Tc, nb, E, max_tiles, n, float(scale),
             H=H, G=G, BS=block_size, BLOCK_N=bn, NSUB=nsub, D=D, D_PAD=d_pad,
             TILE_T=cfg.tile_t, CH=cfg.ch, LOG_NB=log_nb, CAUSAL=bool(causal), WRITE_DQ=True,
             PREC=prec, DOT_F32=(dev.type == "cpu"), ST=bool(cfg.st),
@@ -256,7 +259,7 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
         bwd_dkdv_reduce_kernel[(nb, BH * nsub)](
             dk_part, dv_part, tile_offsets, dk_acc, dv_acc, dk, dv,
             *dk.stride(), *dv.stride(),
-            T, nb, max_tiles,
+            Tk, nb, max_tiles,
             H=H, BS=block_size, BLOCK_N=bn, NSUB=nsub, D=D, D_PAD=d_pad,
             USE_ACC=use_acc, LAST=(c == nchunks - 1), DIRECT=bool(cfg.direct), IDX64=i64, num_warps=4,
         )

@@ -29,7 +29,7 @@ def _precision(dtype) -> str:
 
 def _check(q, k, v, idx, block_size):
     B, T, HQ, D = q.shape
-    if k.dim() != 4 or k.shape[:2] != (B, T) or v.shape[:3] != k.shape[:3]:
+    if k.dim() != 4 or k.shape[0] != B or k.shape[1] < T or v.shape[:3] != k.shape[:3]:
         raise ValueError(f"shapes q {tuple(q.shape)} k {tuple(k.shape)} v {tuple(v.shape)}")
     H = k.shape[2]
     if HQ % H:
@@ -43,21 +43,22 @@ def _check(q, k, v, idx, block_size):
 
 
 def forward(q, k, v, idx, block_size, scale, causal, plan: Plan, *, poison: bool = False,
-            keep_index: bool = False):
+            keep_index: bool = False, q_offset: int = 0):
     """``o [B,T,HQ,Dv]`` (q's dtype) and natural-log ``lse [B,T,HQ]`` float32; with
     ``keep_index`` also the inverted loop's :class:`BlockIndex` (None for the other strategies),
-    which the backward can take instead of building its own.
+    which the backward can take instead of building its own. q's ``T`` rows are the key
+    positions ``q_offset ..`` of k's and v's (the kernels take the keys' length apart).
 
     ``poison=True`` (a test hook) fills the outputs and the partial buffers with NaN before the
     kernels run, so any element the kernels fail to write shows up.
     """
-    o, lse, index = _forward(q, k, v, idx, block_size, scale, causal, plan, poison)
+    o, lse, index = _forward(q, k, v, idx, block_size, scale, causal, plan, poison, q_offset)
     return (o, lse, index) if keep_index else (o, lse)
 
 
-def _forward(q, k, v, idx, block_size, scale, causal, plan, poison):
+def _forward(q, k, v, idx, block_size, scale, causal, plan, poison, qoff):
     if plan.strategy == "reference":
-        return (*reference_forward(q, k, v, idx, block_size, scale, causal), None)
+        return (*reference_forward(q, k, v, idx, block_size, scale, causal, qoff), None)
     _check(q, k, v, idx, block_size)
     B, T, HQ, D = q.shape
     H, Dv = k.shape[2], v.shape[-1]
@@ -75,10 +76,10 @@ def _forward(q, k, v, idx, block_size, scale, causal, plan, poison):
         lse.fill_(-math.inf)
         return o, lse, None
     if plan.strategy == "nsa":
-        _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse)
+        _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, qoff)
         return o, lse, None
     if plan.strategy == "fsa":
-        return o, lse, _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison)
+        return o, lse, _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison, qoff)
     raise ValueError(f"unknown strategy {plan.strategy!r}")
 
 
@@ -110,7 +111,7 @@ def _tma_descriptors(k, v, block_size):
     return kd, vd
 
 
-def _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse):
+def _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, qoff):
     B, T, HQ, D = q.shape
     H = k.shape[2]
     G = HQ // H
@@ -118,7 +119,7 @@ def _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse):
     if plan.nsa_shared:
         kd, vd = _tma_descriptors(k, v, block_size) if plan.nsa_tma else (None, None)
         if kd is not None or not plan.nsa_tma:
-            _nsa_shared(q, k, v, idx, block_size, scale, causal, plan, o, lse, kd, vd)
+            _nsa_shared(q, k, v, idx, block_size, scale, causal, plan, o, lse, kd, vd, qoff)
             return
         # The layout takes no bulk copies: with plain loads the shared tiles were slower than
         # one-token tiles (measured H200, G = 16: 18.5 against 15.1 ms), so those run instead.
@@ -129,7 +130,7 @@ def _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse):
     union = tok > 1
     NT = triton.cdiv(T, tok)
     if union:
-        ulist, ucnt = tile_block_union(idx, tok, block_size, causal)
+        ulist, ucnt = tile_block_union(idx, tok, block_size, causal, qoff)
         ulen = ulist.shape[-1]
     else:
         ulist, ucnt, ulen = idx, idx, 0
@@ -137,14 +138,14 @@ def _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse):
     nsa_fwd_kernel[(triton.cdiv(NT, plan.nsa_seq), B * H)](
         q, k, v, idx, ulist, ucnt, o, lse, kd if kd is not None else k, vd if vd is not None else v,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *idx.stride(),
-        T, H, NT, ulen, scale * LOG2E,
+        T, k.shape[1], qoff, H, NT, ulen, scale * LOG2E,
         G=G, TOK=tok, SEQ=plan.nsa_seq, BLOCK_R=rows, N_SEL=n, BLOCK_SEL=_p2(n), CAUSAL=causal, UNION=union,
         TMA=kd is not None,
         num_warps=plan.nsa_warps, num_stages=plan.nsa_stages, **_common(q, k, v, block_size),
     )
 
 
-def _nsa_shared(q, k, v, idx, block_size, scale, causal, plan, o, lse, kd, vd):
+def _nsa_shared(q, k, v, idx, block_size, scale, causal, plan, o, lse, kd, vd, qoff):
     B, T, HQ, D = q.shape
     H = k.shape[2]
     G = HQ // H
@@ -156,19 +157,19 @@ def _nsa_shared(q, k, v, idx, block_size, scale, causal, plan, o, lse, kd, vd):
     nsa_shared_fwd_kernel[(NT, B * H)](
         q, k, v, idx, o, lse, lists, kd if kd is not None else k, vd if vd is not None else v,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *idx.stride(),
-        T, H, triton.cdiv(T, block_size), NT, scale * LOG2E,
+        T, k.shape[1], qoff, H, triton.cdiv(k.shape[1], block_size), NT, scale * LOG2E,
         G=G, TOK=tok, N_SEL=n, BLOCK_SEL=_p2(n), CAUSAL=causal, TMA=kd is not None,
         num_warps=plan.nsa_warps, num_stages=plan.nsa_stages, **maxnreg_option(plan.nsa_maxnreg),
         **_common(q, k, v, block_size),
     )
 
 
-def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
+def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison, qoff):
     B, T, HQ, D = q.shape
     H, Dv = k.shape[2], v.shape[-1]
     G = HQ // H
     n = idx.shape[-1]
-    NB = triton.cdiv(T, block_size)
+    NB = triton.cdiv(k.shape[1], block_size)
     C = min(plan.chunk, T)
     nc = triton.cdiv(T, C)
     tile_q = plan.fsa_tile_q
@@ -192,7 +193,7 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison):
             q, k, v, bi.bin_offsets, bi.entries, bi.tile_offsets,
             bi.tile_block if plan.fsa_tile_map else bi.tile_offsets, po, pl,
             *q.stride(), *k.stride(), *v.stride(),
-            T, H, C, c0, nc, c, NB, elen, grid0, scale * LOG2E,
+            k.shape[1], qoff, H, C, c0, nc, c, NB, elen, grid0, scale * LOG2E,
             G=G, N_SEL=n, TILE_Q=tile_q, TPP=plan.fsa_tpp, TILE_MAP=plan.fsa_tile_map,
             ENT_ALL=plan.fsa_ent_all and plan.fsa_tpp == triton.next_power_of_2(plan.fsa_tpp),
             Q_EVICT="evict_last" if plan.fsa_evict else "",

@@ -37,7 +37,7 @@ def bwd_inverted_kernel(
     s_do_b, s_do_t, s_do_h, s_do_d,
     s_dk_b, s_dk_t, s_dk_h, s_dk_d,
     s_dv_b, s_dv_t, s_dv_h, s_dv_d,
-    T, t0, ent_t0, Tc, NB, E, MAX_TILES, n_sel, sm_scale,
+    T, TK, QOFF, t0, ent_t0, Tc, NB, E, MAX_TILES, n_sel, sm_scale,
     H: tl.constexpr, G: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
     NSUB: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, TILE_T: tl.constexpr,
     CH: tl.constexpr, LOG_NB: tl.constexpr, CAUSAL: tl.constexpr, WRITE_DQ: tl.constexpr,
@@ -80,7 +80,7 @@ def bwd_inverted_kernel(
         kpos = j * BS + koff
         if IDX64:
             kpos = kpos.to(tl.int64)
-        kvalid = (koff < BS) & (kpos < T)
+        kvalid = (koff < BS) & (kpos < TK)
         d = tl.arange(0, D_PAD)
         dmask = d < D
         kvm = kvalid[:, None] & dmask[None, :]
@@ -138,7 +138,7 @@ def bwd_inverted_kernel(
                 pt = tl.exp2(st * qk_scale - lse2[None, :])
                 vis = kvalid[:, None] & rvalid[None, :]
                 if CAUSAL:
-                    vis = vis & (kpos[:, None] <= t[None, :])
+                    vis = vis & (kpos[:, None] <= t[None, :] + QOFF)
                 pt = tl.where(vis, pt, 0.0)
                 dv += tl.dot(pt.to(ELT).to(do.dtype), do, input_precision=PREC)
                 dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
@@ -151,7 +151,7 @@ def bwd_inverted_kernel(
                 p = tl.exp2(s * qk_scale - lse2[:, None])
                 vis = rvalid[:, None] & kvalid[None, :]
                 if CAUSAL:
-                    vis = vis & (kpos[None, :] <= t[:, None])
+                    vis = vis & (kpos[None, :] <= t[:, None] + QOFF)
                 p = tl.where(vis, p, 0.0)
                 p_lo = p.to(ELT).to(do.dtype)
                 dv += tl.dot(tl.trans(p_lo), do, input_precision=PREC)

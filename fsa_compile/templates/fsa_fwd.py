@@ -35,7 +35,7 @@ def fsa_fwd_kernel(
     sqb, sqt, sqh, sqd,
     skb, skt, skh, skd,
     svb, svt, svh, svd,
-    T, H, C, c0, NCHUNK, chunk, NB, ELEN, MAXT, scale_log2,
+    TK, QOFF, H, C, c0, NCHUNK, chunk, NB, ELEN, MAXT, scale_log2,
     G: tl.constexpr, N_SEL: tl.constexpr, TILE_Q: tl.constexpr, TPP: tl.constexpr,
     TILE_MAP: tl.constexpr, ENT_ALL: tl.constexpr,
     Q_EVICT: tl.constexpr, P_EVICT: tl.constexpr,
@@ -77,7 +77,7 @@ def fsa_fwd_kernel(
         b64 = b.to(tl.int64)
         # the block's K and V: loaded once, used by all TPP sub-tiles of this program
         kpos = j * BS + offs_n
-        kmask = (offs_n < BS) & (kpos < T)
+        kmask = (offs_n < BS) & (kpos < TK)
         kpos64 = kpos.to(tl.int64)
         k = tl.load(K + b64 * skb + h * skh + kpos64[:, None] * skt + offs_d[None, :] * skd,
                     mask=kmask[:, None] & (offs_d[None, :] < D), other=0.0)
@@ -110,7 +110,7 @@ def fsa_fwd_kernel(
             s = mma(q, kt, PRECISION, UPCAST) * scale_log2
             valid = kmask[None, :]
             if CAUSAL:
-                valid = valid & (kpos[None, :] <= tok[:, None])
+                valid = valid & (kpos[None, :] <= tok[:, None] + QOFF)
             s = tl.where(valid, s, float("-inf"))
             m = tl.max(s, axis=1)
             m_use = tl.where(m == float("-inf"), 0.0, m)

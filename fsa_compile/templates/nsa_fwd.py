@@ -17,6 +17,8 @@ Scores are kept in the log2 domain (``scale * log2(e)`` folded into one multipli
 With ``TMA`` the K and V tiles come by bulk tensor copies through descriptors over ``[B, T, H, D]``
 (``K_DESC``, ``V_DESC``, built by the lowering only for power-of-two block sizes): rows before 0
 (a padding slot) or past T and columns past D read as zeros, as the masked loads do.
+
+``T`` counts q's rows, ``TK`` the keys; query row ``t`` is at key position ``QOFF + t``.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def nsa_fwd_kernel(
     svb, svt, svh, svd,
     sob, sot, soh, sod,
     sib, sit, sih, sis,
-    T, H, NT, ULEN, scale_log2,
+    T, TK, QOFF, H, NT, ULEN, scale_log2,
     G: tl.constexpr, TOK: tl.constexpr, SEQ: tl.constexpr, BLOCK_R: tl.constexpr,
     N_SEL: tl.constexpr, BLOCK_SEL: tl.constexpr,
     BS: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -94,14 +96,14 @@ def nsa_fwd_kernel(
                     w = tl.full([BLOCK_R], 1.0, tl.float32)
                     row_sel = row_ok
                 kpos = blk * BS + offs_n
-                kmask = (offs_n < BS) & (kpos < T) & (kpos >= 0)  # kpos < 0: padding slot
+                kmask = (offs_n < BS) & (kpos < TK) & (kpos >= 0)  # kpos < 0: padding slot
                 kpos64 = kpos.to(tl.int64)
                 k = block_tile(K_DESC, k_base, b, h, blk * BS, kpos64, kmask, skt, skd, D, BLOCK_N,
                                BLOCK_D, TMA)
                 s = mma(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
                 valid = row_sel[:, None] & kmask[None, :]
                 if CAUSAL:
-                    valid = valid & (kpos[None, :] <= tok[:, None])
+                    valid = valid & (kpos[None, :] <= tok[:, None] + QOFF)
                 s = tl.where(valid, s, float("-inf"))
                 m_i, l_i, alpha, p = softmax_probs(s, m_i, l_i, w, UNION)
                 v = block_tile(V_DESC, v_base, b, h, blk * BS, kpos64, kmask, svt, svd, DV, BLOCK_N,
@@ -112,13 +114,14 @@ def nsa_fwd_kernel(
                        G, DV, BLOCK_DV)
 
 
-def tile_block_union(idx: torch.Tensor, tok: int, block_size: int, causal: bool):
+def tile_block_union(idx: torch.Tensor, tok: int, block_size: int, causal: bool, q_offset: int = 0):
     """For tiles of ``tok`` consecutive tokens: the sorted distinct blocks they selected.
 
     ``idx`` canonical ``[B, T, H, n]``. Returns ``(ulist [B, H, NT, tok*n] int32, ucnt [B, H, NT]
     int32)``: the first ``ucnt`` entries of a row are the distinct blocks (in increasing order), the
     rest is padding never read. With ``causal``, blocks that start after the tile's last token are
-    left out (no row of the tile can see them). Torch ops on the device, no host sync.
+    left out (no row of the tile can see them; token ``t`` is at key position ``q_offset + t``).
+    Torch ops on the device, no host sync.
     """
     B, T, H, n = idx.shape
     NT = (T + tok - 1) // tok
@@ -130,7 +133,7 @@ def tile_block_union(idx: torch.Tensor, tok: int, block_size: int, causal: bool)
     big = torch.iinfo(torch.int32).max
     drop = x < 0
     if causal:
-        last = torch.clamp(torch.arange(NT, device=idx.device) * tok + tok - 1, max=T - 1)
+        last = torch.clamp(torch.arange(NT, device=idx.device) * tok + tok - 1, max=T - 1) + q_offset
         drop = drop | (x * block_size > last.view(1, 1, NT, 1))
     x = torch.where(drop, torch.full_like(x, big), x)
     x, _ = torch.sort(x, dim=-1)

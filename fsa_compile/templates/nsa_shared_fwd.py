@@ -57,7 +57,7 @@ def nsa_shared_fwd_kernel(
     svb, svt, svh, svd,
     sob, sot, soh, sod,
     sib, sit, sih, sis,
-    T, H, NB, NT, scale_log2,
+    T, TK, QOFF, H, NB, NT, scale_log2,
     G: tl.constexpr, TOK: tl.constexpr, N_SEL: tl.constexpr, BLOCK_SEL: tl.constexpr,
     BS: tl.constexpr, BLOCK_N: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -88,7 +88,7 @@ def nsa_shared_fwd_kernel(
     hits = tl.sum((sel[:, :, None] == e0[None, None, :]).to(tl.int32), axis=1)
     shared = (tl.min(hits, axis=0) == 1) & (tl.max(hits, axis=0) == 1) & (e0 >= 0) & (e0 < NB)
     if CAUSAL:  # a block no token of the tile can see is left to the (skipping) own lists
-        shared = shared & (e0 * BS <= tl.minimum(t0 + TOK, T) - 1)
+        shared = shared & (e0 * BS <= tl.minimum(t0 + TOK, T) - 1 + QOFF)
     shv = tl.where(shared, e0, -2)  # -2: never a listed block that an own list takes
     n_sh = tl.sum(shared.to(tl.int32), axis=0)
     tl.store(lst + tl.cumsum(shared.to(tl.int32), axis=0) - 1, e0, mask=shared)
@@ -96,7 +96,7 @@ def nsa_shared_fwd_kernel(
     in_sh = tl.sum((sel[:, :, None] == shv[None, None, :]).to(tl.int32), axis=2)
     own = s_ok[None, :] & (sel >= 0) & (sel < NB) & (in_sh == 0)
     if CAUSAL:  # a block wholly after the token adds nothing: not loaded at all
-        own = own & (sel * BS <= tj[:, None])
+        own = own & (sel * BS <= tj[:, None] + QOFF)
     tl.store(lst + (offs_j[:, None] + 1) * BLOCK_SEL + tl.cumsum(own.to(tl.int32), axis=1) - 1, sel,
              mask=own)
     n_own = tl.sum(own.to(tl.int32), axis=1)
@@ -119,9 +119,9 @@ def nsa_shared_fwd_kernel(
         # 2 programs per SM, and was 15% slower at G = 16 (benchmarks/NOTES.md).
         for i in tl.range(0, n_sh, num_stages=1):
             blk = tl.load(lst + i)
-            k, v, kpos, kmask = _kv_tiles(K_DESC, V_DESC, k_base, v_base, b, h, blk, T, skt, skd, svt,
+            k, v, kpos, kmask = _kv_tiles(K_DESC, V_DESC, k_base, v_base, b, h, blk, TK, skt, skd, svt,
                                           svd, BS, BLOCK_N, D, BLOCK_D, DV, BLOCK_DV, TMA)
-            m1, l1, a1 = _attend(q1, k, v, m1, l1, a1, kpos, kmask, tok1, ok1, scale_log2,
+            m1, l1, a1 = _attend(q1, k, v, m1, l1, a1, kpos, kmask, tok1 + QOFF, ok1, scale_log2,
                                  CAUSAL, PRECISION, UPCAST)
         store_rows(O, LSE, b64, tok1, hq1, ok1, m1, l1, a1, T, H, sob, sot, soh, sod, G, DV, BLOCK_DV)
     tl.debug_barrier()  # phase 1's o / lse rows, read back by other threads
@@ -146,9 +146,9 @@ def nsa_shared_fwd_kernel(
         cnt = tl.sum(tl.where(offs_j == j, n_own, 0), axis=0)
         for i in range(0, cnt):
             blk = tl.load(lst + (j + 1) * BLOCK_SEL + i)
-            k, v, kpos, kmask = _kv_tiles(K_DESC, V_DESC, k_base, v_base, b, h, blk, T, skt, skd, svt,
+            k, v, kpos, kmask = _kv_tiles(K_DESC, V_DESC, k_base, v_base, b, h, blk, TK, skt, skd, svt,
                                           svd, BS, BLOCK_N, D, BLOCK_D, DV, BLOCK_DV, TMA)
-            m_i, l_i, acc = _attend(q, k, v, m_i, l_i, acc, kpos, kmask, tokv, okv, scale_log2,
+            m_i, l_i, acc = _attend(q, k, v, m_i, l_i, acc, kpos, kmask, tokv + QOFF, okv, scale_log2,
                                     CAUSAL, PRECISION, UPCAST)
         store_rows(O, LSE, b64, tokv, hq2, okv, m_i, l_i, acc, T, H, sob, sot, soh, sod, G, DV, BLOCK_DV)
 
