@@ -34,7 +34,7 @@ def _plan_name(strategy: str):
         if strategy == "reference" or not kernels_available(device):
             return "reference (plain PyTorch; Triton kernels need CUDA or FSA_COMPILE_INTERPRET=1)"
         dtype = input_dtype(m) or dtype_of(m.q)  # what the rewrite casts q, k, v to
-        plan = choose_plan(m.B, m.T, m.H, m.G, m.D, m.D, m.n, m.block_size, dtype, m.causal, strategy, device)
+        plan = choose_plan(m.B, m.Tq, m.H, m.G, m.D, m.D, m.n, m.block_size, dtype, m.causal, strategy, device)
         return plan.describe()
 
     return plan_of

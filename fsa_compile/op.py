@@ -45,6 +45,10 @@ def _index_shapes(q: Tensor, k: Tensor, block_indices: Tensor, block_size: int, 
     return (B, H, (k.shape[1] + block_size - 1) // block_size + 1), (B, H, T * n)
 
 
+def _offset(q: Tensor, k: Tensor, q_offset: Optional[int]) -> int:
+    return k.shape[1] - q.shape[1] if q_offset is None else q_offset
+
+
 def _canonical(block_indices, T, block_size, count_duplicates, on_out_of_range):
     return reference.canonical_indices(
         block_indices, T, block_size, count_duplicates=count_duplicates, on_out_of_range=on_out_of_range
@@ -71,11 +75,13 @@ def _selected_attention(
     count_duplicates: bool,
     on_out_of_range: str,
     strategy: str,
-    q_offset: int = 0,
+    q_offset: Optional[int] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(o, lse, offsets, entries)``: the last two are the inverted loop's index of the selection
     (:func:`_index_shapes`), kept for the backward so that it does not build it again. q's rows
-    are the key positions ``q_offset .. q_offset + T_q - 1``."""
+    are the key positions ``q_offset .. q_offset + T_q - 1`` (None: the last ``T_q``, which is
+    what a rewrite passes: under dynamic shapes the offset is a difference of two sizes)."""
+    q_offset = _offset(q, k, q_offset)
     idx = _canonical(block_indices, k.shape[1], block_size, count_duplicates, on_out_of_range)
     plan = plan_for(q, k, v, idx, block_size, causal, strategy)
     index = None
@@ -97,7 +103,7 @@ def _selected_attention(
 
 
 @_selected_attention.register_fake
-def _(q, k, v, block_indices, block_size, scale, causal, count_duplicates, on_out_of_range, strategy, q_offset=0):
+def _(q, k, v, block_indices, block_size, scale, causal, count_duplicates, on_out_of_range, strategy, q_offset=None):
     B, T, HQ, _ = q.shape
     o = q.new_empty(B, T, HQ, v.shape[-1])
     lse = q.new_empty(B, T, HQ, dtype=torch.float32)
@@ -122,9 +128,10 @@ def _selected_attention_backward(
     strategy: str,
     offsets: Tensor,
     entries: Tensor,
-    q_offset: int = 0,
+    q_offset: Optional[int] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``offsets``/``entries``: the index the forward returned (empty: none, build it)."""
+    q_offset = _offset(q, k, q_offset)
     # The forward already applied the out-of-range policy (raised or asserted); dropping here only
     # keeps the backward from reading past the end if it was asked to run anyway.
     idx = _canonical(block_indices, k.shape[1], block_size, count_duplicates, "drop")
@@ -145,7 +152,7 @@ def _selected_attention_backward(
 
 @_selected_attention_backward.register_fake
 def _(do, dlse, q, k, v, o, lse, block_indices, block_size, scale, causal, count_duplicates, strategy, offsets, entries,
-      q_offset=0):
+      q_offset=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -158,7 +165,7 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(offsets, entries)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(q, k, v, block_indices, o, lse, offsets, entries)
-    ctx.args = (block_size, scale, causal, count_duplicates, strategy, rest[0] if rest else 0)
+    ctx.args = (block_size, scale, causal, count_duplicates, strategy, rest[0] if rest else None)
 
 
 def _backward(ctx, do, dlse, _d_offsets, _d_entries):

@@ -57,6 +57,8 @@ class PassResult:
 
 def _describe(m) -> tuple[dict, dict]:
     shapes = {"B": m.B, "T": m.T, "H": m.H, "G": m.G, "D": m.D, "n": m.n, "block_size": m.block_size}
+    if m.Tq != m.T:  # q holds the last Tq of the T keys' positions (a step after a KV cache)
+        shapes = {"B": m.B, "T_q": m.Tq, "T": m.T, **{k: v for k, v in shapes.items() if k not in ("B", "T")}}
     options = {
         "scale": round(m.scale, 6), "causal": m.causal, "count_duplicates": m.count_duplicates,
         "on_out_of_range": m.on_out_of_range,
@@ -75,9 +77,9 @@ def _symints(x):
 
 
 def _unify(m) -> None:
-    """The match read q, k, v and the selection as one B and one T; under dynamic shapes Dynamo
-    may have given each its own symbol (the code never compared them): guard that they are equal,
-    as the op assumes."""
+    """The match read q, k, v and the selection as one B and one T (or q and the selection as
+    Tq rows, k and v as T keys); under dynamic shapes Dynamo may have given each its own symbol
+    (the code never compared them): guard that they are equal, as the op assumes."""
     ref = {}
     for role in ("q", "k", "v", "selection"):
         ev = example_value(getattr(m, role))
@@ -88,15 +90,17 @@ def _unify(m) -> None:
             if dim_role not in layout:
                 continue
             size = ev.shape[layout.index(dim_role)]
-            if dim_role not in ref:
-                ref[dim_role] = size
-            elif isinstance(size, torch.SymInt) or isinstance(ref[dim_role], torch.SymInt):
-                guard_bool(size == ref[dim_role])
+            key = "tq" if dim_role == "t" and role in ("q", "selection") and m.Tq != m.T else dim_role
+            if key not in ref:
+                ref[key] = size
+            elif isinstance(size, torch.SymInt) or isinstance(ref[key], torch.SymInt):
+                guard_bool(size == ref[key])
 
 
 def _t_symbol(m):
-    ev = example_value(m.q)
-    size = ev.shape[m.layouts["q"][1].index("t")] if isinstance(ev, torch.Tensor) else None
+    """The keys' length as a symbol (q's rows share it unless q holds fewer rows)."""
+    ev = example_value(m.k)
+    size = ev.shape[m.layouts["k"][1].index("t")] if isinstance(ev, torch.Tensor) else None
     return size if isinstance(size, torch.SymInt) else None
 
 
@@ -161,7 +165,8 @@ def _same_at_another_length(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
         return False
     keys = ("q", "k", "v", "selection", "layouts", "H", "G", "D", "n", "block_size", "scale", "causal",
             "count_duplicates", "on_out_of_range")
-    return m2.T == alt and all(getattr(m, a) == getattr(m2, a) for a in keys)
+    rows_follow = m2.Tq == alt if m.Tq == m.T else m2.Tq == m.Tq  # q's rows: the keys' symbol or their own
+    return m2.T == alt and rows_follow and all(getattr(m, a) == getattr(m2, a) for a in keys)
 
 
 def _updated_before_output(graph: fx.Graph, m) -> str | None:
@@ -231,7 +236,10 @@ def _specialize(gm: fx.GraphModule, m, keep_t: bool = True) -> None:
         ev = example_value(node)
         layout = m.layouts[role][1]
         # with one block (T <= block size) the sample cannot tell the block size: keep T fixed too
-        for dim_role in ("t", "b") if keep_t and m.T > m.block_size else ("b",):
+        roles = ("t", "b") if keep_t and m.T > m.block_size else ("b",)
+        if m.Tq != m.T and role in ("q", "selection"):
+            roles = ("b",)  # only the keys' length was checked at another value: q's rows stay fixed
+        for dim_role in roles:
             if isinstance(ev, torch.Tensor) and dim_role in layout:
                 size = ev.shape[layout.index(dim_role)]
                 if isinstance(size, torch.SymInt):

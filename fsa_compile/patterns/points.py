@@ -279,6 +279,32 @@ def unfollowed_reads(graph: fx.Graph) -> dict:
     return stale
 
 
+def reads_after_float_writes(graph: fx.Graph) -> frozenset:
+    """Nodes that read floating-point memory after an in-place write to it (a KV cache's
+    ``cache[:, pos] = k``, then ``cache[:, :pos + 1]``), the writes themselves left out.
+
+    Read as data (leaves), such a node's values are whatever the memory holds where it runs,
+    and so are the op's where it runs at the attention output, as long as no write comes in
+    between (which the matcher checks for q, k and v). The evaluator cannot follow most such
+    writes, and needs not to: it keeps q, k and v symbolic anyway."""
+    nodes = list(graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
+    aliases = Aliases(graph)
+    out = set()
+    for w in nodes:
+        if not is_write(w):
+            continue
+        dt = dtype_of(write_target(w))
+        if dt is None or not dt.is_floating_point:
+            continue
+        for a in aliases.members(write_target(w)):
+            for r in a.users:
+                if order[r] > order[w] and r.op != "output" and not is_write(r):
+                    out.add(r)
+    # the first reads only (``cache[:, :pos + 1]``, not the gathers from it, which may alias it too)
+    return frozenset(r for r in out if not any(i in out for i in r.all_input_nodes))
+
+
 def is_symbolic(x: Any) -> bool:
     return isinstance(x, (Leaf, Scaled, Dot))
 

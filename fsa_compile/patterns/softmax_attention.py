@@ -36,7 +36,7 @@ from . import layouts as L
 from .memo import Memo
 from .ops import canon, concrete, dtype_of, example_value, shape_of
 from .points import (NEG_INF, Dot, Evaluator, Leaf, OutOfBounds, Scaled, Unsupported, is_symbolic, mutations,
-                     unfollowed_reads)
+                     reads_after_float_writes, unfollowed_reads)
 
 log = logging.getLogger("fsa_compile")
 
@@ -78,6 +78,11 @@ class Match:
     # the nodes the checks evaluated (with the in-place updates of them): what the verified meaning
     # depends on, so their constants bound the lengths at which it was seen to hold
     visited: frozenset = frozenset()
+    # q's rows (T counts the keys): fewer after a KV cache, the rows then being the last Tq keys
+    Tq: int = 0
+
+    def __post_init__(self):
+        self.Tq = self.Tq or self.T
 
 
 # -- finding candidates -------------------------------------------------------------------------------
@@ -518,17 +523,19 @@ class Analysis:
                 if qz["h"] != H:
                     continue
                 G = qz["g"]
-            if (qz["b"], qz["t"], qz["d"]) != (B, T, self.D):
+            # q's rows may be fewer than the keys (a decode step after a KV cache): Tq <= T
+            Tq = qz["t"]
+            if (qz["b"], qz["d"]) != (B, self.D) or Tq > T:
                 continue
             oz = L.sizes(ol, self.out_shape, vz["d"])
-            if (oz["b"], oz["t"], oz.get("hq", oz.get("h", 0) * oz.get("g", 0))) != (B, T, H * G) or oz["d"] != vz["d"]:
+            if (oz["b"], oz["t"], oz.get("hq", oz.get("h", 0) * oz.get("g", 0))) != (B, Tq, H * G) or oz["d"] != vz["d"]:
                 continue
             sz = L.sizes(sl, self.sel_shape)
-            if (sz["b"], sz["t"], sz["h"]) != (B, T, H) or len(sl) != len(self.sel_shape):
+            if (sz["b"], sz["t"], sz["h"]) != (B, Tq, H) or len(sl) != len(self.sel_shape):
                 continue
             if all(self._consistent(s, kl, vl, ql, ol, G, H) for s in samples):
                 layouts = {"q": (qn, ql), "k": (kn, kl), "v": (vn, vl), "o": (on, ol), "selection": (sn, sl)}
-                options.append((layouts, (B, T, H, G, vz["d"], sz["i"])))
+                options.append((layouts, (B, T, H, G, vz["d"], sz["i"], Tq)))
             elif all(self._consistent(s, kl, vl, ql, ol, G, H, same_v=False) for s in samples):
                 shifted = True
         if options:
@@ -562,7 +569,8 @@ class Analysis:
         shape = self.sel_shape
         g = torch.Generator().manual_seed(self.rng.randrange(2**31))
         t_axis = sl.index("t")
-        tpos = torch.arange(self.T).view([-1 if d == t_axis else 1 for d in range(len(shape))]).expand(shape)
+        # the rows' key positions: the last Tq of the T keys
+        tpos = torch.arange(self.T - self.Tq, self.T).view([-1 if d == t_axis else 1 for d in range(len(shape))]).expand(shape)
         table = torch.randint(0, nb, shape, generator=g)
         local = torch.rand(shape, generator=g) < 0.3
         table = torch.where(local, (tpos // self.block_size - torch.randint(0, 2, shape, generator=g)).clamp(0, nb - 1), table)
@@ -609,9 +617,9 @@ class Analysis:
             p = [self.rng.randrange(s) for s in self.out_shape]
             t_dim = ol.index("t")
             if r % 3 == 1:
-                p[t_dim] = self.T - 1
+                p[t_dim] = self.Tq - 1
             elif r % 3 == 2:
-                p[t_dim] = self.rng.randrange(min(self.T, 2 * self.block_size))
+                p[t_dim] = self.rng.randrange(min(self.Tq, 2 * self.block_size))
             b, hq = divmod(self._next_head % heads, self.H * self.G)
             self._next_head += 1
             points.append(L.with_head(ol, tuple(p), b, hq, self.G, self.Dv, self.H))
@@ -676,9 +684,10 @@ class Analysis:
             entries.append(e)
         if not count_duplicates:
             entries = list(dict.fromkeys(entries))
+        pos = o["t"] + self.T - self.Tq  # the row's key position
         for e in entries:
             for s in range(e * self.block_size, (e + 1) * self.block_size):
-                if s < self.T and (not causal or s <= o["t"]):
+                if s < self.T and (not causal or s <= pos):
                     keys[s] += 1
         return keys
 
@@ -735,8 +744,9 @@ class Analysis:
         if not survivors and example is not None:
             o, keys = example
             exp = self._contract_keys(table, o, True, True, True)
+            at = f" at key position {o['t'] + self.T - self.Tq}" if self.Tq != self.T else ""
             self.last_failure = (
-                f"query t={o['t']} (batch {o['b']}, head {o['hq']}) attends to {sum(keys.values())} keys, "
+                f"query t={o['t']}{at} (batch {o['b']}, head {o['hq']}) attends to {sum(keys.values())} keys, "
                 f"the contract gives {sum(exp.values())} for its selected blocks"
             )
         return survivors
@@ -884,9 +894,9 @@ class Analysis:
     def _run(self) -> Match:
         self.structure()
         first = None
-        for layouts, (B, T, H, G, Dv, n) in self.layout_options:
+        for layouts, (B, T, H, G, Dv, n, Tq) in self.layout_options:
             self.layouts = layouts
-            self.B, self.T, self.H, self.G, self.Dv, self.n = B, T, H, G, Dv, n
+            self.B, self.T, self.H, self.G, self.Dv, self.n, self.Tq = B, T, H, G, Dv, n, Tq
             try:
                 self.semantics()
                 break
@@ -903,6 +913,7 @@ class Analysis:
             self.B, self.T, self.H, self.G, self.D, self.n, self.block_size, self.scale, self.causal,
             self.count_duplicates, self.on_out_of_range, form,
             empty_rows="zero" if self.anchor.kind == "sdpa" else "nan", visited=frozenset(self.visited),
+            Tq=self.Tq,
         )
 
 
@@ -950,9 +961,21 @@ def analyze(gm: fx.GraphModule, anchor: Anchor, output: fx.Node, memo: Memo | No
     """A verified match, or raises NearMiss (with the reason) / LookupError (not attention).
     ``memo``: the verified matches of this pass, reused where a candidate reads the same."""
     try:
-        analysis = Analysis(gm, anchor, output, memo=memo)
         try:
+            analysis = Analysis(gm, anchor, output, memo=memo)
             return analysis.run()
+        except Unsupported:
+            # Reads of memory written in place (a KV cache filled before it is attended to): as
+            # data, where the evaluator could not follow the write. Only as a fallback, for the
+            # same reason as the views below; the first reason stands if this fails too.
+            written = reads_after_float_writes(gm.graph)
+            if not written:
+                raise
+            try:
+                return Analysis(gm, anchor, output, leaves=written, memo=memo).run()
+            except (NearMiss, LookupError, Unsupported):
+                pass
+            raise
         except LayoutMiss as miss:
             # Tensors built by an op the evaluator does not follow (stack, cat) and then viewed:
             # read them as their views. Only as a fallback, since seeing through a view is what

@@ -1,0 +1,185 @@
+"""Selected attention of the newest tokens over a longer key sequence (a decode step, a prefill
+chunk after a KV cache): q holds ``T_q`` rows at the last ``T_q`` key positions. Rewritten into the
+op with q shorter than k; near misses where the positions are not those."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fsa_compile
+from fsa_compile.testing import Shape, assert_compiled_matches_eager, make_inputs
+
+FAST = {"inner": "aot_eager"}
+NEG_INF = float("-inf")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+
+
+def decode_gather(q, k, v, block_indices, block_size, shift=0):
+    """q ``[B, T_q, HQ, D]``: the newest tokens; k, v ``[B, T, H, D]``: every token so far.
+    ``shift`` moves the positions off the last T_q (a bug: a near miss)."""
+    B, Tq, HQ, D = q.shape
+    T, H = k.shape[1], k.shape[2]
+    G = HQ // H
+    dev = q.device
+    tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size, device=dev)).flatten(-2)
+    pad = (block_indices < 0).unsqueeze(-1).expand(*block_indices.shape, block_size).flatten(-2)
+    pos = torch.arange(T - Tq - shift, T - shift, device=dev).view(1, Tq, 1, 1)
+    masked = pad | (tok > pos)
+    safe = tok.clamp(0, T - 1)
+    b_idx = torch.arange(B, device=dev).view(B, 1, 1, 1)
+    h_idx = torch.arange(H, device=dev).view(1, 1, H, 1)
+    k_sel = k[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
+    v_sel = v[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
+    s = torch.einsum("bthd,bthsd->bths", q, k_sel) * D**-0.5
+    s = s.masked_fill(masked.repeat_interleave(G, dim=2), NEG_INF)
+    return torch.einsum("bths,bthsd->bthd", torch.softmax(s, -1), v_sel)
+
+
+def decode_mask_sdpa(q, k, v, block_indices, block_size):
+    """``[B, H, T_q, D]`` q over a ``[B, H, T, D]`` cache: a boolean block mask, causal rows
+    ``T - T_q ..`` of ``tril``, SDPA."""
+    B, HQ, Tq, D = q.shape
+    H, T = k.shape[1], k.shape[2]
+    nb = (T + block_size - 1) // block_size
+    idx = block_indices.masked_fill(block_indices < 0, nb)
+    blocks = torch.zeros(B, H, Tq, nb + 1, dtype=torch.bool, device=q.device).scatter_(-1, idx, True)[..., :nb]
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()[T - Tq:]
+    allowed = (blocks.repeat_interleave(block_size, -1)[..., :T] & causal).repeat_interleave(HQ // H, 1)
+    G = HQ // H
+    return F.scaled_dot_product_attention(q, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), attn_mask=allowed)
+
+
+def cached_step(q, k_new, v_new, k_cache, v_cache, block_indices, block_size, pos):
+    """One decode step with a preallocated cache: write the new key/value at ``pos``, attend to
+    ``cache[:, :pos + 1]``."""
+    k_cache[:, pos:pos + 1] = k_new
+    v_cache[:, pos:pos + 1] = v_new
+    return decode_gather(q, k_cache[:, :pos + 1], v_cache[:, :pos + 1], block_indices, block_size)
+
+
+def _last_rows(tq, kind="padding", seed=0, T=70, shape=None):
+    q, k, v, idx, bs = make_inputs(shape or Shape(2, T, 2, 2, 16, 8, 3), kind, seed)
+    return q[:, -tq:].contiguous(), k, v, idx[:, -tq:].contiguous(), bs
+
+
+@pytest.mark.parametrize("tq", [1, 5])
+def test_decode_step_is_rewritten_and_matches_eager(tq):
+    args = _last_rows(tq, seed=tq)
+    rep = fsa_compile.explain(decode_gather, *args, options=FAST)
+    assert len(rep.rewrites) == 1 and rep.misses == [], str(rep)
+    assert f"T_q={tq}, T=70" in str(rep.rewrites[0]), str(rep)
+    torch.testing.assert_close(rep.output, decode_gather(*args), equal_nan=True, rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
+    assert_compiled_matches_eager(decode_gather, *_last_rows(tq, "unique", 10 + tq), backend_options=FAST,
+                                  expect_rewrites=1)
+
+
+def test_mask_sdpa_decode_is_rewritten():
+    q, k, v, idx, bs = (x.transpose(1, 2).contiguous() if isinstance(x, torch.Tensor) else x
+                        for x in _last_rows(4, "unique", 3))
+    rep = fsa_compile.explain(decode_mask_sdpa, q, k, v, idx, bs, options=FAST)
+    assert len(rep.rewrites) == 1 and "sdpa form" in str(rep.rewrites[0]), str(rep)
+    torch._dynamo.reset()
+    assert_compiled_matches_eager(decode_mask_sdpa, q, k, v, idx, bs, backend_options=FAST, expect_rewrites=1)
+
+
+def test_a_growing_cache_compiles_once_more_and_then_not_again():
+    """Decode steps over caches of 60, 61, ... keys: the second length recompiles with a symbolic
+    key length (checked again at another length by the pass), the later ones reuse that graph."""
+    from torch._dynamo.utils import counters
+
+    q, k, v, idx, bs = make_inputs(Shape(1, 90, 2, 2, 16, 8, 3), "unique", 5)
+    f = torch.compile(decode_gather, backend="fsa", options=FAST)
+    counters.clear()
+    for T in (60, 61, 62, 75, 89):
+        args = (q[:, T - 1:T], k[:, :T], v[:, :T], idx[:, T - 1:T], bs)
+        torch.testing.assert_close(f(*args), decode_gather(*args), rtol=1e-5, atol=1e-6)
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+
+
+def test_positions_off_by_one_are_a_near_miss():
+    args = _last_rows(3, "unique", 6)
+
+    def fn(q, k, v, idx, bs):
+        return decode_gather(q, k, v, idx, bs, shift=1)
+
+    rep = fsa_compile.explain(fn, *args, options=FAST)
+    assert rep.rewrites == [] and len(rep.misses) == 1, str(rep)
+    assert "at key position" in rep.misses[0].reason and "not the causal" in rep.misses[0].reason, str(rep)
+    torch.testing.assert_close(rep.output, fn(*args), equal_nan=True)
+
+
+def test_queries_as_the_first_rows_are_a_near_miss():
+    """q's rows read as positions 0..T_q-1 of a longer k: the op could do it (q_offset=0), but the
+    pass reads shorter queries as the last positions only, and says so rather than guess."""
+    q, k, v, idx, bs = make_inputs(Shape(1, 70, 2, 2, 16, 8, 3), "unique", 7)
+    q, idx = q[:, :6].contiguous(), idx[:, :6].contiguous()
+
+    def fn(q, k, v, block_indices, block_size):
+        return decode_gather(q, k, v, block_indices, block_size, shift=k.shape[1] - q.shape[1])
+
+    rep = fsa_compile.explain(fn, q, k, v, idx, bs, options=FAST)
+    assert rep.rewrites == [] and len(rep.misses) == 1, str(rep)
+
+
+def test_a_cache_written_in_place_then_attended_is_rewritten():
+    q, k, v, idx, bs = make_inputs(Shape(1, 64, 2, 2, 16, 8, 3), "unique", 8)
+    pos = 50
+    kc, vc = torch.zeros(1, 64, 2, 16), torch.zeros(1, 64, 2, 16)
+    kc[:, :pos], vc[:, :pos] = k[:, :pos], v[:, :pos]
+    step = (q[:, pos:pos + 1], k[:, pos:pos + 1], v[:, pos:pos + 1])
+    eager_kc, eager_vc = kc.clone(), vc.clone()
+    want = cached_step(*step, eager_kc, eager_vc, idx[:, pos:pos + 1], bs, pos)
+    comp_kc, comp_vc = kc.clone(), vc.clone()
+    rep = fsa_compile.explain(cached_step, *step, comp_kc, comp_vc, idx[:, pos:pos + 1], bs, pos, options=FAST)
+    assert len(rep.rewrites) == 1 and "T_q=1, T=51" in str(rep.rewrites[0]), str(rep)
+    torch.testing.assert_close(rep.output, want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(comp_kc, eager_kc) and torch.equal(comp_vc, eager_vc)  # the writes are kept
+
+
+def test_a_cache_written_between_its_read_and_the_attention_is_a_near_miss():
+    def fn(q, k_new, k_cache, v, block_indices, block_size):
+        k = k_cache[:, :-1]
+        k_cache[:, -1:] = k_new  # after k is read, before the attention output: the op would see it
+        return decode_gather(q, k, v, block_indices, block_size) + k_cache[:, -1:].sum()
+
+    def fn2(q, k_new, k_cache, v, block_indices, block_size):
+        k_cache[:, -1:] = k_new
+        k = k_cache[:, :-1]  # read after one write (as data) ...
+        k_cache[:, :1] = 0.0  # ... and written again before the attention output
+        return decode_gather(q, k, v, block_indices, block_size)
+
+    q, k, v, idx, bs = _last_rows(1, "unique", 9)
+    kc = torch.cat([k, torch.zeros_like(k[:, :1])], 1)
+    for f, says in ((fn, "is read before its in-place update"), (fn2, "is updated in place by")):
+        torch._dynamo.reset()
+        rep = fsa_compile.explain(f, q, k[:, :1].clone(), kc.clone(), v, idx, bs, options=FAST)
+        assert rep.rewrites == [] and len(rep.misses) == 1 and says in rep.misses[0].reason, str(rep)
+
+
+@pytest.mark.interpret
+def test_decode_through_the_interpreted_kernels():
+    args = _last_rows(3, "padding", 11)
+    rep = fsa_compile.explain(decode_gather, *args, options=FAST)
+    assert len(rep.rewrites) == 1 and "reference" not in rep.rewrites[0].plan, str(rep)
+    torch._dynamo.reset()
+    assert_compiled_matches_eager(decode_gather, *_last_rows(3, "unique", 12), backend_options=FAST, expect_rewrites=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("G", [2, 16])
+def test_decode_on_the_gpu_runs_the_kernels_and_matches_eager(G):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    q, k, v, idx, bs = make_inputs(Shape(1, 700, 2, G, 64, 32, 4, torch.bfloat16), "unique", 13)
+    for tq in (1, 37):
+        args = (q[:, -tq:].contiguous().cuda(), k.cuda(), v.cuda(), idx[:, -tq:].contiguous().cuda(), bs)
+        torch._dynamo.reset()
+        rep = fsa_compile.explain(decode_gather, *args)
+        assert len(rep.rewrites) == 1 and "reference" not in rep.rewrites[0].plan, str(rep)
+        torch._dynamo.reset()
+        assert_compiled_matches_eager(decode_gather, *args, expect_rewrites=1)
