@@ -40,7 +40,8 @@ def _index_shapes(q: Tensor, k: Tensor, block_indices: Tensor, block_size: int, 
     B, T, HQ, _ = q.shape
     H = k.shape[2]
     n = block_indices.shape[-1]
-    if n == 0 or H == 0 or q.numel() == 0 or resolve_strategy(strategy, HQ // H, q.device) != "fsa":
+    rows = T if isinstance(T, int) else None  # (a symbolic length is never 1)
+    if n == 0 or H == 0 or q.numel() == 0 or resolve_strategy(strategy, HQ // H, q.device, rows) != "fsa":
         return (0,), (0,)
     return (B, H, (k.shape[1] + block_size - 1) // block_size + 1), (B, H, T * n)
 

@@ -219,6 +219,28 @@ def test_queries_at_an_offset(off, tq, chunked, monkeypatch):
 
 
 @interpreted
+@pytest.mark.parametrize("tq", [1, 6])
+def test_the_op_with_few_query_rows_plans_and_differentiates(tq):
+    """Through the custom op (its fake shapes, the plan's one-row rule, autograd): one decode row
+    takes the NSA order under ``auto``, more rows the inverted loop at G = 2; values and gradients
+    as the reference's."""
+    import fsa_compile
+    from fsa_compile.op import plan_for
+
+    args, _ = _case(1, 45, 1, 2, 16, 8, 3, torch.float32, True, seed=15)
+    _, q, k, v, *_ = args
+    q, k, v = (x.detach().clone().requires_grad_() for x in (q[:, -tq:], k, v))
+    idx = args[6][:, -tq:]
+    assert plan_for(q, k, v, idx, 8, True, "auto").strategy == ("nsa" if tq == 1 else "fsa")
+    o = fsa_compile.selected_attention(q, k, v, idx, 8)
+    ro = fsa_compile.selected_attention(q, k, v, idx, 8, strategy="reference")
+    assert _rel(o, ro) < 1e-5
+    w = torch.randn(o.shape, generator=torch.Generator().manual_seed(16))
+    for a, r in zip(torch.autograd.grad((o * w).sum(), (q, k, v)), torch.autograd.grad((ro * w).sum(), (q, k, v))):
+        assert _rel(a, r) < 1e-5
+
+
+@interpreted
 def test_reference_strategy_and_unsupported_fall_back():
     class P:
         strategy = "reference"
@@ -256,7 +278,7 @@ def test_gpu_backward_real_sizes(G, D, dtype, causal):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("G", [2, 16])
-@pytest.mark.parametrize("strategy", ["fsa", "nsa"])
+@pytest.mark.parametrize("strategy", ["fsa", "nsa", "auto"])
 def test_gpu_queries_at_an_offset(G, strategy):
     """The op at real sizes with q shorter than k (a chunk of a prefill, one decode row), forward
     and backward through the kernels, against the reference on float32 copies."""

@@ -267,6 +267,11 @@ def test_plans():
     b = choose_plan(1, 65536, 4, 2, 128, 128, 16, 64, torch.bfloat16, True, "auto", CPU)
     assert a == b and t_bucket(40000) == 65536
     assert isinstance(Plan("reference").describe(), str)
+    # one query row (a decode step): the NSA order whatever G is; a forced strategy stays
+    for G in (1, 2, 4, 16):
+        assert choose_plan(1, 1, 4, G, 128, 128, 16, 64, torch.bfloat16, True, "auto", CPU).strategy == "nsa"
+        assert choose_plan(1, 1, 4, G, 128, 128, 16, 64, torch.bfloat16, True, "fsa", CPU).strategy == "fsa"
+    assert choose_plan(1, 2, 4, 2, 128, 128, 16, 64, torch.bfloat16, True, "auto", CPU).strategy == "fsa"
 
 
 def test_register_cap_where_measured():

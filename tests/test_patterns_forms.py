@@ -281,7 +281,7 @@ def _baddbmm_scores(q, k, v, block_indices, block_size, bias=None):
     B, T, HQ, D = q.shape
     k_sel, v_sel, masked = _gathered(q, k, v, block_indices, block_size)
     S = k_sel.shape[-2]
-    add = torch.zeros(B * T * HQ, 1, S, device=q.device).masked_fill(masked.reshape(-1, 1, S), float("-inf"))
+    add = torch.zeros(B * T * HQ, 1, S, device=q.device, dtype=q.dtype).masked_fill(masked.reshape(-1, 1, S), float("-inf"))
     if bias is not None:
         add = add + bias
     s = torch.baddbmm(add, q.reshape(-1, 1, D), k_sel.reshape(-1, S, D).transpose(1, 2), alpha=D**-0.5)

@@ -158,21 +158,27 @@ def _nsa_plan(B, T, H, G, D, Dv, n, block_size, dtype, tok=None, **over) -> Plan
 _AUTO_G = {1: "fsa", 2: "fsa", 4: "fsa", 8: "fsa", 16: "nsa"}
 
 
-def resolve_strategy(strategy: str, G: int, device) -> str:
+def resolve_strategy(strategy: str, G: int, device, rows=None) -> str:
     """The kernel family a plan for ``strategy`` runs: ``"fsa"``, ``"nsa"`` or ``"reference"``.
-    Depends on G and the device only (not on T), so fake implementations can call it."""
+    Depends on G, the device and whether q has a single row (``rows``: q's row count where it is a
+    plain int; a symbolic one is never 1), not on T's value, so fake implementations can call it."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy == "reference" or not kernels_available(torch.device(device)):
         return "reference"
     if strategy == "auto":
+        if isinstance(rows, int) and rows == 1:
+            # One decode row: the inverted loop's index (a sort and three launches) and merge cost
+            # more than the NSA order's one launch. Measured H200, T_k = 64K, forward: NSA order
+            # 0.43 / 0.44 ms against 0.87 / 0.74 at G = 4 / 16 (benchmarks/results/offset_1202K.log).
+            return "nsa"
         G = int(G)  # a symbolic head count (dynamic=True) is specialised here: the table is per G
         return _AUTO_G.get(G, "nsa" if G > 8 else "fsa")
     return strategy
 
 
 def choose_plan(B, T, H, G, D, Dv, n, block_size, dtype, causal, strategy, device, **over) -> Plan:
-    strategy = resolve_strategy(strategy, G, device)
+    strategy = resolve_strategy(strategy, G, device, T)
     if strategy == "reference":
         return Plan("reference", t_bucket=t_bucket(T))
     if strategy == "fsa":
