@@ -1,6 +1,7 @@
-"""Selected attention of the newest tokens over a longer key sequence (a decode step, a prefill
-chunk after a KV cache): q holds ``T_q`` rows at the last ``T_q`` key positions. Rewritten into the
-op with q shorter than k; near misses where the positions are not those."""
+"""Selected attention whose output has fewer rows than there are keys: the newest tokens over a
+longer key sequence (a decode step, a prefill chunk after a KV cache: q holds ``T_q`` rows at the
+last ``T_q`` key positions), and chunks of queries sliced out of a full-length q. Rewritten into
+the op with q shorter than k; near misses where the positions are not those."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,34 @@ def cached_step(q, k_new, v_new, k_cache, v_cache, block_indices, block_size, po
     k_cache[:, pos:pos + 1] = k_new
     v_cache[:, pos:pos + 1] = v_new
     return decode_gather(q, k_cache[:, :pos + 1], v_cache[:, :pos + 1], block_indices, block_size)
+
+
+def chunked_queries(q, k, v, block_indices, block_size, chunk=24, local_positions=False):
+    """The gather form over chunks of ``chunk`` queries at a time (bounded memory), concatenated.
+    ``local_positions`` counts each chunk's positions from 0 (a bug: a near miss past chunk 0)."""
+    T = q.shape[1]
+    outs = []
+    for i in range(0, T, chunk):
+        j = min(T, i + chunk)
+        qc, ic = q[:, i:j], block_indices[:, i:j]
+        B, C, HQ, D = qc.shape
+        H = k.shape[2]
+        G = HQ // H
+        dev = q.device
+        tok = (ic.unsqueeze(-1) * block_size + torch.arange(block_size, device=dev)).flatten(-2)
+        pad = (ic < 0).unsqueeze(-1).expand(*ic.shape, block_size).flatten(-2)
+        start = 0 if local_positions else i
+        pos = torch.arange(start, start + C, device=dev).view(1, C, 1, 1)
+        masked = pad | (tok > pos)
+        safe = tok.clamp(0, T - 1)
+        b_idx = torch.arange(B, device=dev).view(B, 1, 1, 1)
+        h_idx = torch.arange(H, device=dev).view(1, 1, H, 1)
+        k_sel = k[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
+        v_sel = v[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
+        s = torch.einsum("bthd,bthsd->bths", qc, k_sel) * D**-0.5
+        s = s.masked_fill(masked.repeat_interleave(G, dim=2), NEG_INF)
+        outs.append(torch.einsum("bths,bthsd->bthd", torch.softmax(s, -1), v_sel))
+    return torch.cat(outs, 1)
 
 
 def _last_rows(tq, kind="padding", seed=0, T=70, shape=None):
@@ -161,6 +190,41 @@ def test_a_cache_written_between_its_read_and_the_attention_is_a_near_miss():
         assert rep.rewrites == [] and len(rep.misses) == 1 and says in rep.misses[0].reason, str(rep)
 
 
+def test_query_chunks_of_a_full_q_are_rewritten_each():
+    """Chunks of 24 queries of a 70-token q (the last one short): each chunk is the op on q's
+    rows i.. at key positions i.., and the concatenation matches eager, forward and backward."""
+    q, k, v, idx, bs = make_inputs(Shape(1, 70, 2, 2, 16, 8, 3), "padding", 20)
+    rep = fsa_compile.explain(chunked_queries, q, k, v, idx, bs, options=FAST)
+    assert len(rep.rewrites) == 3 and rep.misses == [], str(rep)
+    assert "T_q=22, rows=48..69, T=70" in str(rep), str(rep)
+    torch.testing.assert_close(rep.output, chunked_queries(q, k, v, idx, bs), equal_nan=True, rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
+    assert_compiled_matches_eager(chunked_queries, *make_inputs(Shape(1, 70, 2, 2, 16, 8, 3), "unique", 21),
+                                  backend_options=FAST, expect_rewrites=3)
+
+
+def test_query_chunks_with_positions_from_zero_are_near_misses():
+    """Each chunk masking with positions 0.. instead of its own: right for the first chunk only."""
+    q, k, v, idx, bs = make_inputs(Shape(1, 70, 2, 2, 16, 8, 3), "unique", 22)
+
+    def fn(q, k, v, block_indices, block_size):
+        return chunked_queries(q, k, v, block_indices, block_size, local_positions=True)
+
+    rep = fsa_compile.explain(fn, q, k, v, idx, bs, options=FAST)
+    assert len(rep.rewrites) == 1 and "rows=0..23" in str(rep.rewrites[0]), str(rep)
+    assert len(rep.misses) == 2 and all("not the causal" in m.reason for m in rep.misses), str(rep)
+    torch.testing.assert_close(rep.output, fn(q, k, v, idx, bs), equal_nan=True, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.interpret
+def test_query_chunks_through_the_interpreted_kernels():
+    args = make_inputs(Shape(1, 50, 2, 2, 16, 8, 3), "unique", 23)
+    rep = fsa_compile.explain(chunked_queries, *args, options=FAST)
+    assert len(rep.rewrites) == 3 and all("reference" not in r.plan for r in rep.rewrites), str(rep)
+    torch._dynamo.reset()
+    assert_compiled_matches_eager(chunked_queries, *args, backend_options=FAST, expect_rewrites=3)
+
+
 @pytest.mark.interpret
 def test_decode_through_the_interpreted_kernels():
     args = _last_rows(3, "padding", 11)
@@ -172,7 +236,7 @@ def test_decode_through_the_interpreted_kernels():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("G", [2, 16])
-def test_decode_on_the_gpu_runs_the_kernels_and_matches_eager(G):
+def test_decode_and_query_chunks_on_the_gpu_run_the_kernels_and_match_eager(G):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     q, k, v, idx, bs = make_inputs(Shape(1, 700, 2, G, 64, 32, 4, torch.bfloat16), "unique", 13)
@@ -183,3 +247,9 @@ def test_decode_on_the_gpu_runs_the_kernels_and_matches_eager(G):
         assert len(rep.rewrites) == 1 and "reference" not in rep.rewrites[0].plan, str(rep)
         torch._dynamo.reset()
         assert_compiled_matches_eager(decode_gather, *args, expect_rewrites=1)
+    args = (q.cuda(), k.cuda(), v.cuda(), idx.cuda(), bs)
+    torch._dynamo.reset()
+    rep = fsa_compile.explain(lambda *a: chunked_queries(*a, chunk=256), *args)
+    assert len(rep.rewrites) == 3 and all("reference" not in r.plan for r in rep.rewrites), str(rep)
+    torch._dynamo.reset()
+    assert_compiled_matches_eager(lambda *a: chunked_queries(*a, chunk=256), *args, expect_rewrites=3)

@@ -57,8 +57,9 @@ class PassResult:
 
 def _describe(m) -> tuple[dict, dict]:
     shapes = {"B": m.B, "T": m.T, "H": m.H, "G": m.G, "D": m.D, "n": m.n, "block_size": m.block_size}
-    if m.Tq != m.T:  # q holds the last Tq of the T keys' positions (a step after a KV cache)
-        shapes = {"B": m.B, "T_q": m.Tq, "T": m.T, **{k: v for k, v in shapes.items() if k not in ("B", "T")}}
+    if m.Tq != m.T:  # the output's rows: the last Tq key positions (after a KV cache), or a chunk
+        rows = {"T_q": m.Tq} if m.rows_from is None else {"T_q": m.Tq, "rows": f"{m.rows_from}..{m.rows_from + m.Tq - 1}"}
+        shapes = {"B": m.B, **rows, "T": m.T, **{k: v for k, v in shapes.items() if k not in ("B", "T")}}
     options = {
         "scale": round(m.scale, 6), "causal": m.causal, "count_duplicates": m.count_duplicates,
         "on_out_of_range": m.on_out_of_range,
@@ -90,7 +91,8 @@ def _unify(m) -> None:
             if dim_role not in layout:
                 continue
             size = ev.shape[layout.index(dim_role)]
-            key = "tq" if dim_role == "t" and role in ("q", "selection") and m.Tq != m.T else dim_role
+            key = ("tq" if dim_role == "t" and role in ("q", "selection") and m.Tq != m.T and m.rows_from is None
+                   else dim_role)
             if key not in ref:
                 ref[key] = size
             elif isinstance(size, torch.SymInt) or isinstance(ref[key], torch.SymInt):
@@ -164,7 +166,7 @@ def _same_at_another_length(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
     except Exception:
         return False
     keys = ("q", "k", "v", "selection", "layouts", "H", "G", "D", "n", "block_size", "scale", "causal",
-            "count_duplicates", "on_out_of_range")
+            "count_duplicates", "on_out_of_range", "rows_from")
     rows_follow = m2.Tq == alt if m.Tq == m.T else m2.Tq == m.Tq  # q's rows: the keys' symbol or their own
     return m2.T == alt and rows_follow and all(getattr(m, a) == getattr(m2, a) for a in keys)
 
@@ -237,7 +239,7 @@ def _specialize(gm: fx.GraphModule, m, keep_t: bool = True) -> None:
         layout = m.layouts[role][1]
         # with one block (T <= block size) the sample cannot tell the block size: keep T fixed too
         roles = ("t", "b") if keep_t and m.T > m.block_size else ("b",)
-        if m.Tq != m.T and role in ("q", "selection"):
+        if m.Tq != m.T and m.rows_from is None and role in ("q", "selection"):
             roles = ("b",)  # only the keys' length was checked at another value: q's rows stay fixed
         for dim_role in roles:
             if isinstance(ev, torch.Tensor) and dim_role in layout:

@@ -78,8 +78,11 @@ class Match:
     # the nodes the checks evaluated (with the in-place updates of them): what the verified meaning
     # depends on, so their constants bound the lengths at which it was seen to hold
     visited: frozenset = frozenset()
-    # q's rows (T counts the keys): fewer after a KV cache, the rows then being the last Tq keys
+    # the output's rows (T counts the keys): fewer after a KV cache (q's rows are then the last Tq
+    # keys') or for a chunk of queries (q and the selection hold all T rows, of which row t of the
+    # output reads row t + rows_from)
     Tq: int = 0
+    rows_from: int | None = None  # where the output's rows start in q's, when q holds all T rows
 
     def __post_init__(self):
         self.Tq = self.Tq or self.T
@@ -523,20 +526,27 @@ class Analysis:
                 if qz["h"] != H:
                     continue
                 G = qz["g"]
-            # q's rows may be fewer than the keys (a decode step after a KV cache): Tq <= T
-            Tq = qz["t"]
-            if (qz["b"], qz["d"]) != (B, self.D) or Tq > T:
-                continue
+            # The output's rows may be fewer than the keys: q (and the selection) then hold just
+            # those rows (a decode step after a KV cache: the last Tq positions), or all T rows of
+            # which the output reads a contiguous range (a chunk of queries: row t reads q's row
+            # t + shift).
             oz = L.sizes(ol, self.out_shape, vz["d"])
-            if (oz["b"], oz["t"], oz.get("hq", oz.get("h", 0) * oz.get("g", 0))) != (B, Tq, H * G) or oz["d"] != vz["d"]:
+            Tq = oz["t"]
+            if (qz["b"], qz["d"]) != (B, self.D) or Tq > T or qz["t"] not in (Tq, T):
+                continue
+            if (oz["b"], oz.get("hq", oz.get("h", 0) * oz.get("g", 0))) != (B, H * G) or oz["d"] != vz["d"]:
                 continue
             sz = L.sizes(sl, self.sel_shape)
-            if (sz["b"], sz["t"], sz["h"]) != (B, Tq, H) or len(sl) != len(self.sel_shape):
+            if (sz["b"], sz["t"], sz["h"]) != (B, qz["t"], H) or len(sl) != len(self.sel_shape):
                 continue
-            if all(self._consistent(s, kl, vl, ql, ol, G, H) for s in samples):
+            # None: q holds just the output's rows
+            shift = self._row_shift(samples[0], ql, ol, G, H, vz["d"]) if qz["t"] != Tq else None
+            if shift is not None and not 0 <= shift <= T - Tq:
+                continue
+            if all(self._consistent(s, kl, vl, ql, ol, G, H, shift=shift or 0) for s in samples):
                 layouts = {"q": (qn, ql), "k": (kn, kl), "v": (vn, vl), "o": (on, ol), "selection": (sn, sl)}
-                options.append((layouts, (B, T, H, G, vz["d"], sz["i"], Tq)))
-            elif all(self._consistent(s, kl, vl, ql, ol, G, H, same_v=False) for s in samples):
+                options.append((layouts, (B, T, H, G, vz["d"], sz["i"], Tq, shift)))
+            elif all(self._consistent(s, kl, vl, ql, ol, G, H, same_v=False, shift=shift or 0) for s in samples):
                 shifted = True
         if options:
             return options
@@ -548,7 +558,15 @@ class Analysis:
             f"selection {list(self.sel_shape)})"
         )
 
-    def _consistent(self, s, kl, vl, ql, ol, G, H, same_v=True):
+    def _row_shift(self, s, ql, ol, G, H, Dv):
+        """q's row minus the output's row in one sample (a chunk of a full-length q)."""
+        point, dd, qleaf = s[:3]
+        try:
+            return L.decode(ql, qleaf.coords, G, self.D, H)["t"] - L.decode(ol, point, G, Dv, H)["t"]
+        except (KeyError, IndexError, ValueError, ZeroDivisionError):
+            return None
+
+    def _consistent(self, s, kl, vl, ql, ol, G, H, same_v=True, shift=0):
         point, dd, qleaf, kleaf, vleaf = s[:5]
         D, Dv = self.D, L.sizes(vl, shape_of(self.v), self.D)["d"]
         o = L.decode(ol, point, G, Dv, H)
@@ -557,7 +575,7 @@ class Analysis:
         v = L.decode(vl, vleaf.coords, 1, Dv)
         return (
             q["d"] == dd and k["d"] == dd
-            and (q["b"], q["t"], q["hq"]) == (o["b"], o["t"], o["hq"])
+            and (q["b"], q["t"] - shift, q["hq"]) == (o["b"], o["t"], o["hq"])
             and k["b"] == o["b"] == v["b"] and k["h"] == o["hq"] // G
             and v["d"] == o["d"] and ((v["t"], v["h"]) == (k["t"], k["h"]) or not same_v)
         )
@@ -569,8 +587,9 @@ class Analysis:
         shape = self.sel_shape
         g = torch.Generator().manual_seed(self.rng.randrange(2**31))
         t_axis = sl.index("t")
-        # the rows' key positions: the last Tq of the T keys
-        tpos = torch.arange(self.T - self.Tq, self.T).view([-1 if d == t_axis else 1 for d in range(len(shape))]).expand(shape)
+        # the selection rows' key positions: the last Tq of the T keys, or all T (a chunk's q)
+        first = self.q_offset - self.q_shift
+        tpos = torch.arange(first, first + shape[t_axis]).view([-1 if d == t_axis else 1 for d in range(len(shape))]).expand(shape)
         table = torch.randint(0, nb, shape, generator=g)
         local = torch.rand(shape, generator=g) < 0.3
         table = torch.where(local, (tpos // self.block_size - torch.randint(0, 2, shape, generator=g)).clamp(0, nb - 1), table)
@@ -651,7 +670,7 @@ class Analysis:
                 k = L.decode(kl, kl_.coords, 1, self.D)
                 if ql_.node is not self.q or kl_.node is not self.k:
                     raise NearMiss("scores read other tensors than the matched q and k")
-                if (q["b"], q["t"], q["hq"], q["d"]) != (o["b"], o["t"], o["hq"], dd) or (
+                if (q["b"], q["t"] - self.q_shift, q["hq"], q["d"]) != (o["b"], o["t"], o["hq"], dd) or (
                     k["b"], k["h"], k["d"]) != (o["b"], o["hq"] // self.G, dd):
                     raise NearMiss("the score product does not pair a query with keys of its own head and batch")
             scales.add(round(coef * qc * kc, 12))
@@ -675,7 +694,7 @@ class Analysis:
         nb = math.ceil(self.T / self.block_size)
         entries = []
         for i in range(self.n):
-            for role, val in (("b", o["b"]), ("t", o["t"]), ("h", h), ("i", i)):
+            for role, val in (("b", o["b"]), ("t", o["t"] + self.q_shift), ("h", h), ("i", i)):
                 if role in sl:
                     coords[sl.index(role)] = val
             e = int(table[tuple(coords)])
@@ -684,7 +703,7 @@ class Analysis:
             entries.append(e)
         if not count_duplicates:
             entries = list(dict.fromkeys(entries))
-        pos = o["t"] + self.T - self.Tq  # the row's key position
+        pos = o["t"] + self.q_offset  # the row's key position
         for e in entries:
             for s in range(e * self.block_size, (e + 1) * self.block_size):
                 if s < self.T and (not causal or s <= pos):
@@ -744,7 +763,7 @@ class Analysis:
         if not survivors and example is not None:
             o, keys = example
             exp = self._contract_keys(table, o, True, True, True)
-            at = f" at key position {o['t'] + self.T - self.Tq}" if self.Tq != self.T else ""
+            at = f" at key position {o['t'] + self.q_offset}" if self.Tq != self.T else ""
             self.last_failure = (
                 f"query t={o['t']}{at} (batch {o['b']}, head {o['hq']}) attends to {sum(keys.values())} keys, "
                 f"the contract gives {sum(exp.values())} for its selected blocks"
@@ -894,9 +913,14 @@ class Analysis:
     def _run(self) -> Match:
         self.structure()
         first = None
-        for layouts, (B, T, H, G, Dv, n, Tq) in self.layout_options:
+        for layouts, (B, T, H, G, Dv, n, Tq, shift) in self.layout_options:
             self.layouts = layouts
             self.B, self.T, self.H, self.G, self.Dv, self.n, self.Tq = B, T, H, G, Dv, n, Tq
+            # output row t is the query at key position t + q_offset, read from q's (and the
+            # selection's) row t + q_shift: q holds the last Tq rows (shift 0), or all of them
+            self.rows_from = shift  # None: q holds the output's rows only
+            self.q_shift = shift or 0
+            self.q_offset = T - Tq if shift is None else shift
             try:
                 self.semantics()
                 break
@@ -913,7 +937,7 @@ class Analysis:
             self.B, self.T, self.H, self.G, self.D, self.n, self.block_size, self.scale, self.causal,
             self.count_duplicates, self.on_out_of_range, form,
             empty_rows="zero" if self.anchor.kind == "sdpa" else "nan", visited=frozenset(self.visited),
-            Tq=self.Tq,
+            Tq=self.Tq, rows_from=self.rows_from,
         )
 
 
