@@ -1,6 +1,6 @@
 """A decode step written in plain PyTorch (``tests/test_patterns_decode.py``'s gather form: the
-newest T_q tokens over a T_k-token cache) on the GPU: eager, ``torch.compile`` with Inductor, and
-``backend="fsa"`` (with and without ``mode="reduce-overhead"``). Checks each against eager and
+newest T_q tokens over a T_k-token cache) on the GPU: eager, ``torch.compile`` with Inductor and
+``backend="fsa"``, each with and without ``mode="reduce-overhead"``. Checks each against eager and
 prints ms per call (``triton.testing.do_bench`` medians).
 
     python benchmarks/decode_gpu.py --Tk 65536 --Tq 1 16 --G 4 16
@@ -43,6 +43,7 @@ def main():
                 want = decode_gather(*args)
                 for name, fn in (("eager", decode_gather),
                                  ("inductor", torch.compile(decode_gather)),
+                                 ("inductor reduce-overhead", torch.compile(decode_gather, mode="reduce-overhead")),
                                  ("fsa", torch.compile(decode_gather, backend="fsa")),
                                  ("fsa reduce-overhead", torch.compile(decode_gather, backend="fsa",
                                                                        mode="reduce-overhead"))):
