@@ -99,6 +99,10 @@ CASES = [
     (1, 40, 1, 8, 16, 16, 3, torch.float32, True),
     (1, 37, 1, 16, 16, 16, 2, torch.float16, True),
     (1, 70, 1, 2, 96, 32, 3, torch.bfloat16, True),
+    # G not a power of two: TILE_T * G rows padded to one (these failed to compile before)
+    (1, 30, 2, 3, 16, 8, 2, torch.float32, True),
+    (2, 27, 1, 5, 24, 16, 3, torch.float16, True),
+    (1, 33, 1, 12, 16, 8, 2, torch.float32, False),
 ]
 
 
@@ -256,6 +260,7 @@ def test_reference_strategy_and_unsupported_fall_back():
 GPU_CASES = [(G, 128, torch.bfloat16, True) for G in (1, 2, 4, 8, 16)] + [
     (2, 96, torch.bfloat16, True), (4, 48, torch.float16, False), (1, 192, torch.bfloat16, True),
     (8, 256, torch.float16, True), (2, 64, torch.float32, True),
+    (3, 128, torch.bfloat16, True), (7, 64, torch.bfloat16, True), (12, 128, torch.float16, True),
 ]
 
 

@@ -267,3 +267,28 @@ def test_the_check_compiles_each_new_shape_past_dynamos_recompile_limit(monkeypa
         with RewriteCounter() as c:
             assert_compiled_matches_eager(fn, q, k, v, idx, bs, grad=False, expect_rewrites=1, compiled=compiled)
         assert len(c.rewrites) == 1, f"block size {bs} was not compiled"
+
+
+@settings(max_examples=examples(16), **SETTINGS)
+@given(form=st.sampled_from(["decode_gather", "decode_mask_sdpa", "chunked_queries"]), shape=shapes(T=(2, 40), G=(1, 4)),
+       rows=st.floats(0, 1), kind=st.sampled_from(["unique", "padding", "duplicates"]), seed=st.integers(0, 2**20))
+def test_fewer_query_rows_than_keys_match_eager(form, shape, rows, kind, seed):
+    """The last T_q rows over all T keys (a decode step; the mask form in [B, H, T, D]), or chunks
+    of a full-length q: every rewrite matches eager, forward and backward."""
+    from test_patterns_decode import chunked_queries, decode_gather, decode_mask_sdpa
+
+    q, k, v, idx, bs = make_inputs(shape, kind, seed)
+    tq = 1 + round(rows * (shape.T - 1))
+    if form == "chunked_queries":
+        fn = lambda q, k, v, i, b, c=tq: chunked_queries(q, k, v, i, b, chunk=c)  # noqa: E731
+        args = (q, k, v, idx, bs)
+    elif form == "decode_gather":
+        fn, args = decode_gather, (q[:, -tq:].contiguous(), k, v, idx[:, -tq:].contiguous(), bs)
+    else:
+        fn = decode_mask_sdpa
+        args = tuple(x.transpose(1, 2).contiguous() for x in (q[:, -tq:], k, v, idx[:, -tq:])) + (bs,)
+    torch._dynamo.reset()
+    with RewriteCounter() as c:
+        assert_compiled_matches_eager(fn, *args, backend_options=FAST, grad=True)
+    expect = math.ceil(shape.T / tq) if form == "chunked_queries" else 1
+    assert sum(len(r.rewrites) for r in c.results) == expect, "; ".join(str(m) for r in c.results for m in r.misses)

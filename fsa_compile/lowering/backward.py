@@ -254,7 +254,7 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
             DIRECT=bool(cfg.direct), USE_ACC=use_acc, LAST=(c == nchunks - 1), num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, **maxnreg_option(cfg.maxnreg),
             EV_KEEP="evict_last" if cfg.evict else "", EV_STREAM="evict_first" if cfg.evict else "",
-            IDX64=i64, ENT_NEXT=bool(cfg.ent_next),
+            IDX64=i64, ENT_NEXT=bool(cfg.ent_next), M_PAD=_next_pow2(cfg.tile_t * G),
         )
         bwd_dkdv_reduce_kernel[(nb, BH * nsub)](
             dk_part, dv_part, tile_offsets, dk_acc, dv_acc, dk, dv,

@@ -43,8 +43,9 @@ def bwd_inverted_kernel(
     CH: tl.constexpr, LOG_NB: tl.constexpr, CAUSAL: tl.constexpr, WRITE_DQ: tl.constexpr,
     PREC: tl.constexpr, DOT_F32: tl.constexpr, ST: tl.constexpr, DIRECT: tl.constexpr,
     USE_ACC: tl.constexpr, LAST: tl.constexpr, EV_KEEP: tl.constexpr, EV_STREAM: tl.constexpr,
-    IDX64: tl.constexpr, ENT_NEXT: tl.constexpr,
+    IDX64: tl.constexpr, ENT_NEXT: tl.constexpr, M_PAD: tl.constexpr,
 ):
+    # M_PAD: TILE_T * G rows padded to a power of two (tl.arange's shape), the rest masked off
     # DOT_F32: the Triton interpreter (3.9) multiplies bfloat16 tiles wrongly, so there the
     # operands are widened to float32 after being rounded exactly as on the GPU.
     LOG2E: tl.constexpr = 1.4426950408889634
@@ -95,7 +96,8 @@ def bwd_inverted_kernel(
         qk_scale = sm_scale * LOG2E
         dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
         dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
-        r = tl.arange(0, M)
+        r = tl.arange(0, M_PAD)
+        r_ok = r < M
         g = r % G
         hq = h * G + g
         ent_base = ENTRIES + bh * E
@@ -104,7 +106,7 @@ def bwd_inverted_kernel(
             ent_nx = tl.load(ent_base + ei, mask=ei < e_end, other=0)
         for e0 in range(e_start, e_end, TILE_T):
             ei = e0 + r // G
-            rvalid = ei < e_end
+            rvalid = (ei < e_end) & r_ok
             if ENT_NEXT:
                 # this tile's entries came with the previous tile, so its gathers wait for one
                 # round trip to memory, not two; the next tile's are requested now
