@@ -252,21 +252,28 @@ def test_unknown_selection_kinds_are_rejected():
         nsa_inputs(kinds=("unique", "typo"))
 
 
-def test_the_check_compiles_each_new_shape_past_dynamos_recompile_limit(monkeypatch):
+def test_the_check_compiles_each_new_shape_past_dynamos_recompile_limit():
     """With Dynamo's limit at 1, a second block size would run eagerly and compare eager with
-    eager; the check lifts the limit for its call, so every shape is compiled and rewritten."""
+    eager; the check lifts the limit for its call, so every shape is compiled and rewritten.
+    (Not pytest's monkeypatch: its undo deletes the module attributes, which hides Dynamo's
+    config entries for the rest of the process.)"""
     cfg = torch._dynamo.config
-    for name in many_recompiles.NAMES:
-        if hasattr(cfg, name):
-            monkeypatch.setattr(cfg, name, 1)
-    torch._dynamo.reset()
-    fn = FORMS["gather_index_einsum"].fn
-    compiled = torch.compile(fn, backend="fsa", options=FAST, dynamic=False)
-    for bs in (4, 8, 2):
-        q, k, v, idx, _ = make_inputs(Shape(1, 16, 1, 1, 4, bs, 2), "unique", bs)
-        with RewriteCounter() as c:
-            assert_compiled_matches_eager(fn, q, k, v, idx, bs, grad=False, expect_rewrites=1, compiled=compiled)
-        assert len(c.rewrites) == 1, f"block size {bs} was not compiled"
+    saved = {name: getattr(cfg, name) for name in many_recompiles.NAMES if hasattr(cfg, name)}
+    try:
+        for name in saved:
+            setattr(cfg, name, 1)
+        torch._dynamo.reset()
+        fn = FORMS["gather_index_einsum"].fn
+        compiled = torch.compile(fn, backend="fsa", options=FAST, dynamic=False)
+        for bs in (4, 8, 2):
+            q, k, v, idx, _ = make_inputs(Shape(1, 16, 1, 1, 4, bs, 2), "unique", bs)
+            with RewriteCounter() as c:
+                assert_compiled_matches_eager(fn, q, k, v, idx, bs, grad=False, expect_rewrites=1, compiled=compiled)
+            assert len(c.rewrites) == 1, f"block size {bs} was not compiled"
+    finally:
+        for name, value in saved.items():
+            setattr(cfg, name, value)
+    assert all(hasattr(cfg, name) for name in saved)
 
 
 @settings(max_examples=examples(16), **SETTINGS)
