@@ -19,16 +19,16 @@ def _fresh_dynamo():
     yield
 
 
-def decode_gather(q, k, v, block_indices, block_size, shift=0):
-    """q ``[B, T_q, HQ, D]``: the newest tokens; k, v ``[B, T, H, D]``: every token so far.
-    ``shift`` moves the positions off the last T_q (a bug: a near miss)."""
+def rows_at(q, k, v, block_indices, block_size, first):
+    """The gather form for q's rows at key positions ``first ..`` (q ``[B, T_q, HQ, D]``, k, v
+    ``[B, T, H, D]``, block indices ``[B, T_q, H, n]``)."""
     B, Tq, HQ, D = q.shape
     T, H = k.shape[1], k.shape[2]
     G = HQ // H
     dev = q.device
     tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size, device=dev)).flatten(-2)
     pad = (block_indices < 0).unsqueeze(-1).expand(*block_indices.shape, block_size).flatten(-2)
-    pos = torch.arange(T - Tq - shift, T - shift, device=dev).view(1, Tq, 1, 1)
+    pos = torch.arange(first, first + Tq, device=dev).view(1, Tq, 1, 1)
     masked = pad | (tok > pos)
     safe = tok.clamp(0, T - 1)
     b_idx = torch.arange(B, device=dev).view(B, 1, 1, 1)
@@ -38,6 +38,12 @@ def decode_gather(q, k, v, block_indices, block_size, shift=0):
     s = torch.einsum("bthd,bthsd->bths", q, k_sel) * D**-0.5
     s = s.masked_fill(masked.repeat_interleave(G, dim=2), NEG_INF)
     return torch.einsum("bths,bthsd->bthd", torch.softmax(s, -1), v_sel)
+
+
+def decode_gather(q, k, v, block_indices, block_size, shift=0):
+    """q ``[B, T_q, HQ, D]``: the newest tokens; k, v ``[B, T, H, D]``: every token so far.
+    ``shift`` moves the positions off the last T_q (a bug: a near miss)."""
+    return rows_at(q, k, v, block_indices, block_size, k.shape[1] - q.shape[1] - shift)
 
 
 def decode_mask_sdpa(q, k, v, block_indices, block_size):
@@ -69,24 +75,7 @@ def chunked_queries(q, k, v, block_indices, block_size, chunk=24, local_position
     outs = []
     for i in range(0, T, chunk):
         j = min(T, i + chunk)
-        qc, ic = q[:, i:j], block_indices[:, i:j]
-        B, C, HQ, D = qc.shape
-        H = k.shape[2]
-        G = HQ // H
-        dev = q.device
-        tok = (ic.unsqueeze(-1) * block_size + torch.arange(block_size, device=dev)).flatten(-2)
-        pad = (ic < 0).unsqueeze(-1).expand(*ic.shape, block_size).flatten(-2)
-        start = 0 if local_positions else i
-        pos = torch.arange(start, start + C, device=dev).view(1, C, 1, 1)
-        masked = pad | (tok > pos)
-        safe = tok.clamp(0, T - 1)
-        b_idx = torch.arange(B, device=dev).view(B, 1, 1, 1)
-        h_idx = torch.arange(H, device=dev).view(1, 1, H, 1)
-        k_sel = k[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
-        v_sel = v[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
-        s = torch.einsum("bthd,bthsd->bths", qc, k_sel) * D**-0.5
-        s = s.masked_fill(masked.repeat_interleave(G, dim=2), NEG_INF)
-        outs.append(torch.einsum("bths,bthsd->bthd", torch.softmax(s, -1), v_sel))
+        outs.append(rows_at(q[:, i:j], k, v, block_indices[:, i:j], block_size, 0 if local_positions else i))
     return torch.cat(outs, 1)
 
 
