@@ -7,7 +7,6 @@ prints ms per call (``triton.testing.do_bench`` medians).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -17,24 +16,15 @@ import triton
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from test_patterns_decode import decode_gather  # noqa: E402
 
-from fsa_compile.selection import uniform_selection  # noqa: E402
+from offset_gpu import BS, DEV, N, arguments, sequence  # noqa: E402  (this script's folder)
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--Tk", type=int, default=65536)
-    ap.add_argument("--Tq", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--G", type=int, nargs="+", default=[4, 16])
-    ap.add_argument("--H", type=int, default=4)
-    ap.add_argument("--D", type=int, default=128)
-    a = ap.parse_args()
-    bs, n, dev = 64, 16, "cuda"
+    a = arguments([1, 16])
+    bs, n, dev = BS, N, DEV
     rows = []
     for G in a.G:
-        gen = torch.Generator(device=dev).manual_seed(G)
-        k = torch.randn(1, a.Tk, a.H, a.D, device=dev, generator=gen).bfloat16()
-        v = torch.randn(1, a.Tk, a.H, a.D, device=dev, generator=gen).bfloat16()
-        sel = uniform_selection(1, a.Tk, a.H, n, bs, device=dev, generator=gen)
+        gen, k, v, sel = sequence(a, G, grad=False)
         for tq in a.Tq:
             q = torch.randn(1, tq, a.H * G, a.D, device=dev, generator=gen).bfloat16()
             idx = sel[:, a.Tk - tq:].contiguous()

@@ -16,22 +16,34 @@ import fsa_compile
 from fsa_compile.selection import uniform_selection
 
 
-def main():
+BS, N, DEV = 64, 16, "cuda"
+
+
+def arguments(tq_default):
+    """The command line both this script and ``decode_gpu.py`` take."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--Tk", type=int, default=65536)
-    ap.add_argument("--Tq", type=int, nargs="+", default=[1, 16, 4096])
+    ap.add_argument("--Tq", type=int, nargs="+", default=tq_default)
     ap.add_argument("--G", type=int, nargs="+", default=[4, 16])
     ap.add_argument("--H", type=int, default=4)
     ap.add_argument("--D", type=int, default=128)
-    a = ap.parse_args()
-    bs, n, dev = 64, 16, "cuda"
+    return ap.parse_args()
+
+
+def sequence(a, G, grad):
+    """A generator seeded by G, bf16 k and v ``[1, T_k, H, D]`` and their uniform selection."""
+    gen = torch.Generator(device=DEV).manual_seed(G)
+    k, v = (torch.randn(1, a.Tk, a.H, a.D, device=DEV, generator=gen).bfloat16().requires_grad_(grad) for _ in "kv")
+    return gen, k, v, uniform_selection(1, a.Tk, a.H, N, BS, device=DEV, generator=gen)
+
+
+def main():
+    a = arguments([1, 16, 4096])
+    bs, dev = BS, DEV
     rows = []
     for G in a.G:
-        gen = torch.Generator(device=dev).manual_seed(G)
-        k = torch.randn(1, a.Tk, a.H, a.D, device=dev, generator=gen).bfloat16().requires_grad_()
-        v = torch.randn(1, a.Tk, a.H, a.D, device=dev, generator=gen).bfloat16().requires_grad_()
+        gen, k, v, full = sequence(a, G, grad=True)
         qf = torch.randn(1, a.Tk, a.H * G, a.D, device=dev, generator=gen).bfloat16().requires_grad_()
-        full = uniform_selection(1, a.Tk, a.H, n, bs, device=dev, generator=gen)
         whole = triton.testing.do_bench(lambda: fsa_compile.selected_attention(qf, k, v, full, bs))
         for tq in a.Tq:
             off = a.Tk - tq

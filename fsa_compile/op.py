@@ -47,7 +47,7 @@ def _index_shapes(q: Tensor, k: Tensor, block_indices: Tensor, block_size: int, 
 
 
 def _offset(q: Tensor, k: Tensor, q_offset: Optional[int]) -> int:
-    return k.shape[1] - q.shape[1] if q_offset is None else q_offset
+    return check_q_offset(q_offset, q.shape[1], k.shape[1])
 
 
 def _canonical(block_indices, T, block_size, count_duplicates, on_out_of_range):

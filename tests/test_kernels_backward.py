@@ -74,10 +74,10 @@ def _case(B, T, H, G, D, bs, n, dtype, causal, seed, layout="bthd", future=0.0, 
     return (do, q, k, v, o, lse, idx, bs, scale, causal), ref
 
 
-def _run(args, config=None):
+def _run(args, config=None, **kw):
     bw.POISON_FOR_TESTS = True
     try:
-        return bw.kernel_backward(*args, config=config)
+        return bw.kernel_backward(*args, config=config, **kw)
     finally:
         bw.POISON_FOR_TESTS = False
 
@@ -213,11 +213,7 @@ def test_queries_at_an_offset(off, tq, chunked, monkeypatch):
     ref = reference_backward(do.double(), q.double(), k.double(), v.double(), o.double(), lse, idx, bs, scale,
                              causal, q_offset=off)
     sub = (do, q, k, v, o, lse, idx, bs, scale, causal)
-    bw.POISON_FOR_TESTS = True
-    try:
-        out = bw.kernel_backward(*sub, q_offset=off)
-    finally:
-        bw.POISON_FOR_TESTS = False
+    out = _run(sub, q_offset=off)
     _check(out, ref, torch.float32, sub)
     assert (out[1][:, off + tq + 8:] == 0).all()  # keys past every row's reach get no gradient
 

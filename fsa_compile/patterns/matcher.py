@@ -91,8 +91,7 @@ def _unify(m) -> None:
             if dim_role not in layout:
                 continue
             size = ev.shape[layout.index(dim_role)]
-            key = ("tq" if dim_role == "t" and role in ("q", "selection") and m.Tq != m.T and m.rows_from is None
-                   else dim_role)
+            key = "tq" if dim_role == "t" and role in ("q", "selection") and m.q_holds_rows_only else dim_role
             if key not in ref:
                 ref[key] = size
             elif isinstance(size, torch.SymInt) or isinstance(ref[key], torch.SymInt):
@@ -239,7 +238,7 @@ def _specialize(gm: fx.GraphModule, m, keep_t: bool = True) -> None:
         layout = m.layouts[role][1]
         # with one block (T <= block size) the sample cannot tell the block size: keep T fixed too
         roles = ("t", "b") if keep_t and m.T > m.block_size else ("b",)
-        if m.Tq != m.T and m.rows_from is None and role in ("q", "selection"):
+        if m.q_holds_rows_only and role in ("q", "selection"):
             roles = ("b",)  # only the keys' length was checked at another value: q's rows stay fixed
         for dim_role in roles:
             if isinstance(ev, torch.Tensor) and dim_role in layout:

@@ -29,12 +29,16 @@ def apply(graph: fx.Graph, m, strategy: str = "auto") -> fx.Node:
             for name, leaf in (("q", m.q), ("k", m.k), ("v", m.v))
         )
         sel = L.to_bthd(graph, m.selection, m.layouts["selection"][1])
-        args = (q, k, v, sel, m.block_size, float(m.scale), m.causal, m.count_duplicates, m.on_out_of_range, strategy)
+        offset = ()  # (the op's default: q's rows are the last ones)
         if m.rows_from is not None:
             # a chunk of queries: the output's rows of q and of the selection, at their positions
             q, sel = (graph.call_method("narrow", (x, 1, m.rows_from, m.Tq)) for x in (q, sel))
-            args = (q, k, v, sel, *args[4:], m.rows_from)
-        res = graph.call_function(torch.ops.fsa.selected_attention.default, args)
+            offset = (m.rows_from,)
+        res = graph.call_function(
+            torch.ops.fsa.selected_attention.default,
+            (q, k, v, sel, m.block_size, float(m.scale), m.causal, m.count_duplicates, m.on_out_of_range, strategy,
+             *offset),
+        )
         o = graph.call_function(operator.getitem, (res, 0))
         lse = graph.call_function(operator.getitem, (res, 1))
         if m.empty_rows == "nan":

@@ -87,6 +87,11 @@ class Match:
     def __post_init__(self):
         self.Tq = self.Tq or self.T
 
+    @property
+    def q_holds_rows_only(self) -> bool:
+        """q (and the selection) hold just the output's Tq rows, fewer than the T keys."""
+        return self.Tq != self.T and self.rows_from is None
+
 
 # -- finding candidates -------------------------------------------------------------------------------
 
@@ -442,6 +447,16 @@ class Analysis:
         self.sel_shape = shape_of(self.selection)
         self.out_shape = shape_of(output)
         self.topk_len = _topk_len(self.selection)
+
+    # Output row t is the query at key position t + q_offset, read from q's (and the selection's)
+    # row t + q_shift: q holds the last Tq rows (shift 0), or all of them (shift rows_from).
+    @property
+    def q_shift(self) -> int:
+        return self.rows_from or 0
+
+    @property
+    def q_offset(self) -> int:
+        return self.T - self.Tq if self.rows_from is None else self.rows_from
 
     @property
     def trusted(self) -> bool:
@@ -916,11 +931,7 @@ class Analysis:
         for layouts, (B, T, H, G, Dv, n, Tq, shift) in self.layout_options:
             self.layouts = layouts
             self.B, self.T, self.H, self.G, self.Dv, self.n, self.Tq = B, T, H, G, Dv, n, Tq
-            # output row t is the query at key position t + q_offset, read from q's (and the
-            # selection's) row t + q_shift: q holds the last Tq rows (shift 0), or all of them
             self.rows_from = shift  # None: q holds the output's rows only
-            self.q_shift = shift or 0
-            self.q_offset = T - Tq if shift is None else shift
             try:
                 self.semantics()
                 break
