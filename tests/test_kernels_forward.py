@@ -274,6 +274,23 @@ def test_plans():
     assert choose_plan(1, 2, 4, 2, 128, 128, 16, 64, torch.bfloat16, True, "auto", CPU).strategy == "fsa"
 
 
+def test_remembered_plans_are_the_plans(monkeypatch):
+    # choose_plan remembers its answers; they must be what the choice computes, and a flip of the
+    # interpreter switch (which decides whether a CPU tensor has kernels) must not reuse one
+    from fsa_compile.lowering.plan import _plan
+    for T, G, strat in ((1, 4, "auto"), (700, 16, "auto"), (65536, 2, "fsa"), (4096, 8, "nsa")):
+        args = (1, T, 4, G, 128, 128, 16, 64, torch.bfloat16, True, strat, CPU)
+        assert choose_plan(*args) == choose_plan(*args) == _plan(*args)
+    args = (1, 64, 1, 2, 16, 16, 2, 16, torch.float32, True, "auto", CPU)
+    monkeypatch.setenv("FSA_COMPILE_INTERPRET", "1")
+    assert choose_plan(*args).strategy == "fsa"
+    monkeypatch.delenv("FSA_COMPILE_INTERPRET")
+    assert choose_plan(*args).strategy == "reference"
+    # overrides are applied, never remembered as the default
+    assert choose_plan(*args[:-1], torch.device("cuda"), fsa_tpp=2).fsa_tpp == 2
+    assert choose_plan(*args[:-1], torch.device("cuda")).fsa_tpp != 2
+
+
 def test_register_cap_where_measured():
     # head dims 65..128 with 64-row tiles: 128 registers (4 programs per SM) and 8 sub-tiles;
     # other head dims keep the compiler's choice; the interpreter gets no launch option
