@@ -27,6 +27,7 @@ def arguments(tq_default):
     ap.add_argument("--G", type=int, nargs="+", default=[4, 16])
     ap.add_argument("--H", type=int, default=4)
     ap.add_argument("--D", type=int, default=128)
+    ap.add_argument("--profile", action="store_true", help="decode_gpu.py: where a step's host time goes")
     return ap.parse_args()
 
 
