@@ -26,6 +26,7 @@ from op_host_cost import host_time  # noqa: E402
 from fsa_compile import op as op_mod  # noqa: E402
 from fsa_compile import reference  # noqa: E402
 from fsa_compile.lowering import forward as kernel_forward  # noqa: E402
+from fsa_compile.lowering.canonical import canonical_indices  # noqa: E402
 
 
 def profile(q, k, v, idx, bs, step):
@@ -39,15 +40,22 @@ def profile(q, k, v, idx, bs, step):
     pieces = [
         ("canonical_indices (assert)", lambda: reference.canonical_indices(
             idx, T, bs, count_duplicates=True, on_out_of_range="assert")),
+        ("canonical_indices (drop)", lambda: reference.canonical_indices(
+            idx, T, bs, count_duplicates=True, on_out_of_range="drop")),
+        ("one-launch canonical (assert)", lambda: canonical_indices(
+            idx, T, bs, count_duplicates=True, on_out_of_range="assert")),
+        ("one-launch canonical (drop)", lambda: canonical_indices(
+            idx, T, bs, count_duplicates=True, on_out_of_range="drop")),
         ("plan_for", lambda: op_mod.plan_for(q, k, v, cidx, bs, True, "auto")),
         ("lowering.forward", lambda: kernel_forward(q, k, v, cidx, bs, scale, True, plan, q_offset=qoff)),
         ("fsa::selected_attention", lambda: torch.ops.fsa.selected_attention(*args)),
+        ("its twin (no autograd layer)", lambda: torch.ops.fsa.selected_attention_compiled(*args)),
         ("compiled fsa step", step),
     ]
     print(f"  plan: {plan.describe()}; ms per call, host returned / with the GPU")
     for name, f in pieces:
         h, t = host_time(f, 200)
-        print(f"    {name:28s} {h:7.3f} {t:7.3f}", flush=True)
+        print(f"    {name:30s} {h:7.3f} {t:7.3f}", flush=True)
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -74,6 +82,9 @@ def main():
                                  ("inductor", torch.compile(decode_gather)),
                                  ("inductor reduce-overhead", torch.compile(decode_gather, mode="reduce-overhead")),
                                  ("fsa", torch.compile(decode_gather, backend="fsa")),
+                                 # the same without the post-grad pass: the ops, not their twins
+                                 ("fsa, ops not twins", torch.compile(
+                                     decode_gather, backend="fsa", options={"post_grad_custom_post_pass": None})),
                                  ("fsa reduce-overhead", torch.compile(decode_gather, backend="fsa",
                                                                        mode="reduce-overhead"))):
                     torch._dynamo.reset()

@@ -59,9 +59,10 @@ def rewrite_graph(gm: fx.GraphModule, strategy: str = "auto", topk: bool = True)
     return result
 
 
-def _op_schema_pass():
-    """A post-grad pass that does nothing but put our ops' schemas and the source of their
-    definitions into Inductor's cache keys.
+def _post_grad_pass():
+    """The backend's post-grad pass: our ops' twins without the Python autograd layer in place of
+    the ops (``compiled_ops``), and our ops' schemas and the source of their definitions in
+    Inductor's cache keys.
 
     Inductor's on-disk caches key a compiled graph on the graph, which names ops but not their
     schemas or fake implementations: a graph compiled against an older fsa_compile would call
@@ -72,20 +73,19 @@ def _op_schema_pass():
 
     from torch._inductor.custom_graph_pass import CustomGraphPass
 
-    from . import op, topk  # (registers the ops)
+    from . import compiled_ops, op, topk  # (registers the ops)
 
-    names = ("selected_attention", "selected_attention_backward", "row_topk")
-    text = "\n".join(str(getattr(torch.ops.fsa, name).default._schema) for name in names)
-    text += "".join(inspect.getsource(m) for m in (op, topk))
+    text = "\n".join(f"{o._schema}\n{t._schema}" for o, t in compiled_ops.TWINS.items())
+    text += "".join(inspect.getsource(m) for m in (compiled_ops, op, topk))
 
-    class _OpSchemas(CustomGraphPass):
+    class _OpTwins(CustomGraphPass):
         def __call__(self, graph):
-            return None
+            compiled_ops.swap_in_twins(graph)
 
         def uuid(self):
             return hashlib.sha256(text.encode()).hexdigest()
 
-    return _OpSchemas()
+    return _OpTwins()
 
 
 OWN_OPTIONS = ("inner", "strategy", "topk")
@@ -129,7 +129,7 @@ def fsa_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None,
         from torch._inductor import list_mode_options
 
         opts = {**list_mode_options(mode), **opts}
-    opts.setdefault("post_grad_custom_post_pass", _op_schema_pass())
+    opts.setdefault("post_grad_custom_post_pass", _post_grad_pass())
     return compile_fx(gm, example_inputs, config_patches=opts)
 
 

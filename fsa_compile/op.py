@@ -7,6 +7,7 @@ to ``fsa_compile.lowering`` (kernels) or to the reference (CPU without the inter
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -14,7 +15,9 @@ from torch import Tensor
 
 from . import reference
 from .checks import check_inputs, check_q_offset
+from .compiled_ops import register_twin
 from .lowering import backward as _kernel_backward
+from .lowering.canonical import canonical_indices
 from .lowering import choose_plan, kernels_available
 from .lowering import forward as _kernel_forward
 from .lowering.plan import STRATEGIES, resolve_strategy
@@ -51,7 +54,7 @@ def _offset(q: Tensor, k: Tensor, q_offset: Optional[int]) -> int:
 
 
 def _canonical(block_indices, T, block_size, count_duplicates, on_out_of_range):
-    return reference.canonical_indices(
+    return canonical_indices(
         block_indices, T, block_size, count_duplicates=count_duplicates, on_out_of_range=on_out_of_range
     )
 
@@ -60,12 +63,14 @@ def _own_precision(q: Tensor):
     """The op computes in the precision its inputs set (float32 accumulation), whatever autocast
     is on around the call: an enabled autocast would otherwise reach the reference's float32
     products and round them to bf16. Casting to autocast's dtype is the caller's decision (the
-    public wrapper and the rewrite make it, as eager code would)."""
+    public wrapper and the rewrite make it, as eager code would). Entering the context costs more
+    than the check (a decode step's host time counts), so it is entered only when needed."""
+    if not torch.is_autocast_enabled(q.device.type):
+        return contextlib.nullcontext()
     return torch.autocast(q.device.type, enabled=False)
 
 
-@torch.library.custom_op("fsa::selected_attention", mutates_args=())
-def _selected_attention(
+def _forward_body(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -103,8 +108,8 @@ def _selected_attention(
     return o, lse, index.offsets, index.entries
 
 
-@_selected_attention.register_fake
-def _(q, k, v, block_indices, block_size, scale, causal, count_duplicates, on_out_of_range, strategy, q_offset=None):
+def _forward_fake(q, k, v, block_indices, block_size, scale, causal, count_duplicates, on_out_of_range, strategy,
+                  q_offset=None):
     B, T, HQ, _ = q.shape
     o = q.new_empty(B, T, HQ, v.shape[-1])
     lse = q.new_empty(B, T, HQ, dtype=torch.float32)
@@ -112,8 +117,7 @@ def _(q, k, v, block_indices, block_size, scale, causal, count_duplicates, on_ou
     return o, lse, q.new_empty(off_shape, dtype=torch.int32), q.new_empty(ent_shape, dtype=torch.int32)
 
 
-@torch.library.custom_op("fsa::selected_attention_backward", mutates_args=())
-def _selected_attention_backward(
+def _backward_body(
     do: Tensor,
     dlse: Optional[Tensor],
     q: Tensor,
@@ -151,10 +155,19 @@ def _selected_attention_backward(
     return tuple(g.contiguous() for g in grads)
 
 
-@_selected_attention_backward.register_fake
-def _(do, dlse, q, k, v, o, lse, block_indices, block_size, scale, causal, count_duplicates, strategy, offsets, entries,
-      q_offset=None):
+def _backward_fake(do, dlse, q, k, v, o, lse, block_indices, block_size, scale, causal, count_duplicates, strategy,
+                   offsets, entries, q_offset=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+_selected_attention = torch.library.custom_op("fsa::selected_attention", _forward_body, mutates_args=())
+_selected_attention.register_fake(_forward_fake)
+_selected_attention_backward = torch.library.custom_op(
+    "fsa::selected_attention_backward", _backward_body, mutates_args=()
+)
+_selected_attention_backward.register_fake(_backward_fake)
+register_twin(_selected_attention, _forward_body, _forward_fake)
+register_twin(_selected_attention_backward, _backward_body, _backward_fake)
 
 
 def _setup_context(ctx, inputs, output):

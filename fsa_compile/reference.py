@@ -26,27 +26,9 @@ def num_blocks(seq_len: int, block_size: int) -> int:
     return (seq_len + block_size - 1) // block_size
 
 
-def canonical_indices(
-    block_indices: torch.Tensor,
-    seq_len: int,
-    block_size: int,
-    *,
-    count_duplicates: bool,
-    on_out_of_range: str,
-) -> torch.Tensor:
-    """Reduce user block indices to the canonical form every implementation consumes.
-
-    Returns int32 indices of the same shape where negative entries mean "nothing", every
-    non-negative entry is ``< ceil(T / bs)``, and (unless ``count_duplicates``) each block
-    appears at most once per row (later copies become -1).
-
-    ``on_out_of_range``: ``"raise"`` checks on the host and raises ``ValueError`` (what a direct
-    call wants); ``"assert"`` checks on the device without a host sync (what a rewrite of an
-    unclamped gather wants: eager would fail there too); ``"drop"`` turns such entries into
-    padding (what a clamped gather with a position mask computes).
-    """
+def check_out_of_range(idx: torch.Tensor, seq_len: int, block_size: int, on_out_of_range: str) -> None:
+    """The ``raise`` and ``assert`` policies of :func:`canonical_indices` (``drop`` checks nothing)."""
     nb = num_blocks(seq_len, block_size)
-    idx = block_indices
     if on_out_of_range == "raise":
         if idx.numel() and bool((idx >= nb).any()):
             where = [int(c) for c in (idx >= nb).nonzero()[0]]
@@ -68,6 +50,30 @@ def canonical_indices(
         raise ValueError(
             f"on_out_of_range must be one of {OUT_OF_RANGE_POLICIES}, got {on_out_of_range!r}"
         )
+
+
+def canonical_indices(
+    block_indices: torch.Tensor,
+    seq_len: int,
+    block_size: int,
+    *,
+    count_duplicates: bool,
+    on_out_of_range: str,
+) -> torch.Tensor:
+    """Reduce user block indices to the canonical form every implementation consumes.
+
+    Returns int32 indices of the same shape where negative entries mean "nothing", every
+    non-negative entry is ``< ceil(T / bs)``, and (unless ``count_duplicates``) each block
+    appears at most once per row (later copies become -1).
+
+    ``on_out_of_range``: ``"raise"`` checks on the host and raises ``ValueError`` (what a direct
+    call wants); ``"assert"`` checks on the device without a host sync (what a rewrite of an
+    unclamped gather wants: eager would fail there too); ``"drop"`` turns such entries into
+    padding (what a clamped gather with a position mask computes).
+    """
+    nb = num_blocks(seq_len, block_size)
+    idx = block_indices
+    check_out_of_range(idx, seq_len, block_size, on_out_of_range)
     # Compared in the indices' own dtype (an int64 entry >= 2**31 must not wrap into range), filled
     # after the cast (-1 does not exist in uint8). Few ops: each is a kernel launch on every call.
     bad = idx < 0

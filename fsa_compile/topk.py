@@ -11,18 +11,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .compiled_ops import register_twin
 from .lowering.row_topk import row_topk as _row_topk
 
 
-@torch.library.custom_op("fsa::row_topk", mutates_args=())
-def _op(x: Tensor, k: int, largest: bool) -> tuple[Tensor, Tensor]:
+def _body(x: Tensor, k: int, largest: bool) -> tuple[Tensor, Tensor]:
     return _row_topk(x, k, largest)
 
 
-@_op.register_fake
-def _(x, k, largest):
+def _fake(x, k, largest):
     shape = (*x.shape[:-1], k)
     return x.new_empty(shape), x.new_empty(shape, dtype=torch.int64)
+
+
+_op = torch.library.custom_op("fsa::row_topk", _body, mutates_args=())
+_op.register_fake(_fake)
+register_twin(_op, _body, _fake)
 
 
 def _setup(ctx, inputs, output):

@@ -116,6 +116,46 @@ def test_inductor_compiles_the_rewritten_graph():
     _compiled_matches_eager(11)
 
 
+def test_inductor_graphs_call_the_twins_without_the_autograd_layer():
+    """Inside Inductor's forward and backward graphs our ops are their twins (compiled_ops), whose
+    dispatch has no Python autograd layer; gradients still come out right, a twin computes what
+    its op computes, and with a post-grad pass of the user's the graphs keep the ops."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    from fsa_compile import compiled_ops
+
+    q, k, v, idx, bs = random_case(seed=21, grad=True)
+
+    def called(options):
+        torch._dynamo.reset()
+        f = torch.compile(selected_attention_gather, backend="fsa", options=options)
+
+        def step():
+            out = f(q, k, v, idx, bs)
+            return out, torch.autograd.grad(out.sum(), (q, k, v))
+
+        (out, grads), codes = run_and_get_code(step)
+        return out, grads, [sorted(set(re.findall(r"torch\.ops\.fsa\.(\w+)\.default", c))) for c in codes]
+
+    out, grads, ops = called({})
+    assert ops == [["selected_attention_compiled"], ["selected_attention_backward_compiled"]]
+    eager = selected_attention_gather(q, k, v, idx, bs)
+    assert (out - eager).abs().max() < 1e-5
+    for g, ge in zip(grads, torch.autograd.grad(eager.sum(), (q, k, v))):
+        assert (g - ge).abs().max() < 1e-4
+    _, _, ops = called({"post_grad_custom_post_pass": None})
+    assert ops == [["selected_attention"], ["selected_attention_backward"]]
+    assert set(compiled_ops.TWINS) == {torch.ops.fsa.selected_attention.default,
+                                       torch.ops.fsa.selected_attention_backward.default,
+                                       torch.ops.fsa.row_topk.default}
+    args = (q, k, v, idx, bs, bs ** -0.5, True, True, "drop", "auto")
+    with torch.no_grad():
+        assert torch.equal(torch.ops.fsa.selected_attention_compiled.default(*args)[0],
+                           torch.ops.fsa.selected_attention.default(*args)[0])
+
+
 def test_bad_backend_options():
     f = torch.compile(lambda x: x + 1, backend="fsa", options={"inner": "tvm"})
     with pytest.raises(Exception, match="inner"):
@@ -158,9 +198,9 @@ def test_compile_mode_reaches_inductor():
 
 
 def test_inductor_cache_keys_carry_our_op_schemas(monkeypatch):
-    """Inductor's on-disk caches key graphs on op names, not schemas: the backend adds a no-op
-    post-grad pass whose uuid is our ops' schemas, so a graph compiled against another version of
-    the ops is not reused; a pass the user set is kept."""
+    """Inductor's on-disk caches key graphs on op names, not schemas: the backend's post-grad
+    pass has our ops' schemas in its uuid, so a graph compiled against another version of the ops
+    is not reused; a pass the user set is kept."""
     import torch._inductor.compile_fx as cfx
 
     import fsa_compile.backend as backend
@@ -177,7 +217,7 @@ def test_inductor_cache_keys_carry_our_op_schemas(monkeypatch):
     torch.compile(selected_attention_gather, backend="fsa")(q, k, v, idx, bs)
     p = seen[-1]["post_grad_custom_post_pass"]
     schemas = str(torch.ops.fsa.selected_attention_backward.default._schema)
-    assert "Tensor offsets" in schemas and p.uuid() == backend._op_schema_pass().uuid()
+    assert "Tensor offsets" in schemas and p.uuid() == backend._post_grad_pass().uuid()
     assert len(p.uuid()) == 64
     mine = object()
     torch._dynamo.reset()

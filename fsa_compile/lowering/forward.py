@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
@@ -89,6 +90,13 @@ def _common(q, k, v, block_size):
                 UPCAST=interpret_mode() and q.dtype == torch.bfloat16)
 
 
+@functools.lru_cache(maxsize=None)
+def _bulk_copies(index) -> bool:
+    """Whether the GPU has Hopper's bulk copies (asked once per device: a decode step's host time
+    counts)."""
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
 def _tma_descriptors(k, v, block_size):
     """Tensor descriptors over k and v ``[B, T, H, D]`` with ``[1, BLOCK_N, 1, BLOCK_D]`` boxes
     (reads outside the tensor give zeros), or ``(None, None)`` where bulk copies cannot take the
@@ -101,7 +109,7 @@ def _tma_descriptors(k, v, block_size):
     for x in (k, v):
         if x.stride(-1) != 1 or x.data_ptr() % 16 or any((s * x.element_size()) % 16 for s in x.stride()[:-1]):
             return None, None
-    if k.device.type == "cuda" and torch.cuda.get_device_capability(k.device)[0] < 9:
+    if k.device.type == "cuda" and not _bulk_copies(k.device.index):
         return None, None
     if k.device.type == "cpu" and not interpret_mode():
         return None, None
