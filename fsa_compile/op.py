@@ -2,8 +2,9 @@
 
 The custom op is what rewrites insert into graphs; it has a fake implementation (so graphs can be
 traced with symbolic shapes) and an autograd formula whose backward is another custom op. Both
-reduce their arguments to canonical indices (``reference.canonical_indices``) and hand the work
-to ``fsa_compile.lowering`` (kernels) or to the reference (CPU without the interpreter).
+reduce their arguments to canonical indices (``reference.canonical_indices``, in one launch where
+the kernels run) and hand the work to ``fsa_compile.lowering`` (kernels) or to the reference (CPU
+without the interpreter). Inductor's graphs call the ops' twins (``compiled_ops``).
 """
 from __future__ import annotations
 
