@@ -22,13 +22,18 @@ def _fresh_dynamo():
 def rows_at(q, k, v, block_indices, block_size, first):
     """The gather form for q's rows at key positions ``first ..`` (q ``[B, T_q, HQ, D]``, k, v
     ``[B, T, H, D]``, block indices ``[B, T_q, H, n]``)."""
+    return _rows_at_positions(q, k, v, block_indices, block_size,
+                              torch.arange(first, first + q.shape[1], device=q.device))
+
+
+def _rows_at_positions(q, k, v, block_indices, block_size, positions):
     B, Tq, HQ, D = q.shape
     T, H = k.shape[1], k.shape[2]
     G = HQ // H
     dev = q.device
     tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size, device=dev)).flatten(-2)
     pad = (block_indices < 0).unsqueeze(-1).expand(*block_indices.shape, block_size).flatten(-2)
-    pos = torch.arange(first, first + Tq, device=dev).view(1, Tq, 1, 1)
+    pos = positions.to(dev).view(1, Tq, 1, 1)
     masked = pad | (tok > pos)
     safe = tok.clamp(0, T - 1)
     b_idx = torch.arange(B, device=dev).view(B, 1, 1, 1)
@@ -119,29 +124,93 @@ def test_a_growing_cache_compiles_once_more_and_then_not_again():
     assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
 
 
-def test_positions_off_by_one_are_a_near_miss():
-    args = _last_rows(3, "unique", 6)
+def decode_mask_sdpa_at(q, k, v, block_indices, block_size, first):
+    """``decode_mask_sdpa`` with q's rows at key positions ``first ..`` (rows of ``tril`` sliced
+    there)."""
+    B, HQ, Tq, D = q.shape
+    H, T = k.shape[1], k.shape[2]
+    nb = (T + block_size - 1) // block_size
+    idx = block_indices.masked_fill(block_indices < 0, nb)
+    blocks = torch.zeros(B, H, Tq, nb + 1, dtype=torch.bool, device=q.device).scatter_(-1, idx, True)[..., :nb]
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()[first:first + Tq]
+    allowed = (blocks.repeat_interleave(block_size, -1)[..., :T] & causal).repeat_interleave(HQ // H, 1)
+    G = HQ // H
+    return F.scaled_dot_product_attention(q, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), attn_mask=allowed)
 
-    def fn(q, k, v, idx, bs):
-        return decode_gather(q, k, v, idx, bs, shift=1)
 
-    rep = fsa_compile.explain(fn, *args, options=FAST)
-    assert rep.rewrites == [] and len(rep.misses) == 1, str(rep)
-    assert "at key position" in rep.misses[0].reason and "not the causal" in rep.misses[0].reason, str(rep)
-    torch.testing.assert_close(rep.output, fn(*args), equal_nan=True)
+def _rows_from(first, tq, kind="unique", seed=0, T=70):
+    q, k, v, idx, bs = make_inputs(Shape(2, T, 2, 2, 16, 8, 3), kind, seed)
+    return q[:, first:first + tq].contiguous(), k, v, idx[:, first:first + tq].contiguous(), bs
 
 
-def test_queries_as_the_first_rows_are_a_near_miss():
-    """q's rows read as positions 0..T_q-1 of a longer k: the op could do it (q_offset=0), but the
-    pass reads shorter queries as the last positions only, and says so rather than guess."""
-    q, k, v, idx, bs = make_inputs(Shape(1, 70, 2, 2, 16, 8, 3), "unique", 7)
-    q, idx = q[:, :6].contiguous(), idx[:, :6].contiguous()
+@pytest.mark.parametrize("first,tq", [(0, 6), (1, 5), (20, 3), (64, 5)])
+def test_queries_at_other_fixed_positions_are_rewritten_with_their_offset(first, tq):
+    """q's rows at key positions ``first ..`` of a longer k (the first rows, a chunk in the
+    middle, or one row before the last ones): read at those positions and given to the op as
+    ``q_offset``, equal to eager's output there."""
+    args = _rows_from(first, tq, "padding", seed=first)
 
     def fn(q, k, v, block_indices, block_size):
-        return decode_gather(q, k, v, block_indices, block_size, shift=k.shape[1] - q.shape[1])
+        return rows_at(q, k, v, block_indices, block_size, first)
+
+    rep = fsa_compile.explain(fn, *args, options=FAST)
+    assert len(rep.rewrites) == 1 and rep.misses == [], str(rep)
+    assert f"rows={first}..{first + tq - 1}" in str(rep.rewrites[0]), str(rep)
+    torch.testing.assert_close(rep.output, fn(*args), equal_nan=True, rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
+    assert_compiled_matches_eager(fn, *_rows_from(first, tq, "unique", 30 + first), backend_options=FAST,
+                                  expect_rewrites=1)
+
+
+def test_mask_sdpa_at_the_first_rows_is_rewritten_with_its_offset():
+    q, k, v, idx, bs = (x.transpose(1, 2).contiguous() if isinstance(x, torch.Tensor) else x
+                        for x in _rows_from(0, 4, "unique", 3))
+
+    def fn(q, k, v, block_indices, block_size):
+        return decode_mask_sdpa_at(q, k, v, block_indices, block_size, 0)
 
     rep = fsa_compile.explain(fn, q, k, v, idx, bs, options=FAST)
-    assert rep.rewrites == [] and len(rep.misses) == 1, str(rep)
+    assert len(rep.rewrites) == 1 and "rows=0..3" in str(rep.rewrites[0]), str(rep)
+    torch.testing.assert_close(rep.output, fn(q, k, v, idx, bs), rtol=1e-5, atol=1e-6)
+
+
+def test_a_static_cache_read_at_a_python_position_is_rewritten_per_position():
+    """A preallocated cache attended whole (unwritten slots hold garbage, masked by causality),
+    the query at position ``pos`` (a Python int): each position is checked and gets its offset;
+    after Dynamo makes ``pos`` dynamic the pass still reads it, and the match guards it, so a new
+    position recompiles rather than run another's offset."""
+    q, k, v, idx, bs = make_inputs(Shape(1, 64, 2, 2, 16, 8, 3), "unique", 12)
+    k, v = k.clone(), v.clone()
+
+    def step(q, k, v, block_indices, block_size, pos):
+        return rows_at(q, k, v, block_indices, block_size, pos)
+
+    f = torch.compile(step, backend="fsa", options=FAST)
+    for pos in (20, 33, 47):
+        args = (q[:, pos:pos + 1], k, v, idx[:, pos:pos + 1], bs, pos)
+        torch.testing.assert_close(f(*args), step(*args), rtol=1e-5, atol=1e-6)
+    rep = fsa_compile.explain(step, q[:, 40:41], k, v, idx[:, 40:41], bs, 40, options=FAST)
+    assert len(rep.rewrites) == 1 and "rows=40..40" in str(rep.rewrites[0]), str(rep)
+
+
+def test_positions_not_one_offset_are_near_misses():
+    """Rows every other position, and rows whose last position is past the last key: neither is
+    q at one fixed offset (and the op's q_offset is at most T - T_q), so both stay near misses."""
+    T, tq = 70, 5
+    q, k, v, idx, bs = _rows_from(10, tq, "unique", 6)
+
+    def strided(q, k, v, block_indices, block_size):
+        return _rows_at_positions(q, k, v, block_indices, block_size, torch.arange(10, 10 + 2 * tq, 2))
+
+    def past_the_end(q, k, v, block_indices, block_size):
+        return rows_at(q, k, v, block_indices, block_size, T - tq + 1)
+
+    for fn in (strided, past_the_end):
+        torch._dynamo.reset()
+        rep = fsa_compile.explain(fn, q, k, v, idx, bs, options=FAST)
+        assert rep.rewrites == [] and len(rep.misses) == 1, str(rep)
+        assert "not the causal" in rep.misses[0].reason, str(rep)
+        torch.testing.assert_close(rep.output, fn(q, k, v, idx, bs), equal_nan=True)
 
 
 def test_a_cache_written_in_place_then_attended_is_rewritten():

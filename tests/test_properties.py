@@ -276,17 +276,28 @@ def test_the_check_compiles_each_new_shape_past_dynamos_recompile_limit():
     assert all(hasattr(cfg, name) for name in saved)
 
 
-@settings(max_examples=examples(16), **SETTINGS)
-@given(form=st.sampled_from(["decode_gather", "decode_mask_sdpa", "chunked_queries"]), shape=shapes(T=(2, 40), G=(1, 4)),
-       rows=st.floats(0, 1), kind=st.sampled_from(["unique", "padding", "duplicates"]), seed=st.integers(0, 2**20))
-def test_fewer_query_rows_than_keys_match_eager(form, shape, rows, kind, seed):
-    """The last T_q rows over all T keys (a decode step; the mask form in [B, H, T, D]), or chunks
-    of a full-length q: every rewrite matches eager, forward and backward."""
-    from test_patterns_decode import chunked_queries, decode_gather, decode_mask_sdpa
+@settings(max_examples=examples(20), **SETTINGS)
+@given(form=st.sampled_from(["decode_gather", "decode_mask_sdpa", "chunked_queries", "rows_at", "mask_sdpa_at"]),
+       shape=shapes(T=(2, 40), G=(1, 4)), rows=st.floats(0, 1), start=st.floats(0, 1),
+       kind=st.sampled_from(["unique", "padding", "duplicates"]), seed=st.integers(0, 2**20))
+def test_fewer_query_rows_than_keys_match_eager(form, shape, rows, start, kind, seed):
+    """The last T_q rows over all T keys (a decode step; the mask form in [B, H, T, D]), chunks
+    of a full-length q, or T_q rows at a fixed offset of all T keys: every rewrite matches eager,
+    forward and backward."""
+    from test_patterns_decode import (chunked_queries, decode_gather, decode_mask_sdpa, decode_mask_sdpa_at,
+                                      rows_at)
 
     q, k, v, idx, bs = make_inputs(shape, kind, seed)
     tq = 1 + round(rows * (shape.T - 1))
-    if form == "chunked_queries":
+    first = round(start * (shape.T - tq))
+    if form == "rows_at":
+        fn = lambda q, k, v, i, b, f=first: rows_at(q, k, v, i, b, f)  # noqa: E731
+        args = (q[:, first:first + tq].contiguous(), k, v, idx[:, first:first + tq].contiguous(), bs)
+    elif form == "mask_sdpa_at":
+        fn = lambda q, k, v, i, b, f=first: decode_mask_sdpa_at(q, k, v, i, b, f)  # noqa: E731
+        args = tuple(x.transpose(1, 2).contiguous() for x in (q[:, first:first + tq], k, v, idx[:, first:first + tq]))
+        args += (bs,)
+    elif form == "chunked_queries":
         fn = lambda q, k, v, i, b, c=tq: chunked_queries(q, k, v, i, b, chunk=c)  # noqa: E731
         args = (q, k, v, idx, bs)
     elif form == "decode_gather":

@@ -58,7 +58,8 @@ class PassResult:
 def _describe(m) -> tuple[dict, dict]:
     shapes = {"B": m.B, "T": m.T, "H": m.H, "G": m.G, "D": m.D, "n": m.n, "block_size": m.block_size}
     if m.Tq != m.T:  # the output's rows: the last Tq key positions (after a KV cache), or a chunk
-        rows = {"T_q": m.Tq} if m.rows_from is None else {"T_q": m.Tq, "rows": f"{m.rows_from}..{m.rows_from + m.Tq - 1}"}
+        first = m.rows_from if m.rows_from is not None else m.q_first
+        rows = {"T_q": m.Tq} if first is None else {"T_q": m.Tq, "rows": f"{first}..{first + m.Tq - 1}"}
         shapes = {"B": m.B, **rows, "T": m.T, **{k: v for k, v in shapes.items() if k not in ("B", "T")}}
     options = {
         "scale": round(m.scale, 6), "causal": m.causal, "count_duplicates": m.count_duplicates,
@@ -165,7 +166,7 @@ def _same_at_another_length(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
     except Exception:
         return False
     keys = ("q", "k", "v", "selection", "layouts", "H", "G", "D", "n", "block_size", "scale", "causal",
-            "count_duplicates", "on_out_of_range", "rows_from")
+            "count_duplicates", "on_out_of_range", "rows_from", "q_first")
     rows_follow = m2.Tq == alt if m.Tq == m.T else m2.Tq == m.Tq  # q's rows: the keys' symbol or their own
     return m2.T == alt and rows_follow and all(getattr(m, a) == getattr(m2, a) for a in keys)
 

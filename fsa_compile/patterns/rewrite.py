@@ -34,6 +34,8 @@ def apply(graph: fx.Graph, m, strategy: str = "auto") -> fx.Node:
             # a chunk of queries: the output's rows of q and of the selection, at their positions
             q, sel = (graph.call_method("narrow", (x, 1, m.rows_from, m.Tq)) for x in (q, sel))
             offset = (m.rows_from,)
+        elif m.q_first is not None:
+            offset = (m.q_first,)  # q's rows at fixed positions other than the last ones
         res = graph.call_function(
             torch.ops.fsa.selected_attention.default,
             (q, k, v, sel, m.block_size, float(m.scale), m.causal, m.count_duplicates, m.on_out_of_range, strategy,

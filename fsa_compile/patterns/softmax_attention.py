@@ -51,6 +51,15 @@ class LayoutMiss(NearMiss):
     """The candidate output's dims could not be read as a layout (another candidate may fit)."""
 
 
+class KeysMiss(NearMiss):
+    """The keys a query attends to are not its selected blocks' (at the rows' assumed positions)."""
+
+
+# q holding fewer rows than the keys is read at the last positions, then at up to this many
+# other fixed positions from the graph's constants: each is a full check, paid only on a miss
+MAX_ROW_POSITIONS = 4
+
+
 @dataclass
 class Match:
     family: str
@@ -83,6 +92,8 @@ class Match:
     # output reads row t + rows_from)
     Tq: int = 0
     rows_from: int | None = None  # where the output's rows start in q's, when q holds all T rows
+    # the key position of the output's first row when q holds just those rows; None: the last Tq
+    q_first: int | None = None
 
     def __post_init__(self):
         self.Tq = self.Tq or self.T
@@ -456,7 +467,9 @@ class Analysis:
 
     @property
     def q_offset(self) -> int:
-        return self.T - self.Tq if self.rows_from is None else self.rows_from
+        if self.rows_from is not None:
+            return self.rows_from
+        return self.T - self.Tq if self.q_first is None else self.q_first
 
     @property
     def trusted(self) -> bool:
@@ -821,6 +834,39 @@ class Analysis:
             self._constants = tuple(_first_distinct(c, 13) for c in (index_ops, other))
         return self._constants
 
+    def _semantics_at_some_rows(self, T, Tq, shift, first) -> bool:
+        """The semantics with q's rows at the last Tq key positions, else (when the keys each
+        query attends to say the positions are other ones) at a few other fixed positions the
+        graph's constants name, each verified like the first. False and ``_miss`` set if none."""
+        self._miss = None
+        for at in self._row_positions(T, Tq, shift):
+            self.q_first = at
+            try:
+                self.semantics()
+                return True
+            except NearMiss as e:
+                self._miss = self._miss or e
+                if not isinstance(e, KeysMiss):
+                    break  # a miss that the rows' positions cannot explain
+        self.q_first = None
+        return False
+
+    def _row_positions(self, T, Tq, shift):
+        yield None  # the last Tq positions: a decode step, a chunk after a KV cache
+        if shift is not None or Tq == T:
+            return
+        # positions are made by `arange` or sliced out of a mask's rows: their numbers first
+        ranked, other = [], []
+        for node in self.gm.graph.nodes:
+            call = canon(node)
+            first = call is not None and call.name in ("arange", "getitem", "add", "sub")
+            for x in _flat_args(list(node.args) + list(node.kwargs.values())):
+                if isinstance(x, fx.Node) and isinstance(example_value(x), torch.SymInt):
+                    x = int(concrete(example_value(x)))  # (matcher._specialize guards what the match read)
+                if isinstance(x, int) and not isinstance(x, bool) and 0 <= x < T - Tq:
+                    (ranked if first else other).append(x)
+        yield from list(dict.fromkeys([0] + ranked + other))[:MAX_ROW_POSITIONS]
+
     def semantics(self):
         first = None
         sizes, tried = self._block_sizes(), []
@@ -844,7 +890,7 @@ class Analysis:
         if surv == "raises":
             raise NearMiss("the code fails (index out of range) on valid block indices")
         if not surv:
-            raise NearMiss(
+            raise KeysMiss(
                 "the keys each query attends to are not the causal (or full) keys of its selected blocks: "
                 + self.last_failure
             )
@@ -932,11 +978,9 @@ class Analysis:
             self.layouts = layouts
             self.B, self.T, self.H, self.G, self.Dv, self.n, self.Tq = B, T, H, G, Dv, n, Tq
             self.rows_from = shift  # None: q holds the output's rows only
-            try:
-                self.semantics()
+            if self._semantics_at_some_rows(T, Tq, shift, first):
                 break
-            except NearMiss as e:
-                first = first or e
+            first = first or self._miss
         else:
             raise first
         if self.anchor.kind == "sdpa":
@@ -948,8 +992,18 @@ class Analysis:
             self.B, self.T, self.H, self.G, self.D, self.n, self.block_size, self.scale, self.causal,
             self.count_duplicates, self.on_out_of_range, form,
             empty_rows="zero" if self.anchor.kind == "sdpa" else "nan", visited=frozenset(self.visited),
-            Tq=self.Tq, rows_from=self.rows_from,
+            Tq=self.Tq, rows_from=self.rows_from, q_first=self.q_first,
         )
+
+
+def _flat_args(args):
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            yield from _flat_args(a)
+        elif isinstance(a, slice):  # tril()[start:start + Tq]
+            yield from _flat_args((a.start, a.stop))
+        else:
+            yield a
 
 
 def _float_index_casts(output: fx.Node) -> list[fx.Node]:
