@@ -174,23 +174,59 @@ def test_mask_sdpa_at_the_first_rows_is_rewritten_with_its_offset():
     torch.testing.assert_close(rep.output, fn(q, k, v, idx, bs), rtol=1e-5, atol=1e-6)
 
 
-def test_a_static_cache_read_at_a_python_position_is_rewritten_per_position():
-    """A preallocated cache attended whole (unwritten slots hold garbage, masked by causality),
-    the query at position ``pos`` (a Python int): each position is checked and gets its offset;
-    after Dynamo makes ``pos`` dynamic the pass still reads it, and the match guards it, so a new
-    position recompiles rather than run another's offset."""
+def _static_step(q, k, v, block_indices, block_size, pos):
+    """A decode step over a preallocated cache attended whole: unwritten slots past ``pos`` are
+    masked by causality."""
+    return rows_at(q, k, v, block_indices, block_size, pos)
+
+
+def _compiles(f, q, k, v, idx, bs, positions, tq=1):
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    for pos in positions:
+        args = (q[:, pos:pos + tq], k, v, idx[:, pos:pos + tq], bs, pos)
+        torch.testing.assert_close(f(*args), _static_step(*args), rtol=1e-5, atol=1e-6, equal_nan=True)
+    return counters["stats"]["unique_graphs"]
+
+
+def test_a_static_cache_read_at_a_python_position_compiles_twice_and_then_not_again():
+    """The position a Python int: the first call is rewritten with its number; when Dynamo makes
+    ``pos`` symbolic, the pass checks the match again with ``pos`` at the far end of its range and
+    gives the op the input itself as q_offset, so later positions reuse that graph."""
     q, k, v, idx, bs = make_inputs(Shape(1, 64, 2, 2, 16, 8, 3), "unique", 12)
-    k, v = k.clone(), v.clone()
-
-    def step(q, k, v, block_indices, block_size, pos):
-        return rows_at(q, k, v, block_indices, block_size, pos)
-
-    f = torch.compile(step, backend="fsa", options=FAST)
-    for pos in (20, 33, 47):
-        args = (q[:, pos:pos + 1], k, v, idx[:, pos:pos + 1], bs, pos)
-        torch.testing.assert_close(f(*args), step(*args), rtol=1e-5, atol=1e-6)
-    rep = fsa_compile.explain(step, q[:, 40:41], k, v, idx[:, 40:41], bs, 40, options=FAST)
+    f = torch.compile(_static_step, backend="fsa", options=FAST)
+    assert _compiles(f, q, k, v, idx, bs, (20, 33, 47, 63, 0, 5)) == 2
+    torch._dynamo.reset()  # the second example at the last position: the same
+    assert _compiles(f, q, k, v, idx, bs, (20, 63, 47, 0)) == 2
+    torch._dynamo.reset()
+    rep = fsa_compile.explain(_static_step, q[:, 40:41], k, v, idx[:, 40:41], bs, 40, options=FAST)
     assert len(rep.rewrites) == 1 and "rows=40..40" in str(rep.rewrites[0]), str(rep)
+
+
+def test_a_symbolic_position_is_guarded_inside_the_keys():
+    """With 3 rows a position past T - 3 puts rows past the last key (where eager still computes
+    something and the op would refuse): the graph with the symbolic position guards against it, so
+    such a call recompiles and is left to the code as written."""
+    q, k, v, idx, bs = make_inputs(Shape(1, 40, 2, 2, 16, 8, 3), "unique", 13)
+    q, idx = torch.cat([q, q[:, :4]], 1), torch.cat([idx, idx[:, :4]], 1)  # rows up to position 43
+    f = torch.compile(_static_step, backend="fsa", options=FAST)
+    assert _compiles(f, q, k, v, idx, bs, (5, 20, 30, 37), tq=3) == 2
+    assert _compiles(f, q, k, v, idx, bs, (39,), tq=3) == 1  # rows 39..41 of 40 keys
+
+
+def test_an_offset_that_stops_following_the_position_is_guarded():
+    """``arange(pos, pos + 1).clamp(max=39)``: equal to ``pos`` at the example, not at the far
+    end, so the offset stays a number of the rewrite and the position is guarded (recompiles)."""
+    q, k, v, idx, bs = make_inputs(Shape(1, 64, 2, 2, 16, 8, 3), "unique", 14)
+
+    def clamped(q, k, v, block_indices, block_size, pos):
+        return _rows_at_positions(q, k, v, block_indices, block_size, torch.arange(pos, pos + 1).clamp(max=39))
+
+    f = torch.compile(clamped, backend="fsa", options=FAST)
+    for pos in (20, 33, 50, 60):
+        args = (q[:, pos:pos + 1], k, v, idx[:, pos:pos + 1], bs, pos)
+        torch.testing.assert_close(f(*args), clamped(*args), rtol=1e-5, atol=1e-6)
 
 
 def test_positions_not_one_offset_are_near_misses():
@@ -290,6 +326,43 @@ def test_decode_through_the_interpreted_kernels():
     assert len(rep.rewrites) == 1 and "reference" not in rep.rewrites[0].plan, str(rep)
     torch._dynamo.reset()
     assert_compiled_matches_eager(decode_gather, *_last_rows(3, "unique", 12), backend_options=FAST, expect_rewrites=1)
+
+
+def _static_cache_positions_through_the_kernels(q, k, v, idx, bs, positions, **tol):
+    """Compiled with Inductor: each position's output and gradients against eager's; the graph
+    with the symbolic position is reused (two graphs in all)."""
+    from torch._dynamo.utils import counters
+
+    f = torch.compile(_static_step, backend="fsa")
+    counters.clear()
+    for pos in positions:
+        rows = [x[:, pos:pos + 1].detach().clone().requires_grad_(x.requires_grad) for x in (q, idx)]
+        kk, vv = (x.detach().clone().requires_grad_() for x in (k, v))
+        qq = rows[0].detach().requires_grad_()
+        out = f(qq, kk, vv, rows[1], bs, pos)
+        out.float().square().sum().backward()
+        want_in = [x.detach().clone().requires_grad_() for x in (qq, kk, vv)]
+        want = _static_step(*want_in, rows[1], bs, pos)
+        want.float().square().sum().backward()
+        torch.testing.assert_close(out, want, **tol)
+        for got, exp in zip((qq, kk, vv), want_in):
+            torch.testing.assert_close(got.grad, exp.grad, **tol)
+    assert counters["stats"]["unique_graphs"] == 2
+
+
+@pytest.mark.interpret
+def test_a_static_cache_through_the_interpreted_kernels_and_inductor():
+    q, k, v, idx, bs = make_inputs(Shape(1, 48, 2, 2, 16, 8, 3), "unique", 24)
+    _static_cache_positions_through_the_kernels(q, k, v, idx, bs, (10, 29, 47, 3), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_a_static_cache_on_the_gpu_runs_the_kernels_and_matches_eager():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    q, k, v, idx, bs = (x.cuda() if isinstance(x, torch.Tensor) else x
+                        for x in make_inputs(Shape(1, 700, 2, 4, 64, 32, 4, torch.bfloat16), "unique", 25))
+    _static_cache_positions_through_the_kernels(q, k, v, idx, bs, (100, 333, 699, 0), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.gpu

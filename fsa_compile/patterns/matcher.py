@@ -171,6 +171,43 @@ def _same_at_another_length(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
     return m2.T == alt and rows_follow and all(getattr(m, a) == getattr(m2, a) for a in keys)
 
 
+def _offset_input(gm: fx.GraphModule, anchor, m, memo=None):
+    """q's rows at a fixed offset (``m.q_first``, or the last rows) that equals an int input Dynamo made symbolic
+    (a cache position): the placeholder and its symbol when the match holds again with that input
+    at both ends of its range, the offset following it; else None (the offset is then a number of
+    the rewrite, and ``_specialize`` guards the input)."""
+    first = m.q_first if m.q_first is not None else m.T - m.Tq if m.q_holds_rows_only else None
+    if first is None:
+        return None
+    sizes = set()
+    for role in ("q", "k", "v", "selection"):
+        ev = example_value(getattr(m, role))
+        if isinstance(ev, torch.Tensor):
+            for s in _symints(ev):
+                sizes |= s.node.expr.free_symbols
+    limit = m.T - m.Tq
+    for node in gm.graph.nodes:
+        ev = example_value(node)
+        if node.op != "placeholder" or not isinstance(ev, torch.SymInt) or concrete(ev) != first:
+            continue
+        expr = ev.node.shape_env.replace(ev.node.expr)
+        if not isinstance(expr, sympy.Symbol) or expr in sizes:
+            continue
+        keys = ("q", "k", "v", "selection", "layouts", "B", "T", "Tq", "H", "G", "D", "n", "block_size", "scale",
+                "causal", "count_duplicates", "on_out_of_range", "rows_from")
+        for alt in dict.fromkeys(p for p in (0, limit) if p != first):  # both ends: a clamp shows at one
+            try:
+                with substituted({expr: alt}):
+                    m2 = softmax_attention.analyze(gm, anchor, m.output, memo)
+            except Exception:
+                return None
+            at = m2.T - m2.Tq if m2.q_first is None else m2.q_first
+            if at != alt or any(getattr(m, a) != getattr(m2, a) for a in keys):
+                return None
+        return node, expr
+    return None
+
+
 def _updated_before_output(graph: fx.Graph, m) -> str | None:
     """The op runs where the attention output was and reads q, k, v and the selection there; an
     in-place update of one of them (or of memory it shares) between its node and the output
@@ -225,7 +262,7 @@ def _grad_mode_differs(graph: fx.Graph, m) -> str | None:
     return None
 
 
-def _specialize(gm: fx.GraphModule, m, keep_t: bool = True) -> None:
+def _specialize(gm: fx.GraphModule, m, keep_t: bool = True, offset=None) -> None:
     """Guard every symbolic size the match depends on, except the batch and the sequence length.
 
     The match was verified at the example sizes, and the rewrite bakes some numbers into the graph
@@ -246,6 +283,15 @@ def _specialize(gm: fx.GraphModule, m, keep_t: bool = True) -> None:
                 size = ev.shape[layout.index(dim_role)]
                 if isinstance(size, torch.SymInt):
                     free |= size.node.expr.free_symbols
+    if offset is not None:
+        # the position q's rows start at may change; the op needs it inside the keys
+        node, symbol = offset
+        pos = example_value(node)
+        free.add(symbol)
+        k_len = example_value(m.k).shape[m.layouts["k"][1].index("t")]
+        q_len = example_value(m.q).shape[m.layouts["q"][1].index("t")]
+        guard_bool(pos >= 0)
+        guard_bool(pos + q_len <= k_len)
     # the sizes the matched subgraph computes with (its ancestors), not every input of the graph
     seen, stack = set(), [m.output]
     while stack:
@@ -307,12 +353,16 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None, topk_plan_of=N
         keep_t = _same_at_another_length(gm, anchor, m, memo)
         if not keep_t and _t_symbol(m) is not None:
             log.info("fsa_compile: %s holds at T=%d but not at other lengths: T is fixed for this graph", output.name, m.T)
-        _specialize(gm, m, keep_t)
+        offset = _offset_input(gm, anchor, m, memo)
+        _specialize(gm, m, keep_t, offset)
         shapes, options = _describe(m)
+        if offset is not None:
+            name = offset[0].name  # the input's name in Dynamo's graph
+            shapes["rows"] = name if m.Tq == 1 else f"{name}..{name}+{m.Tq - 1}"
         pattern = f"{m.family} ({m.form} form)"
         rw = Rewrite(pattern, output.name, shapes, options, plan_of(m) if plan_of else "",
                      same_as)
-        rewrite.apply(gm.graph, m, strategy)
+        rewrite.apply(gm.graph, m, strategy, offset[0] if offset is not None else None)
         result.rewrites.append(rw)
         log.info("fsa_compile: rewrote %s", rw)
     for m in topk.find(gm.graph) if with_topk else ():

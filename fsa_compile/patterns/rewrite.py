@@ -14,8 +14,9 @@ from .points import OPAQUE
 from .. import op as _op  # noqa: F401
 
 
-def apply(graph: fx.Graph, m, strategy: str = "auto") -> fx.Node:
-    """Insert the op before ``m.output`` and route the output's users to it.
+def apply(graph: fx.Graph, m, strategy: str = "auto", q_offset: fx.Node | None = None) -> fx.Node:
+    """Insert the op before ``m.output`` and route the output's users to it. ``q_offset``: an
+    int input of the graph that q's rows' offset follows (else the match's number is used).
 
     A row with no visible key is NaN in the matched eager code (softmax over -inf), and
     ``o = 0, lse = -inf`` in the op, so the rewrite turns those rows back into NaN.
@@ -34,6 +35,8 @@ def apply(graph: fx.Graph, m, strategy: str = "auto") -> fx.Node:
             # a chunk of queries: the output's rows of q and of the selection, at their positions
             q, sel = (graph.call_method("narrow", (x, 1, m.rows_from, m.Tq)) for x in (q, sel))
             offset = (m.rows_from,)
+        elif q_offset is not None:
+            offset = (q_offset,)  # q's rows at the position an int input gives
         elif m.q_first is not None:
             offset = (m.q_first,)  # q's rows at fixed positions other than the last ones
         res = graph.call_function(
