@@ -190,11 +190,14 @@ def _compiles(f, q, k, v, idx, bs, positions, tq=1):
     return counters["stats"]["unique_graphs"]
 
 
-def test_a_static_cache_read_at_a_python_position_compiles_twice_and_then_not_again():
+@pytest.mark.parametrize("bs,n", [(8, 3), (16, 4)])
+def test_a_static_cache_read_at_a_python_position_compiles_twice_and_then_not_again(bs, n):
     """The position a Python int: the first call is rewritten with its number; when Dynamo makes
-    ``pos`` symbolic, the pass checks the match again with ``pos`` at the far end of its range and
-    gives the op the input itself as q_offset, so later positions reuse that graph."""
-    q, k, v, idx, bs = make_inputs(Shape(1, 64, 2, 2, 16, 8, 3), "unique", 12)
+    ``pos`` symbolic, the pass checks the match again with ``pos`` at both ends of its range (at 0
+    a row sees one key whatever the block size: the match's is kept) and gives the op the input
+    itself as q_offset, so later positions reuse that graph. ``n * bs == T`` (16, 4) is also
+    read as a dense mask over all keys, whose block size only the graph's constants name."""
+    q, k, v, idx, bs = make_inputs(Shape(1, 64, 2, 2, 16, bs, n), "unique", 12)
     f = torch.compile(_static_step, backend="fsa", options=FAST)
     assert _compiles(f, q, k, v, idx, bs, (20, 33, 47, 63, 0, 5)) == 2
     torch._dynamo.reset()  # the second example at the last position: the same

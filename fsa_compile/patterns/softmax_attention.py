@@ -21,6 +21,7 @@ Every failed check is a near miss with a reason a user can act on.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -53,6 +54,21 @@ class LayoutMiss(NearMiss):
 
 class KeysMiss(NearMiss):
     """The keys a query attends to are not its selected blocks' (at the rows' assumed positions)."""
+
+
+# the block size a re-check takes as read (see :func:`block_size_known`)
+_KNOWN_BLOCK_SIZE: list = []
+
+
+@contextlib.contextmanager
+def block_size_known(block_size: int):
+    """Analyses inside take ``block_size`` as the only one to try: a match checked again where
+    its rows cannot tell block sizes apart (a query at position 0 sees one key whatever they are)."""
+    _KNOWN_BLOCK_SIZE.append(block_size)
+    try:
+        yield
+    finally:
+        _KNOWN_BLOCK_SIZE.pop()
 
 
 # q holding fewer rows than the keys is read at the last positions, then at up to this many
@@ -799,6 +815,8 @@ class Analysis:
         return survivors
 
     def _block_sizes(self):
+        if _KNOWN_BLOCK_SIZE:
+            return [_KNOWN_BLOCK_SIZE[-1]]
         return self.block_sizes_for(self.S, self.n, self.T)
 
     def block_sizes_for(self, S, n, T):
