@@ -1,0 +1,66 @@
+"""A decode loop over a preallocated (static) cache attended whole, the query at a Python-int
+position ``pos`` (``tests/test_patterns_decode.py``'s ``_static_step``: slots past ``pos`` are
+masked by causality). For eager, Inductor and ``backend="fsa"``: how many graphs a loop over
+``--steps`` positions compiled, the largest difference to eager over the loop, and ms per step
+(``triton.testing.do_bench`` median) at three positions once compiled.
+
+    python benchmarks/static_cache_gpu.py --Tk 65536 --Tq 1 --G 4 16
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import triton
+from torch._dynamo.utils import counters
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from test_patterns_decode import _static_step  # noqa: E402
+
+from offset_gpu import BS, DEV, arguments, sequence  # noqa: E402  (this script's folder)
+
+
+def main():
+    a = arguments([1])
+    rows = []
+    steps = 24
+    for G in a.G:
+        gen, k, v, sel = sequence(a, G, grad=False)
+        for tq in a.Tq:
+            q_all = torch.randn(1, a.Tk, a.H * G, a.D, device=DEV, generator=gen).bfloat16()
+            positions = [int(p) for p in torch.linspace(a.Tk // 8, a.Tk - tq, steps)]
+
+            def args_at(pos):
+                return (q_all[:, pos:pos + tq], k, v, sel[:, pos:pos + tq].contiguous(), BS, pos)
+
+            for name, fn in (("eager", _static_step),
+                             ("inductor", torch.compile(_static_step)),
+                             ("fsa", torch.compile(_static_step, backend="fsa"))):
+                torch._dynamo.reset()
+                counters.clear()
+                worst = 0.0
+                with torch.no_grad():
+                    for pos in positions:
+                        args = args_at(pos)
+                        want = _static_step(*args).float()
+                        got = fn(*args).float()
+                        worst = max(worst, float((got - want).norm() / want.norm()))
+                graphs = counters["stats"]["unique_graphs"]
+                times = []
+                for pos in (positions[0], positions[steps // 2], positions[-1]):
+                    args = args_at(pos)
+                    with torch.no_grad():
+                        times.append(triton.testing.do_bench(lambda: fn(*args)))
+                rows.append((G, tq, name, graphs, worst, times))
+                print(f"G={G} T_q={tq} {name}: {graphs} graphs over {steps} positions, rel diff {worst:.1e}, "
+                      + ", ".join(f"{t:.3f}" for t in times) + " ms", flush=True)
+    print(f"\nT_k = {a.Tk}, H = {a.H}, D = {a.D}, bs = {BS}, bf16; ms per step at three positions\n")
+    print("| G | T_q | run | graphs compiled | rel diff to eager | ms per step |")
+    print("|---|---|---|---|---|---|")
+    for G, tq, name, graphs, worst, times in rows:
+        print(f"| {G} | {tq} | {name} | {graphs} | {worst:.1e} | " + " / ".join(f"{t:.3f}" for t in times) + " |")
+
+
+if __name__ == "__main__":
+    main()
