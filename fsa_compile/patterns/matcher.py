@@ -196,9 +196,9 @@ def _offset_input(gm: fx.GraphModule, anchor, m, memo=None):
         keys = ("q", "k", "v", "selection", "layouts", "B", "T", "Tq", "H", "G", "D", "n", "block_size", "scale",
                 "causal", "count_duplicates", "on_out_of_range", "rows_from")
         for alt in dict.fromkeys(p for p in (0, limit) if p != first):  # both ends: a clamp shows at one
-            try:  # (no memo: a verdict on one given block size is not one to reuse)
+            try:  # (identical layers reuse the first one's verdict here as well)
                 with substituted({expr: alt}), softmax_attention.block_size_known(m.block_size):
-                    m2 = softmax_attention.analyze(gm, anchor, m.output)
+                    m2 = softmax_attention.analyze(gm, anchor, m.output, memo)
             except Exception:
                 return None
             at = m2.T - m2.Tq if m2.q_first is None else m2.q_first

@@ -815,14 +815,15 @@ class Analysis:
         return survivors
 
     def _block_sizes(self):
-        if _KNOWN_BLOCK_SIZE:
-            return [_KNOWN_BLOCK_SIZE[-1]]
         return self.block_sizes_for(self.S, self.n, self.T)
 
     def block_sizes_for(self, S, n, T):
         """Block sizes to try: ``S / n`` (the gather form's row holds n blocks), then the integer
         constants of the graph (a dense mask's row holds all T keys; its block size is one of the
-        constants its construction uses); each is verified, none is assumed."""
+        constants its construction uses); each is verified, none is assumed. Inside
+        :func:`block_size_known`, only that one (so that the memo reuses such verdicts only there)."""
+        if _KNOWN_BLOCK_SIZE:
+            return [_KNOWN_BLOCK_SIZE[-1]]
         out = []
         if S % n == 0 and S != T:
             out.append(S // n)
