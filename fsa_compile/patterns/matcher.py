@@ -172,10 +172,10 @@ def _same_at_another_length(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
 
 
 def _offset_input(gm: fx.GraphModule, anchor, m, memo=None):
-    """q's rows at a fixed offset (``m.q_first``, or the last rows) that equals an int input Dynamo made symbolic
-    (a cache position): the placeholder and its symbol when the match holds again with that input
-    at both ends of its range, the offset following it; else None (the offset is then a number of
-    the rewrite, and ``_specialize`` guards the input)."""
+    """q's rows at a fixed offset (``m.q_first``, or the last rows) equal to an int input that
+    Dynamo made symbolic (a cache position): the placeholder and its symbol when the match holds
+    again with that input at both ends of its range, the offset following it; else None (the
+    offset is then a number of the rewrite, and ``_specialize`` guards the input)."""
     first = m.q_first if m.q_first is not None else m.T - m.Tq if m.q_holds_rows_only else None
     if first is None:
         return None

@@ -458,6 +458,7 @@ class Analysis:
         self.gm, self.anchor, self.softmax, self.output = gm, anchor, anchor.node, output
         self.leaves = frozenset(leaves)  # nodes read as tensors even where the evaluator could see through them
         self.seed, self.memo = seed, memo
+        self.q_first = None  # q's rows' offset when not the last rows (see _semantics_at_some_rows)
         self.entered: set = set()  # every node an evaluator entered: what the result depends on
         self.block_size_reads: list = []  # ((S, n, T), block sizes tried, whether that was all of them)
         self.swapped = False  # the score product has the keys on the left
@@ -853,7 +854,7 @@ class Analysis:
             self._constants = tuple(_first_distinct(c, 13) for c in (index_ops, other))
         return self._constants
 
-    def _semantics_at_some_rows(self, T, Tq, shift, first) -> bool:
+    def _semantics_at_some_rows(self, T, Tq, shift) -> bool:
         """The semantics with q's rows at the last Tq key positions, else (when the keys each
         query attends to say the positions are other ones) at a few other fixed positions the
         graph's constants name, each verified like the first. False and ``_miss`` set if none."""
@@ -874,17 +875,37 @@ class Analysis:
         yield None  # the last Tq positions: a decode step, a chunk after a KV cache
         if shift is not None or Tq == T:
             return
-        # positions are made by `arange` or sliced out of a mask's rows: their numbers first
-        ranked, other = [], []
-        for node in self.gm.graph.nodes:
+        # numbers of the attention's own subgraph, positions' likely makers first: the start of an
+        # `arange(start, stop)`, of a slice (a mask's rows), an operand of index arithmetic
+        found, seen, stack = [], set(), [self.output]
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
             call = canon(node)
-            first = call is not None and call.name in ("arange", "getitem", "add", "sub")
-            for x in _flat_args(list(node.args) + list(node.kwargs.values())):
-                if isinstance(x, fx.Node) and isinstance(example_value(x), torch.SymInt):
+            name = call.name if call is not None else ""
+            args = list(node.args) + list(node.kwargs.values())
+            ranked = []
+            if name == "arange" and len(node.args) >= 2:
+                ranked.append((0, node.args[0]))
+            for a in args:
+                if isinstance(a, slice):
+                    ranked.append((1, a.start))
+                elif isinstance(a, (list, tuple)):
+                    ranked.extend((1, x.start) for x in a if isinstance(x, slice))
+            ranked.extend((2 if name in ("add", "sub") else 3, x) for x in _flat_args(args))
+            for r, x in ranked:
+                if isinstance(x, fx.Node):
+                    stack.append(x)
+                    if not isinstance(example_value(x), torch.SymInt):
+                        continue
                     x = int(concrete(example_value(x)))  # (matcher._specialize guards what the match read)
                 if isinstance(x, int) and not isinstance(x, bool) and 0 <= x < T - Tq:
-                    (ranked if first else other).append(x)
-        yield from list(dict.fromkeys([0] + ranked + other))[:MAX_ROW_POSITIONS]
+                    found.append((r, x))
+            stack.extend(mutations(node))
+        ordered = [x for _, x in sorted(found, key=lambda f: f[0])]
+        yield from list(dict.fromkeys([0] + ordered))[:MAX_ROW_POSITIONS]
 
     def semantics(self):
         first = None
@@ -997,7 +1018,7 @@ class Analysis:
             self.layouts = layouts
             self.B, self.T, self.H, self.G, self.Dv, self.n, self.Tq = B, T, H, G, Dv, n, Tq
             self.rows_from = shift  # None: q holds the output's rows only
-            if self._semantics_at_some_rows(T, Tq, shift, first):
+            if self._semantics_at_some_rows(T, Tq, shift):
                 break
             first = first or self._miss
         else:
