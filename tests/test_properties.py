@@ -310,3 +310,26 @@ def test_fewer_query_rows_than_keys_match_eager(form, shape, rows, start, kind, 
         assert_compiled_matches_eager(fn, *args, backend_options=FAST, grad=True)
     expect = math.ceil(shape.T / tq) if form == "chunked_queries" else 1
     assert sum(len(r.rewrites) for r in c.results) == expect, "; ".join(str(m) for r in c.results for m in r.misses)
+
+
+@settings(max_examples=examples(6), **SETTINGS)
+@given(shape=shapes(T=(8, 48), G=(1, 3)), data=st.data(), seed=st.integers(0, 2**20))
+def test_a_static_cache_at_random_positions_matches_eager_in_two_graphs(shape, data, seed):
+    """One compiled decode step over a whole static cache, called at random Python-int positions:
+    equal to eager at each, at most two graphs (the first position's, then the symbolic one), each
+    rewritten."""
+    from torch._dynamo.utils import counters
+
+    from test_patterns_decode import _static_step
+
+    q, k, v, idx, bs = make_inputs(shape, "padding", seed)
+    positions = data.draw(st.lists(st.integers(0, shape.T - 1), min_size=2, max_size=5), label="positions")
+    torch._dynamo.reset()
+    counters.clear()
+    f = torch.compile(_static_step, backend="fsa", options=FAST)
+    with RewriteCounter() as c:
+        for pos in positions:
+            args = (q[:, pos:pos + 1], k, v, idx[:, pos:pos + 1], bs, pos)
+            torch.testing.assert_close(f(*args), _static_step(*args), rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert counters["stats"]["unique_graphs"] <= 2
+    _check_rewrites(c)  # every graph compiled was rewritten
