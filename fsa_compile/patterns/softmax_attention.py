@@ -877,12 +877,13 @@ class Analysis:
             return
         # numbers of the attention's own subgraph, positions' likely makers first: the start of an
         # `arange(start, stop)`, of a slice (a mask's rows), an operand of index arithmetic
-        found, seen, stack = [], set(), [self.output]
-        while stack:
-            node = stack.pop()
-            if node in seen:
-                continue
-            seen.add(node)
+        found = []
+
+        def reads(node):  # (what a slice holds as well, and in-place updates)
+            return [x for x in _flat_args(list(node.args) + list(node.kwargs.values())) if isinstance(x, fx.Node)] \
+                + list(mutations(node))
+
+        for node in _walk(self.output, reads):
             call = canon(node)
             name = call.name if call is not None else ""
             args = list(node.args) + list(node.kwargs.values())
@@ -897,13 +898,11 @@ class Analysis:
             ranked.extend((2 if name in ("add", "sub") else 3, x) for x in _flat_args(args))
             for r, x in ranked:
                 if isinstance(x, fx.Node):
-                    stack.append(x)
                     if not isinstance(example_value(x), torch.SymInt):
                         continue
                     x = int(concrete(example_value(x)))  # (matcher._specialize guards what the match read)
                 if isinstance(x, int) and not isinstance(x, bool) and 0 <= x < T - Tq:
                     found.append((r, x))
-            stack.extend(mutations(node))
         ordered = [x for _, x in sorted(found, key=lambda f: f[0])]
         yield from list(dict.fromkeys([0] + ordered))[:MAX_ROW_POSITIONS]
 
@@ -1046,20 +1045,27 @@ def _flat_args(args):
             yield a
 
 
-def _float_index_casts(output: fx.Node) -> list[fx.Node]:
-    """Casts from floating point to an integer dtype among the ancestors of ``output``."""
-    seen, stack, found = set(), [output], []
+def _walk(root: fx.Node, reads):
+    """``root`` and every node it reads, transitively (``reads(node)``: the nodes ``node`` reads)."""
+    seen, stack = set(), [root]
     while stack:
         n = stack.pop()
         if n in seen:
             continue
         seen.add(n)
+        yield n
+        stack.extend(reads(n))
+
+
+def _float_index_casts(output: fx.Node) -> list[fx.Node]:
+    """Casts from floating point to an integer dtype among the ancestors of ``output``."""
+    found = []
+    for n in _walk(output, _inputs):
         call = canon(n)
         if call is not None and call.name == "cast" and isinstance(n.args[0], fx.Node):
             dt, src = dtype_of(n), dtype_of(n.args[0])
             if dt is not None and src is not None and src.is_floating_point and not dt.is_floating_point and dt != torch.bool:
                 found.append(n)
-        stack.extend(_inputs(n))
     return found
 
 
