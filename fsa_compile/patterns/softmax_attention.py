@@ -858,7 +858,7 @@ class Analysis:
         """The semantics with q's rows at the last Tq key positions, else (when the keys each
         query attends to say the positions are other ones) at a few other fixed positions the
         graph's constants name, each verified like the first. False and ``_miss`` set if none."""
-        self._miss = None
+        self._miss, tried = None, []
         for at in self._row_positions(T, Tq, shift):
             self.q_first = at
             try:
@@ -868,7 +868,12 @@ class Analysis:
                 self._miss = self._miss or e
                 if not isinstance(e, KeysMiss):
                     break  # a miss that the rows' positions cannot explain
+                if at is not None:
+                    tried.append(at)
         self.q_first = None
+        if tried and isinstance(self._miss, KeysMiss):
+            self._miss = KeysMiss(f"{self._miss}; with q's rows starting at key position "
+                                  f"{', '.join(map(str, tried))} instead (numbers in the graph) it does not fit either")
         return False
 
     def _row_positions(self, T, Tq, shift):
