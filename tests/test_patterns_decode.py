@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import fsa_compile
-from fsa_compile.testing import Shape, assert_compiled_matches_eager, make_inputs
+from fsa_compile.testing import RewriteCounter, Shape, assert_compiled_matches_eager, make_inputs
 
 FAST = {"inner": "aot_eager"}
 NEG_INF = float("-inf")
@@ -220,16 +220,26 @@ def test_a_symbolic_position_is_guarded_inside_the_keys():
 
 def test_an_offset_that_stops_following_the_position_is_guarded():
     """``arange(pos, pos + 1).clamp(max=39)``: equal to ``pos`` at the example, not at the far
-    end, so the offset stays a number of the rewrite and the position is guarded (recompiles)."""
+    end, so the offset stays a number of the rewrite and the position is guarded (recompiles);
+    every output equals eager's."""
     q, k, v, idx, bs = make_inputs(Shape(1, 64, 2, 2, 16, 8, 3), "unique", 14)
 
     def clamped(q, k, v, block_indices, block_size, pos):
         return _rows_at_positions(q, k, v, block_indices, block_size, torch.arange(pos, pos + 1).clamp(max=39))
 
+    from torch._dynamo.utils import counters
+
     f = torch.compile(clamped, backend="fsa", options=FAST)
-    for pos in (20, 33, 50, 60):
-        args = (q[:, pos:pos + 1], k, v, idx[:, pos:pos + 1], bs, pos)
-        torch.testing.assert_close(f(*args), clamped(*args), rtol=1e-5, atol=1e-6)
+    counters.clear()
+    with RewriteCounter() as c:
+        for pos in (20, 33, 50, 60):
+            args = (q[:, pos:pos + 1], k, v, idx[:, pos:pos + 1], bs, pos)
+            torch.testing.assert_close(f(*args), clamped(*args), rtol=1e-5, atol=1e-6)
+    # 20: a number; 33 (pos now symbolic): a number again, pos guarded; 50: clamped to 39, which
+    # none of the offsets tried names, a near miss (unguarded, so 60 runs that graph too)
+    assert counters["stats"]["unique_graphs"] == 3
+    assert [r.shapes.get("rows") for r in c.rewrites] == ["20..20", "33..33"], [str(r) for r in c.rewrites]
+    assert len(c.misses) == 1
 
 
 def test_positions_not_one_offset_are_near_misses():
@@ -338,19 +348,20 @@ def _static_cache_positions_through_the_kernels(q, k, v, idx, bs, positions, **t
 
     f = torch.compile(_static_step, backend="fsa")
     counters.clear()
-    for pos in positions:
-        rows = [x[:, pos:pos + 1].detach().clone().requires_grad_(x.requires_grad) for x in (q, idx)]
-        kk, vv = (x.detach().clone().requires_grad_() for x in (k, v))
-        qq = rows[0].detach().requires_grad_()
-        out = f(qq, kk, vv, rows[1], bs, pos)
-        out.float().square().sum().backward()
-        want_in = [x.detach().clone().requires_grad_() for x in (qq, kk, vv)]
-        want = _static_step(*want_in, rows[1], bs, pos)
-        want.float().square().sum().backward()
-        torch.testing.assert_close(out, want, **tol)
-        for got, exp in zip((qq, kk, vv), want_in):
-            torch.testing.assert_close(got.grad, exp.grad, **tol)
+    with RewriteCounter() as c:
+        for pos in positions:
+            got_in = [x.detach()[:, pos:pos + 1].clone().requires_grad_() if x is q else x.detach().clone().requires_grad_()
+                      for x in (q, k, v)]
+            want_in = [x.detach().clone().requires_grad_() for x in got_in]
+            out = f(*got_in, idx[:, pos:pos + 1], bs, pos)
+            want = _static_step(*want_in, idx[:, pos:pos + 1], bs, pos)
+            out.float().square().sum().backward()
+            want.float().square().sum().backward()
+            torch.testing.assert_close(out, want, **tol)
+            for got, exp in zip(got_in, want_in):
+                torch.testing.assert_close(got.grad, exp.grad, **tol)
     assert counters["stats"]["unique_graphs"] == 2
+    assert len(c.rewrites) == 2 and all("reference" not in r.plan for r in c.rewrites), [str(r) for r in c.rewrites]
 
 
 @pytest.mark.interpret
