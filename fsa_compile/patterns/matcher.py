@@ -13,7 +13,7 @@ from torch.fx.experimental.symbolic_shapes import guard_bool, guard_int
 
 from . import rewrite, softmax_attention, topk
 from .memo import SHARED
-from .ops import concrete, dtype_of, example_value, substituted
+from .ops import concrete, dtype_of, example_value, flat_args, substituted
 from .points import Aliases, is_write, mutations, remove_dead_code, write_target
 
 log = logging.getLogger("fsa_compile")
@@ -55,11 +55,15 @@ class PassResult:
     seconds: float = 0.0  # how long the pass took
 
 
-def _describe(m) -> tuple[dict, dict]:
+def _describe(m, offset=None) -> tuple[dict, dict]:
+    """``offset``: the int input q's rows start at, where the rewrite passes one (``_offset_input``)."""
     shapes = {"B": m.B, "T": m.T, "H": m.H, "G": m.G, "D": m.D, "n": m.n, "block_size": m.block_size}
     if m.Tq != m.T:  # the output's rows: the last Tq key positions (after a KV cache), or a chunk
         first = m.rows_from if m.rows_from is not None else m.q_first
         rows = {"T_q": m.Tq} if first is None else {"T_q": m.Tq, "rows": f"{first}..{first + m.Tq - 1}"}
+        if offset is not None:
+            name = offset.name  # the input's name in Dynamo's graph
+            rows["rows"] = name if m.Tq == 1 else f"{name}..{name}+{m.Tq - 1}"
         shapes = {"B": m.B, **rows, "T": m.T, **{k: v for k, v in shapes.items() if k not in ("B", "T")}}
     options = {
         "scale": round(m.scale, 6), "causal": m.causal, "count_duplicates": m.count_duplicates,
@@ -114,19 +118,10 @@ LONGEST_RECHECK = 1 << 16
 def _constants(nodes, t_symbol) -> list:
     """Magnitudes of the numbers ``nodes`` compute with: int and finite float arguments, and the
     values of scalar inputs (a window passed as an argument) other than those made from T."""
-    def flat(x):
-        if isinstance(x, (list, tuple)):
-            for y in x:
-                yield from flat(y)
-        elif isinstance(x, slice):  # x[..., :4096]
-            yield from flat((x.start, x.stop, x.step))
-        else:
-            yield x
-
     out = []
     for n in nodes:
         for x in list(n.args) + list(n.kwargs.values()):
-            for a in flat(x):
+            for a in flat_args(x):
                 if isinstance(a, fx.Node):
                     ev = example_value(a)
                     if isinstance(ev, (torch.SymInt, torch.SymFloat)):
@@ -141,6 +136,12 @@ def _constants(nodes, t_symbol) -> list:
                     continue
                 out.append(math.ceil(abs(a)))
     return out
+
+
+# what a match checked again at another value of a symbol must read as the first one did (besides
+# what that value moves: T, or q's offset)
+_READING = ("q", "k", "v", "selection", "layouts", "H", "G", "D", "n", "block_size", "scale", "causal",
+            "count_duplicates", "on_out_of_range", "rows_from")
 
 
 def _same_at_another_length(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
@@ -165,10 +166,8 @@ def _same_at_another_length(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
             m2 = softmax_attention.analyze(gm, anchor, m.output, memo)
     except Exception:
         return False
-    keys = ("q", "k", "v", "selection", "layouts", "H", "G", "D", "n", "block_size", "scale", "causal",
-            "count_duplicates", "on_out_of_range", "rows_from", "q_first")
     rows_follow = m2.Tq == alt if m.Tq == m.T else m2.Tq == m.Tq  # q's rows: the keys' symbol or their own
-    return m2.T == alt and rows_follow and all(getattr(m, a) == getattr(m2, a) for a in keys)
+    return m2.T == alt and rows_follow and all(getattr(m, a) == getattr(m2, a) for a in _READING + ("q_first",))
 
 
 def _offset_input(gm: fx.GraphModule, anchor, m, memo=None):
@@ -193,8 +192,6 @@ def _offset_input(gm: fx.GraphModule, anchor, m, memo=None):
         expr = ev.node.shape_env.replace(ev.node.expr)
         if not isinstance(expr, sympy.Symbol) or expr in sizes:
             continue
-        keys = ("q", "k", "v", "selection", "layouts", "B", "T", "Tq", "H", "G", "D", "n", "block_size", "scale",
-                "causal", "count_duplicates", "on_out_of_range", "rows_from")
         for alt in dict.fromkeys(p for p in (0, limit) if p != first):  # both ends: a clamp shows at one
             try:  # (identical layers reuse the first one's verdict here as well)
                 with substituted({expr: alt}), softmax_attention.block_size_known(m.block_size):
@@ -202,7 +199,7 @@ def _offset_input(gm: fx.GraphModule, anchor, m, memo=None):
             except Exception:
                 return None
             at = m2.T - m2.Tq if m2.q_first is None else m2.q_first
-            if at != alt or any(getattr(m, a) != getattr(m2, a) for a in keys):
+            if at != alt or any(getattr(m, a) != getattr(m2, a) for a in _READING + ("B", "T", "Tq")):
                 return None
         return node, expr
     return None
@@ -355,10 +352,7 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None, topk_plan_of=N
             log.info("fsa_compile: %s holds at T=%d but not at other lengths: T is fixed for this graph", output.name, m.T)
         offset = _offset_input(gm, anchor, m, memo)
         _specialize(gm, m, keep_t, offset)
-        shapes, options = _describe(m)
-        if offset is not None:
-            name = offset[0].name  # the input's name in Dynamo's graph
-            shapes["rows"] = name if m.Tq == 1 else f"{name}..{name}+{m.Tq - 1}"
+        shapes, options = _describe(m, offset[0] if offset is not None else None)
         pattern = f"{m.family} ({m.form} form)"
         rw = Rewrite(pattern, output.name, shapes, options, plan_of(m) if plan_of else "",
                      same_as)

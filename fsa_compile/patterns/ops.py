@@ -162,6 +162,17 @@ def concrete(x: Any) -> Any:
     return x
 
 
+def flat_args(x: Any):
+    """The leaves of a node's arguments: through lists, tuples and slices (``x[..., :4096]``)."""
+    if isinstance(x, (list, tuple)):
+        for y in x:
+            yield from flat_args(y)
+    elif isinstance(x, slice):
+        yield from flat_args((x.start, x.stop, x.step))
+    else:
+        yield x
+
+
 def shape_of(node: Any) -> tuple[int, ...] | None:
     ev = example_value(node)
     if isinstance(ev, torch.Tensor):

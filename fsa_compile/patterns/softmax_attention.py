@@ -35,7 +35,7 @@ from torch import fx
 
 from . import layouts as L
 from .memo import Memo
-from .ops import canon, concrete, dtype_of, example_value, shape_of
+from .ops import canon, concrete, dtype_of, example_value, flat_args, shape_of
 from .points import (NEG_INF, Dot, Evaluator, Leaf, OutOfBounds, Scaled, Unsupported, is_symbolic, mutations,
                      reads_after_float_writes, unfollowed_reads)
 
@@ -885,7 +885,7 @@ class Analysis:
         found = []
 
         def reads(node):  # (what a slice holds as well, and in-place updates)
-            return [x for x in _flat_args(list(node.args) + list(node.kwargs.values())) if isinstance(x, fx.Node)] \
+            return [x for x in flat_args(list(node.args) + list(node.kwargs.values())) if isinstance(x, fx.Node)] \
                 + list(mutations(node))
 
         for node in _walk(self.output, reads):
@@ -900,7 +900,7 @@ class Analysis:
                     ranked.append((1, a.start))
                 elif isinstance(a, (list, tuple)):
                     ranked.extend((1, x.start) for x in a if isinstance(x, slice))
-            ranked.extend((2 if name in ("add", "sub") else 3, x) for x in _flat_args(args))
+            ranked.extend((2 if name in ("add", "sub") else 3, x) for x in flat_args(args))
             for r, x in ranked:
                 if isinstance(x, fx.Node):
                     if not isinstance(example_value(x), torch.SymInt):
@@ -1038,16 +1038,6 @@ class Analysis:
             empty_rows="zero" if self.anchor.kind == "sdpa" else "nan", visited=frozenset(self.visited),
             Tq=self.Tq, rows_from=self.rows_from, q_first=self.q_first,
         )
-
-
-def _flat_args(args):
-    for a in args:
-        if isinstance(a, (list, tuple)):
-            yield from _flat_args(a)
-        elif isinstance(a, slice):  # tril()[start:start + Tq]
-            yield from _flat_args((a.start, a.stop))
-        else:
-            yield a
 
 
 def _walk(root: fx.Node, reads):
