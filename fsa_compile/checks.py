@@ -87,3 +87,21 @@ def check_q_offset(q_offset, Tq: int, Tk: int) -> int:
             f"q_offset={q_offset} puts the {Tq} query rows at positions {q_offset}..{q_offset + Tq - 1}, "
             f"outside the {Tk} keys: need 0 <= q_offset <= T_k - T_q = {Tk - Tq}")
     return q_offset
+
+
+def check_q_positions(q_positions, q_offset, B: int, Tq: int, device) -> None:
+    """``q_positions``: each query row's key position, an integer tensor ``[T_q]`` (every batch
+    item alike) or ``[B, T_q]`` on q's device; not together with ``q_offset``."""
+    if q_positions is None:
+        return
+    if q_offset is not None:
+        raise ValueError("give q's rows' positions either as q_offset (the first row's) or as q_positions, not both")
+    if not isinstance(q_positions, torch.Tensor):
+        raise TypeError(f"q_positions must be an integer tensor or None, got {type(q_positions).__name__}")
+    if q_positions.dtype.is_floating_point or q_positions.dtype.is_complex or q_positions.dtype == torch.bool:
+        raise TypeError(f"q_positions must be an integer tensor, got {q_positions.dtype}")
+    shape = tuple(q_positions.shape)
+    if shape not in ((Tq,), (B, Tq), (1, Tq)):
+        raise ValueError(f"q_positions must be [T_q] = [{Tq}] or [B, T_q] = [{B}, {Tq}], got {list(shape)}")
+    if q_positions.device != torch.device(device):
+        raise ValueError(f"q_positions is on {q_positions.device}, q on {device}")

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .checks import check_inputs, check_q_offset
+from .checks import check_inputs, check_q_offset, check_q_positions
 from .compiled_ops import register_twin
 from .lowering import backward as _kernel_backward
 from .lowering.canonical import canonical_indices
@@ -24,8 +24,10 @@ from .lowering import forward as _kernel_forward
 from .lowering.plan import STRATEGIES, resolve_strategy
 
 
-def plan_for(q: Tensor, k: Tensor, v: Tensor, block_indices: Tensor, block_size: int, causal: bool, strategy: str):
-    """The plan the op will run for these ``[B, T, H, D]`` arguments."""
+def plan_for(q: Tensor, k: Tensor, v: Tensor, block_indices: Tensor, block_size: int, causal: bool, strategy: str,
+             row_positions: bool = False):
+    """The plan the op will run for these ``[B, T, H, D]`` arguments (``row_positions``: q's rows
+    at positions a tensor gives)."""
     B, T, HQ, D = q.shape
     H = k.shape[2]
     # Nothing to compute (no query, or no selected block): the reference returns the empty result.
@@ -33,7 +35,9 @@ def plan_for(q: Tensor, k: Tensor, v: Tensor, block_indices: Tensor, block_size:
         from .lowering.plan import Plan
 
         return Plan("reference")
-    return choose_plan(B, T, H, HQ // H, D, v.shape[-1], block_indices.shape[-1], block_size, q.dtype, causal, strategy, q.device)
+    plan = choose_plan(B, T, H, HQ // H, D, v.shape[-1], block_indices.shape[-1], block_size, q.dtype, causal,
+                       strategy, q.device)
+    return plan.for_row_positions(HQ // H) if row_positions else plan
 
 
 def _index_shapes(q: Tensor, k: Tensor, block_indices: Tensor, block_size: int, strategy: str):
@@ -50,8 +54,15 @@ def _index_shapes(q: Tensor, k: Tensor, block_indices: Tensor, block_size: int, 
     return (B, H, (k.shape[1] + block_size - 1) // block_size + 1), (B, H, T * n)
 
 
-def _offset(q: Tensor, k: Tensor, q_offset: Optional[int]) -> int:
-    return check_q_offset(q_offset, q.shape[1], k.shape[1])
+def _offset(q: Tensor, k: Tensor, q_offset: Optional[int], q_positions: Optional[Tensor] = None):
+    """The rows' positions as the lowering takes them: the first row's (an int), or with
+    ``q_positions`` every row's, an int32 ``[B, T_q]`` tensor clamped to ``[-1, T_k]`` (a row at
+    or past the last key sees all of its blocks' keys and one before 0 none, as unclamped)."""
+    if q_positions is None:
+        return check_q_offset(q_offset, q.shape[1], k.shape[1])
+    check_q_positions(q_positions, q_offset, q.shape[0], q.shape[1], q.device)
+    pos = q_positions.clamp(-1, k.shape[1]).to(torch.int32)
+    return pos.expand(q.shape[0], q.shape[1]).contiguous()
 
 
 def _canonical(block_indices, T, block_size, count_duplicates, on_out_of_range):
@@ -83,14 +94,16 @@ def _forward_body(
     on_out_of_range: str,
     strategy: str,
     q_offset: Optional[int] = None,
+    q_positions: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(o, lse, offsets, entries)``: the last two are the inverted loop's index of the selection
     (:func:`_index_shapes`), kept for the backward so that it does not build it again. q's rows
     are the key positions ``q_offset .. q_offset + T_q - 1`` (None: the last ``T_q``, which is
-    what a rewrite passes: under dynamic shapes the offset is a difference of two sizes)."""
-    q_offset = _offset(q, k, q_offset)
+    what a rewrite passes: under dynamic shapes the offset is a difference of two sizes), or
+    ``q_positions`` (an integer tensor ``[T_q]`` or ``[B, T_q]``) gives each row's position."""
+    q_offset = _offset(q, k, q_offset, q_positions)
     idx = _canonical(block_indices, k.shape[1], block_size, count_duplicates, on_out_of_range)
-    plan = plan_for(q, k, v, idx, block_size, causal, strategy)
+    plan = plan_for(q, k, v, idx, block_size, causal, strategy, q_positions is not None)
     index = None
     with _own_precision(q):
         if plan.strategy == "reference":
@@ -110,7 +123,7 @@ def _forward_body(
 
 
 def _forward_fake(q, k, v, block_indices, block_size, scale, causal, count_duplicates, on_out_of_range, strategy,
-                  q_offset=None):
+                  q_offset=None, q_positions=None):
     B, T, HQ, _ = q.shape
     o = q.new_empty(B, T, HQ, v.shape[-1])
     lse = q.new_empty(B, T, HQ, dtype=torch.float32)
@@ -135,13 +148,14 @@ def _backward_body(
     offsets: Tensor,
     entries: Tensor,
     q_offset: Optional[int] = None,
+    q_positions: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``offsets``/``entries``: the index the forward returned (empty: none, build it)."""
-    q_offset = _offset(q, k, q_offset)
+    q_offset = _offset(q, k, q_offset, q_positions)
     # The forward already applied the out-of-range policy (raised or asserted); dropping here only
     # keeps the backward from reading past the end if it was asked to run anyway.
     idx = _canonical(block_indices, k.shape[1], block_size, count_duplicates, "drop")
-    plan = plan_for(q, k, v, idx, block_size, causal, strategy)
+    plan = plan_for(q, k, v, idx, block_size, causal, strategy, q_positions is not None)
     # A gradient on lse (d lse / d s = p) only shifts delta = rowsum(dO * O); both paths take it.
     with _own_precision(q):
         if plan.strategy == "reference":
@@ -157,7 +171,7 @@ def _backward_body(
 
 
 def _backward_fake(do, dlse, q, k, v, o, lse, block_indices, block_size, scale, causal, count_duplicates, strategy,
-                   offsets, entries, q_offset=None):
+                   offsets, entries, q_offset=None, q_positions=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -179,12 +193,13 @@ def _setup_context(ctx, inputs, output):
     # then skips the lse term instead of adding zeros.
     ctx.mark_non_differentiable(offsets, entries)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(q, k, v, block_indices, o, lse, offsets, entries)
-    ctx.args = (block_size, scale, causal, count_duplicates, strategy, rest[0] if rest else None)
+    q_offset, q_positions = (list(rest) + [None, None])[:2]
+    ctx.save_for_backward(q, k, v, block_indices, o, lse, offsets, entries, q_positions)
+    ctx.args = (block_size, scale, causal, count_duplicates, strategy, q_offset)
 
 
 def _backward(ctx, do, dlse, _d_offsets, _d_entries):
-    q, k, v, block_indices, o, lse, offsets, entries = ctx.saved_tensors
+    q, k, v, block_indices, o, lse, offsets, entries, q_positions = ctx.saved_tensors
     block_size, scale, causal, count_duplicates, strategy, q_offset = ctx.args
     dq = dk = dv = None
     if any(ctx.needs_input_grad[:3]):
@@ -192,9 +207,9 @@ def _backward(ctx, do, dlse, _d_offsets, _d_entries):
             do = torch.zeros_like(o)
         dq, dk, dv = _selected_attention_backward(
             do.contiguous(), dlse, q, k, v, o, lse, block_indices, block_size, scale, causal, count_duplicates,
-            strategy, offsets, entries, q_offset,
+            strategy, offsets, entries, q_offset, q_positions,
         )
-    return dq, dk, dv, None, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 _selected_attention.register_autograd(_backward, setup_context=_setup_context)
@@ -225,6 +240,7 @@ def selected_attention(
     count_duplicates: bool = True,
     on_out_of_range: str = "raise",
     q_offset: Optional[int] = None,
+    q_positions: Optional[Tensor] = None,
 ):
     """NSA selected attention (DESIGN.md section 2).
 
@@ -244,10 +260,16 @@ def selected_attention(
     q may hold fewer rows than k and v (decoding after a KV cache, a chunk of a prefill): its rows
     are the key positions ``q_offset .. q_offset + T_q - 1`` (``block_indices`` has q's rows; the
     blocks are the keys'), by default the last ``T_q`` positions (``q_offset = T_k - T_q``).
+    ``q_positions`` (an integer tensor ``[T_q]`` or ``[B, T_q]``, instead of ``q_offset``) gives
+    each row's position, any values (a KV cache's ``cache_position``): row ``i`` sees the keys
+    ``<= q_positions[i]`` of its selected blocks (with ``causal``), none where that is negative.
     """
     check_inputs(q, k, v, block_indices, block_size, layout, scale, strategy, STRATEGIES)
     tdim = 1 if layout == "bthd" else 2
-    q_offset = check_q_offset(q_offset, q.shape[tdim], k.shape[tdim])
+    if q_positions is None:
+        q_offset = check_q_offset(q_offset, q.shape[tdim], k.shape[tdim])
+    else:
+        check_q_positions(q_positions, q_offset, q.shape[0], q.shape[tdim], q.device)
     if on_out_of_range not in reference.OUT_OF_RANGE_POLICIES:
         raise ValueError(
             f"on_out_of_range must be one of {reference.OUT_OF_RANGE_POLICIES}, got {on_out_of_range!r}"
@@ -261,7 +283,7 @@ def selected_attention(
         scale = q.shape[-1] ** -0.5
     o, lse, _, _ = _selected_attention(
         q, k, v, block_indices, block_size, float(scale), bool(causal), bool(count_duplicates), on_out_of_range, strategy,
-        q_offset,
+        q_offset, q_positions,
     )
     if layout == "bhtd":
         o, lse = o.transpose(1, 2), lse.transpose(1, 2)

@@ -98,7 +98,8 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _gather_chunk(k, v, idx_c, t0, block_size, causal, T):
-    """Gathered keys/values and visibility for queries at positions ``t0 .. t0 + c`` over ``T`` keys.
+    """Gathered keys/values and visibility for queries at positions ``t0 .. t0 + c`` over ``T`` keys
+    (``t0`` an int), or at the positions ``t0 [B, c]`` (a tensor) holds.
 
     Returns ``kg [B,H,c,S,D]``, ``vg [B,H,c,S,Dv]`` (float32), ``tok [B,H,c,S]`` (int64 token
     positions, clamped to be valid addresses) and ``vis [B,H,c,S]`` (bool).
@@ -110,7 +111,10 @@ def _gather_chunk(k, v, idx_c, t0, block_size, causal, T):
     tok = ix.unsqueeze(-1) * block_size + offs  # [B,H,c,n,bs]
     vis = (ix >= 0).unsqueeze(-1) & (tok < T)
     if causal:
-        tq = torch.arange(t0, t0 + c, device=k.device).view(1, 1, c, 1, 1)
+        if isinstance(t0, torch.Tensor):
+            tq = t0.to(device=k.device, dtype=torch.long).view(B, 1, c, 1, 1)
+        else:
+            tq = torch.arange(t0, t0 + c, device=k.device).view(1, 1, c, 1, 1)
         vis = vis & (tok <= tq)
     S = n * block_size
     tok = tok.clamp(0, T - 1).reshape(B, H, c, S)
@@ -122,6 +126,14 @@ def _gather_chunk(k, v, idx_c, t0, block_size, causal, T):
     kg = torch.gather(kh, 2, flat.unsqueeze(-1).expand(B, H, c * S, D)).to(acc)
     vg = torch.gather(vh, 2, flat.unsqueeze(-1).expand(B, H, c * S, Dv)).to(acc)
     return kg.view(B, H, c, S, D), vg.view(B, H, c, S, Dv), tok, vis
+
+
+def _rows(q_offset, t0: int, t1: int):
+    """The positions of q's rows ``t0 .. t1 - 1``: their first (``q_offset`` an int) or all of them
+    (``q_offset`` a ``[B, Tq]`` tensor of positions)."""
+    if isinstance(q_offset, torch.Tensor):
+        return q_offset[:, t0:t1]
+    return t0 + q_offset
 
 
 def reference_forward(
@@ -138,7 +150,8 @@ def reference_forward(
 
     Inputs are ``[B, T, H, D]`` with canonical indices ``[B, T, H, n]``. A row with no visible
     key gets ``o = 0`` and ``lse = -inf``. With ``q_offset``, q (and the indices) hold ``Tq``
-    query rows at positions ``q_offset .. q_offset + Tq - 1`` of k's and v's ``Tk`` keys.
+    query rows at positions ``q_offset .. q_offset + Tq - 1`` of k's and v's ``Tk`` keys; a
+    ``q_offset`` tensor ``[B, Tq]`` gives each row's position.
     """
     B, T, HQ, D = q.shape
     Tk = k.shape[1]
@@ -150,7 +163,7 @@ def reference_forward(
     c = _chunk_len(B, H, n * block_size, D, Dv)
     for t0 in range(0, T, c):
         t1 = min(T, t0 + c)
-        kg, vg, _, vis = _gather_chunk(k, v, block_indices[:, t0:t1], t0 + q_offset, block_size, causal, Tk)
+        kg, vg, _, vis = _gather_chunk(k, v, block_indices[:, t0:t1], _rows(q_offset, t0, t1), block_size, causal, Tk)
         qc = q[:, t0:t1].to(kg.dtype).reshape(B, t1 - t0, H, G, D).permute(0, 2, 1, 3, 4)
         s = torch.einsum("bhcgd,bhcsd->bhcgs", qc, kg) * scale
         s = s.masked_fill(~vis.unsqueeze(3), -math.inf)
@@ -204,7 +217,7 @@ def reference_backward(
     for t0 in range(0, T, c):
         t1 = min(T, t0 + c)
         cl = t1 - t0
-        kg, vg, tok, vis = _gather_chunk(k, v, block_indices[:, t0:t1], t0 + q_offset, block_size, causal, Tk)
+        kg, vg, tok, vis = _gather_chunk(k, v, block_indices[:, t0:t1], _rows(q_offset, t0, t1), block_size, causal, Tk)
 
         def heads(x):  # [B,c,HQ,X] -> [B,H,c,G,X]
             return x[:, t0:t1].to(acc).reshape(B, cl, H, G, -1).permute(0, 2, 1, 3, 4)

@@ -225,6 +225,10 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
         all_tiles = retile(offsets, cfg.ch)
     E = entries.shape[-1]
     offs = offsets.view(BH, nb + 1)
+    if isinstance(q_offset, torch.Tensor):  # every row's position, int32 [B, T] (op._offset)
+        qoff, pos, s_pos_b, has_pos = 0, q_offset, q_offset.stride(0), True
+    else:
+        qoff, pos, s_pos_b, has_pos = q_offset, q, 0, False
     if nchunks > 1:
         key = _chunk_search_key(offs, entries, BH, nb, E)
         qbase = torch.arange(nb, device=dev, dtype=torch.int64).view(1, nb) * E
@@ -247,14 +251,14 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
             start, end, entries, tile_offsets,
             dk_part, dv_part, dq_part, dk, dv, dk_acc, dv_acc,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-            T, Tk, q_offset, t0, 0, Tc, nb, E, max_tiles, n, float(scale),
+            T, Tk, qoff, pos, s_pos_b, t0, 0, Tc, nb, E, max_tiles, n, float(scale),
             H=H, G=G, BS=block_size, BLOCK_N=bn, NSUB=nsub, D=D, D_PAD=d_pad,
             TILE_T=cfg.tile_t, CH=cfg.ch, LOG_NB=log_nb, CAUSAL=bool(causal), WRITE_DQ=True,
             PREC=prec, DOT_F32=(dev.type == "cpu"), ST=bool(cfg.st),
             DIRECT=bool(cfg.direct), USE_ACC=use_acc, LAST=(c == nchunks - 1), num_warps=cfg.num_warps,
             num_stages=cfg.num_stages, **maxnreg_option(cfg.maxnreg),
             EV_KEEP="evict_last" if cfg.evict else "", EV_STREAM="evict_first" if cfg.evict else "",
-            IDX64=i64, ENT_NEXT=bool(cfg.ent_next), M_PAD=_next_pow2(cfg.tile_t * G),
+            IDX64=i64, ENT_NEXT=bool(cfg.ent_next), M_PAD=_next_pow2(cfg.tile_t * G), HAS_POS=has_pos,
         )
         bwd_dkdv_reduce_kernel[(nb, BH * nsub)](
             dk_part, dv_part, tile_offsets, dk_acc, dv_acc, dk, dv,

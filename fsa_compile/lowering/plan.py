@@ -69,6 +69,16 @@ class Plan:
     merge_warps: int = 4
     t_bucket: int = 0
 
+    def for_row_positions(self, G: int) -> "Plan":
+        """The plan for q's rows at positions a tensor gives (``q_positions``): the NSA order's
+        tiles of several tokens read which blocks a tile's rows can see from consecutive
+        positions, so one-token tiles run there (the inverted loop reads each row's own)."""
+        if self.strategy != "nsa" or (self.nsa_tok == 1 and not self.nsa_shared):
+            return self
+        from dataclasses import replace
+
+        return replace(self, nsa_shared=False, nsa_tok=1, nsa_rows=max(16, _pow2(G)), nsa_maxnreg=0)
+
     def describe(self) -> str:
         if self.strategy == "fsa":
             return (f"fsa: tile {self.fsa_rows}x({self.fsa_tile_q} sel x "

@@ -37,13 +37,13 @@ def bwd_inverted_kernel(
     s_do_b, s_do_t, s_do_h, s_do_d,
     s_dk_b, s_dk_t, s_dk_h, s_dk_d,
     s_dv_b, s_dv_t, s_dv_h, s_dv_d,
-    T, TK, QOFF, t0, ent_t0, Tc, NB, E, MAX_TILES, n_sel, sm_scale,
+    T, TK, QOFF, POS, s_pos_b, t0, ent_t0, Tc, NB, E, MAX_TILES, n_sel, sm_scale,
     H: tl.constexpr, G: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
     NSUB: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, TILE_T: tl.constexpr,
     CH: tl.constexpr, LOG_NB: tl.constexpr, CAUSAL: tl.constexpr, WRITE_DQ: tl.constexpr,
     PREC: tl.constexpr, DOT_F32: tl.constexpr, ST: tl.constexpr, DIRECT: tl.constexpr,
     USE_ACC: tl.constexpr, LAST: tl.constexpr, EV_KEEP: tl.constexpr, EV_STREAM: tl.constexpr,
-    IDX64: tl.constexpr, ENT_NEXT: tl.constexpr, M_PAD: tl.constexpr,
+    IDX64: tl.constexpr, ENT_NEXT: tl.constexpr, M_PAD: tl.constexpr, HAS_POS: tl.constexpr = False,
 ):
     # M_PAD: TILE_T * G rows padded to a power of two (tl.arange's shape), the rest masked off
     # DOT_F32: the Triton interpreter (3.9) multiplies bfloat16 tiles wrongly, so there the
@@ -120,6 +120,10 @@ def bwd_inverted_kernel(
                 t = t.to(tl.int64)
             slot = ent % n_sel
             t_loc = t - t0
+            if HAS_POS:  # each row's position from the tensor (q_positions)
+                tq = tl.load(POS + b * s_pos_b + t, mask=rvalid, other=0)
+            else:
+                tq = t + QOFF
             rm = rvalid[:, None] & dmask[None, :]
             # Q/dO rows are gathered n times each (once per selected block): keep them in L2;
             # the dQ partials are written once and read once much later: stream them.
@@ -140,7 +144,7 @@ def bwd_inverted_kernel(
                 pt = tl.exp2(st * qk_scale - lse2[None, :])
                 vis = kvalid[:, None] & rvalid[None, :]
                 if CAUSAL:
-                    vis = vis & (kpos[:, None] <= t[None, :] + QOFF)
+                    vis = vis & (kpos[:, None] <= tq[None, :])
                 pt = tl.where(vis, pt, 0.0)
                 dv += tl.dot(pt.to(ELT).to(do.dtype), do, input_precision=PREC)
                 dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
@@ -153,7 +157,7 @@ def bwd_inverted_kernel(
                 p = tl.exp2(s * qk_scale - lse2[:, None])
                 vis = rvalid[:, None] & kvalid[None, :]
                 if CAUSAL:
-                    vis = vis & (kpos[None, :] <= t[:, None] + QOFF)
+                    vis = vis & (kpos[None, :] <= tq[:, None])
                 p = tl.where(vis, p, 0.0)
                 p_lo = p.to(ELT).to(do.dtype)
                 dv += tl.dot(tl.trans(p_lo), do, input_precision=PREC)

@@ -35,14 +35,14 @@ def fsa_fwd_kernel(
     sqb, sqt, sqh, sqd,
     skb, skt, skh, skd,
     svb, svt, svh, svd,
-    TK, QOFF, H, C, c0, NCHUNK, chunk, NB, ELEN, MAXT, scale_log2,
+    TK, QOFF, POS, spb, H, C, c0, NCHUNK, chunk, NB, ELEN, MAXT, scale_log2,
     G: tl.constexpr, N_SEL: tl.constexpr, TILE_Q: tl.constexpr, TPP: tl.constexpr,
     TILE_MAP: tl.constexpr, ENT_ALL: tl.constexpr,
     Q_EVICT: tl.constexpr, P_EVICT: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BS: tl.constexpr, BLOCK_N: tl.constexpr, SEARCH: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
-    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, HAS_POS: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -110,7 +110,11 @@ def fsa_fwd_kernel(
             s = mma(q, kt, PRECISION, UPCAST) * scale_log2
             valid = kmask[None, :]
             if CAUSAL:
-                valid = valid & (kpos[None, :] <= tok[:, None] + QOFF)
+                if HAS_POS:  # each row's position from the tensor (q_positions)
+                    qpos = tl.load(POS + b64 * spb + tok, mask=row_ok, other=0)
+                else:
+                    qpos = tok + QOFF
+                valid = valid & (kpos[None, :] <= qpos[:, None])
             s = tl.where(valid, s, float("-inf"))
             m = tl.max(s, axis=1)
             m_use = tl.where(m == float("-inf"), 0.0, m)

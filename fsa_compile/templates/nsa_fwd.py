@@ -18,7 +18,8 @@ With ``TMA`` the K and V tiles come by bulk tensor copies through descriptors ov
 (``K_DESC``, ``V_DESC``, built by the lowering only for power-of-two block sizes): rows before 0
 (a padding slot) or past T and columns past D read as zeros, as the masked loads do.
 
-``T`` counts q's rows, ``TK`` the keys; query row ``t`` is at key position ``QOFF + t``.
+``T`` counts q's rows, ``TK`` the keys; query row ``t`` is at key position ``QOFF + t``, or with
+``HAS_POS`` at ``POS[b, t]`` (int32, batch stride ``spb``; one-token tiles only).
 """
 from __future__ import annotations
 
@@ -37,13 +38,13 @@ def nsa_fwd_kernel(
     svb, svt, svh, svd,
     sob, sot, soh, sod,
     sib, sit, sih, sis,
-    T, TK, QOFF, H, NT, ULEN, scale_log2,
+    T, TK, QOFF, POS, spb, H, NT, ULEN, scale_log2,
     G: tl.constexpr, TOK: tl.constexpr, SEQ: tl.constexpr, BLOCK_R: tl.constexpr,
     N_SEL: tl.constexpr, BLOCK_SEL: tl.constexpr,
     BS: tl.constexpr, BLOCK_N: tl.constexpr,
     D: tl.constexpr, BLOCK_D: tl.constexpr, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
     CAUSAL: tl.constexpr, UNION: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    TMA: tl.constexpr = False,
+    TMA: tl.constexpr = False, HAS_POS: tl.constexpr = False,
 ):
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -73,6 +74,10 @@ def nsa_fwd_kernel(
             l_i = tl.zeros([BLOCK_R], tl.float32)
             acc = tl.zeros([BLOCK_R, BLOCK_DV], tl.float32)
 
+            if HAS_POS:
+                qpos = tl.load(POS + b64 * spb + tok64, mask=row_ok, other=0)
+            else:
+                qpos = tok + QOFF
             k_base = K + b64 * skb + h * skh
             v_base = V + b64 * svb + h * svh
             if UNION:
@@ -103,7 +108,7 @@ def nsa_fwd_kernel(
                 s = mma(q, tl.trans(k), PRECISION, UPCAST) * scale_log2
                 valid = row_sel[:, None] & kmask[None, :]
                 if CAUSAL:
-                    valid = valid & (kpos[None, :] <= tok[:, None] + QOFF)
+                    valid = valid & (kpos[None, :] <= qpos[:, None])
                 s = tl.where(valid, s, float("-inf"))
                 m_i, l_i, alpha, p = softmax_probs(s, m_i, l_i, w, UNION)
                 v = block_tile(V_DESC, v_base, b, h, blk * BS, kpos64, kmask, svt, svd, DV, BLOCK_N,
