@@ -1,6 +1,7 @@
 """A decode loop over a preallocated (static) cache attended whole, the query at a Python-int
 position ``pos`` (``tests/test_patterns_decode.py``'s ``_static_step``: slots past ``pos`` are
-masked by causality). For eager, Inductor and ``backend="fsa"``: how many graphs a loop over
+masked by causality), and (``pos`` column ``tensor``) at a position given as a one-element
+tensor, HF's ``cache_position`` (``tests/test_patterns_positions.py``'s ``gather_at``). For eager, Inductor and ``backend="fsa"``: how many graphs a loop over
 ``--steps`` positions compiled, the largest difference to eager over the loop, and ms per step
 (``triton.testing.do_bench`` median) at three positions once compiled.
 
@@ -17,8 +18,33 @@ from torch._dynamo.utils import counters
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from test_patterns_decode import _static_step  # noqa: E402
+from test_patterns_positions import gather_at  # noqa: E402
 
 from offset_gpu import BS, DEV, arguments, sequence  # noqa: E402  (this script's folder)
+
+
+def _loop(step, args_at, positions, rows, label):
+    """One form through eager, Inductor and fsa: graphs compiled over the loop, the largest
+    relative difference to eager, ms per step at the first, middle and last position."""
+    for name, fn in (("eager", step), ("inductor", torch.compile(step)), ("fsa", torch.compile(step, backend="fsa"))):
+        torch._dynamo.reset()
+        counters.clear()
+        worst = 0.0
+        with torch.no_grad():
+            for pos in positions:
+                args = args_at(pos)
+                want = step(*args).float()
+                got = fn(*args).float()
+                worst = max(worst, float((got - want).norm() / want.norm()))
+        graphs = counters["stats"]["unique_graphs"]
+        times = []
+        for pos in (positions[0], positions[len(positions) // 2], positions[-1]):
+            args = args_at(pos)
+            with torch.no_grad():
+                times.append(triton.testing.do_bench(lambda: fn(*args)))
+        rows.append((*label, name, graphs, worst, times))
+        print(" ".join(map(str, label)) + f" {name}: {graphs} graphs over {len(positions)} positions, "
+              f"rel diff {worst:.1e}, " + ", ".join(f"{t:.3f}" for t in times) + " ms", flush=True)
 
 
 def main():
@@ -30,36 +56,18 @@ def main():
         for tq in a.Tq:
             q_all = torch.randn(1, a.Tk, a.H * G, a.D, device=DEV, generator=gen).bfloat16()
             positions = [int(p) for p in torch.linspace(a.Tk // 8, a.Tk - tq, steps)]
+            for kind, step in (("int", _static_step), ("tensor", gather_at)):
+                def args_at(pos, kind=kind):
+                    at = pos if kind == "int" else torch.arange(pos, pos + tq, device=DEV)
+                    return (q_all[:, pos:pos + tq], k, v, sel[:, pos:pos + tq].contiguous(), BS, at)
 
-            def args_at(pos):
-                return (q_all[:, pos:pos + tq], k, v, sel[:, pos:pos + tq].contiguous(), BS, pos)
-
-            for name, fn in (("eager", _static_step),
-                             ("inductor", torch.compile(_static_step)),
-                             ("fsa", torch.compile(_static_step, backend="fsa"))):
-                torch._dynamo.reset()
-                counters.clear()
-                worst = 0.0
-                with torch.no_grad():
-                    for pos in positions:
-                        args = args_at(pos)
-                        want = _static_step(*args).float()
-                        got = fn(*args).float()
-                        worst = max(worst, float((got - want).norm() / want.norm()))
-                graphs = counters["stats"]["unique_graphs"]
-                times = []
-                for pos in (positions[0], positions[steps // 2], positions[-1]):
-                    args = args_at(pos)
-                    with torch.no_grad():
-                        times.append(triton.testing.do_bench(lambda: fn(*args)))
-                rows.append((G, tq, name, graphs, worst, times))
-                print(f"G={G} T_q={tq} {name}: {graphs} graphs over {steps} positions, rel diff {worst:.1e}, "
-                      + ", ".join(f"{t:.3f}" for t in times) + " ms", flush=True)
+                _loop(step, args_at, positions, rows, (G, tq, kind))
     print(f"\nT_k = {a.Tk}, H = {a.H}, D = {a.D}, bs = {BS}, bf16; ms per step at three positions\n")
-    print("| G | T_q | run | graphs compiled | rel diff to eager | ms per step |")
-    print("|---|---|---|---|---|---|")
-    for G, tq, name, graphs, worst, times in rows:
-        print(f"| {G} | {tq} | {name} | {graphs} | {worst:.1e} | " + " / ".join(f"{t:.3f}" for t in times) + " |")
+    print("| G | T_q | pos | run | graphs compiled | rel diff to eager | ms per step |")
+    print("|---|---|---|---|---|---|---|")
+    for G, tq, kind, name, graphs, worst, times in rows:
+        print(f"| {G} | {tq} | {kind} | {name} | {graphs} | {worst:.1e} | "
+              + " / ".join(f"{t:.3f}" for t in times) + " |")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,9 @@ def _describe(m, offset=None) -> tuple[dict, dict]:
             name = offset.name  # the input's name in Dynamo's graph
             rows["rows"] = name if m.Tq == 1 else f"{name}..{name}+{m.Tq - 1}"
         shapes = {"B": m.B, **rows, "T": m.T, **{k: v for k, v in shapes.items() if k not in ("B", "T")}}
+    if m.positions is not None:  # each row at the position the tensor gives
+        rows = {"T_q": m.Tq, "rows": f"{m.positions.name}[i]"}
+        shapes = {"B": m.B, **rows, "T": m.T, **{k: v for k, v in shapes.items() if k not in ("B", "T", "T_q", "rows")}}
     options = {
         "scale": round(m.scale, 6), "causal": m.causal, "count_duplicates": m.count_duplicates,
         "on_out_of_range": m.on_out_of_range,
@@ -72,6 +75,8 @@ def _describe(m, offset=None) -> tuple[dict, dict]:
         # what the op computes in: q, k, v are cast to it (the narrowest the user's products read)
         "dtype": str(rewrite.input_dtype(m) or "?").removeprefix("torch."),
     }
+    if m.positions is not None:  # rows at positions outside the keys: passed to the op, or asserted against
+        options["positions_outside"] = m.positions_outside
     return shapes, options
 
 
@@ -141,7 +146,8 @@ def _constants(nodes, t_symbol) -> list:
 # what a match checked again at another value of a symbol must read as the first one did (besides
 # what that value moves: T, or q's offset)
 _READING = ("q", "k", "v", "selection", "layouts", "H", "G", "D", "n", "block_size", "scale", "causal",
-            "count_duplicates", "on_out_of_range", "rows_from")
+            "count_duplicates", "on_out_of_range", "rows_from", "positions",
+            "positions_outside")
 
 
 def _same_at_another_length(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
@@ -176,7 +182,7 @@ def _offset_input(gm: fx.GraphModule, anchor, m, memo=None):
     again with that input at both ends of its range, the offset following it; else None (the
     offset is then a number of the rewrite, and ``_specialize`` guards the input)."""
     first = m.q_first if m.q_first is not None else m.T - m.Tq if m.q_holds_rows_only else None
-    if first is None:
+    if first is None or m.positions is not None:
         return None
     sizes = set()
     for role in ("q", "k", "v", "selection"):
@@ -211,8 +217,10 @@ def _updated_before_output(graph: fx.Graph, m) -> str | None:
     would reach the op but not the user's reads before it."""
     order = {n: i for i, n in enumerate(graph.nodes)}
     aliases = Aliases(graph)
-    for role in ("q", "k", "v", "selection"):
+    for role in ("q", "k", "v", "selection", "positions"):
         node = getattr(m, role)
+        if node is None:
+            continue
         for a in sorted(aliases.members(node), key=order.get):
             for w in a.users:
                 if is_write(w) and write_target(w) is a and order[node] < order[w] < order[m.output]:

@@ -25,7 +25,7 @@ log = logging.getLogger("fsa_compile")
 # (output, differing fields) of every reused verdict the check mode found wrong, in this process
 MISMATCHES: list = []
 
-_NODES = ("output", "softmax", "q", "k", "v", "selection")
+_NODES = ("output", "softmax", "q", "k", "v", "selection", "positions")  # (positions: maybe None)
 
 # verdicts kept per key (and keys kept), the oldest dropped first
 CAPACITY = 64
@@ -61,7 +61,7 @@ class Memo:
         held = set(a.leaves) | ({a.anchor.node} if a.anchor.kind == "softmax" else set())
 
         def flags(n):
-            return (n is a.selection, n in held, n in a.stale)
+            return (n is a.selection, n is a.positions, n in held, n in a.stale)
 
         key = (a.anchor.kind, a.anchor.dim, a.seed, a.topk_len, len(roots))
         return roots, flags, key
@@ -88,7 +88,7 @@ class Memo:
         labels = {n: i for i, n in enumerate(nodes)}
         if not read <= labels.keys():  # the checks reached a node the walk does not: never reuse
             return
-        names = {f: labels[getattr(match, f)] for f in _NODES}
+        names = {f: None if getattr(match, f) is None else labels[getattr(match, f)] for f in _NODES}
         names["visited"] = frozenset(labels[n] for n in match.visited)
         names["block sizes"] = tuple(a.block_size_reads)
         expanded = frozenset(labels[n] for n in read)
@@ -113,14 +113,16 @@ class Memo:
                 got, nodes = fingerprint(a.gm, roots, lambda n, i: i in expanded, flags, expected=entries)
             except Uncacheable:
                 continue
-            if got is None or nodes[names["selection"]] is not a.selection or not self._same_block_sizes(
+            if got is None or nodes[names["selection"]] is not a.selection or (
+                    None if names["positions"] is None else nodes[names["positions"]]) is not a.positions \
+                    or not self._same_block_sizes(
                     a, names["block sizes"]):
                 continue
             self.reused_from[a.output.name] = name if pass_ == self._pass else f"{name} of an earlier graph"
             check = self.check == "all" or (self.check == "first" and not checked)
             origin[2] = origin[2] or check
             return dataclasses.replace(
-                verdict, **{f: nodes[names[f]] for f in _NODES}, layouts=copy.deepcopy(verdict.layouts),
+                verdict, **{f: None if names[f] is None else nodes[names[f]] for f in _NODES}, layouts=copy.deepcopy(verdict.layouts),
                 notes=list(verdict.notes), visited=frozenset(nodes[i] for i in names["visited"])), check
         return None, False
 

@@ -39,6 +39,14 @@ def apply(graph: fx.Graph, m, strategy: str = "auto", q_offset: fx.Node | None =
             offset = (q_offset,)  # q's rows at the position an int input gives
         elif m.q_first is not None:
             offset = (m.q_first,)  # q's rows at fixed positions other than the last ones
+        if m.positions is not None:
+            offset = (None, m.positions)  # each row at the position the tensor gives
+            if m.positions_outside == "assert":
+                inside = graph.call_function(torch.ge, (m.positions, 0))
+                inside = graph.call_function(torch.logical_and, (inside, graph.call_function(torch.lt, (m.positions, graph.call_method("size", (k, 1))))))
+                graph.call_function(torch._assert_async, (graph.call_method("all", (inside,)),
+                                    f"fsa_compile: {m.positions.name} holds a row position outside [0, {m.T}), where "
+                                    "the rewritten code's result differs from the op's"))
         res = graph.call_function(
             torch.ops.fsa.selected_attention.default,
             (q, k, v, sel, m.block_size, float(m.scale), m.causal, m.count_duplicates, m.on_out_of_range, strategy,

@@ -110,6 +110,12 @@ class Match:
     rows_from: int | None = None  # where the output's rows start in q's, when q holds all T rows
     # the key position of the output's first row when q holds just those rows; None: the last Tq
     q_first: int | None = None
+    # an integer tensor ([Tq] or [B, Tq]) that gives each output row's key position (a cache's
+    # cache_position), when the rows are read from one
+    positions: fx.Node | None = None
+    # what the rewrite does with positions outside [0, T): pass them ("any": the code gives what
+    # the op does there) or assert ("assert": the code fails there, or gives something else)
+    positions_outside: str = "any"
 
     def __post_init__(self):
         self.Tq = self.Tq or self.T
@@ -376,16 +382,17 @@ def _unscale(x):
 class _Probe:
     """Point evaluation of one candidate under one selection table."""
 
-    def __init__(self, gm, anchor, output, selection, table, leaves=frozenset(), stale=None):
+    def __init__(self, gm, anchor, output, selection, table, leaves=frozenset(), stale=None, positions=None):
         self.anchor, self.softmax, self.output = anchor, anchor.node, output
         self.pre = anchor.pre
         self.dims_checked = False
+        tables = {selection: table, **({positions[0]: positions[1]} if positions is not None else {})}
         if anchor.kind == "sdpa":
             self.dim = len(shape_of(anchor.node)) - 1
-            self.ev = Evaluator({selection: table}, leaves=leaves, module=gm, stale=stale)
+            self.ev = Evaluator(tables, leaves=leaves, module=gm, stale=stale)
         else:
             self.dim = anchor.dim % len(shape_of(anchor.node))
-            self.ev = Evaluator({selection: table}, leaves={anchor.node, *leaves}, module=gm, stale=stale)
+            self.ev = Evaluator(tables, leaves={anchor.node, *leaves}, module=gm, stale=stale)
 
     def product(self, point):
         val = self.ev.at(self.output, point)
@@ -466,12 +473,20 @@ class Analysis:
         self.stale = unfollowed_reads(gm.graph)
         self.visited: set = set()
         self._next_head = 0  # the (batch, query head) the next sampled row takes
-        leaves = [n for n in integer_leaves(output, anchor) if len(shape_of(n)) in (3, 4)]
+        found = integer_leaves(output, anchor)
+        leaves = [n for n in found if len(shape_of(n)) in (3, 4)]
         if not leaves:
             raise LookupError("no block selection")  # not selected attention: leave it silently
         if len(leaves) > 1:
             raise NearMiss("more than one integer tensor feeds the attention: " + ", ".join(n.name for n in leaves))
         self.selection = leaves[0]
+        # a [Tq] or [B, Tq] integer tensor besides: maybe the rows' positions (checked as such)
+        rows = [n for n in found if len(shape_of(n)) in (1, 2)]
+        if len(rows) > 1:
+            raise NearMiss("more than one small integer tensor feeds the attention (row positions?): "
+                           + ", ".join(n.name for n in rows))
+        self.positions = rows[0] if rows else None
+        self._pos_table = None  # the positions of the table being checked
         self.sel_shape = shape_of(self.selection)
         self.out_shape = shape_of(output)
         self.topk_len = _topk_len(self.selection)
@@ -496,8 +511,23 @@ class Analysis:
 
     # stage 1 + 2: structure and layouts, on an all-zeros selection (block 0 only)
     def structure(self):
+        if self.positions is None:
+            return self._structure(None)
+        # every row past the keys (T is not known yet), so that each sees block 0; code that
+        # indexes by the positions fails there: then at the largest size of a float input, less one
+        sizes = [s for n in self.gm.graph.nodes if n.op == "placeholder" and (dtype_of(n) or torch.bool).is_floating_point
+                 for s in (shape_of(n) or ())]
+        try:
+            return self._structure(1 << 20)
+        except OutOfBounds:
+            if not sizes:
+                raise
+            return self._structure(int(max(concrete(x) for x in sizes)) - 1)
+
+    def _structure(self, at):
         zeros = torch.zeros(self.sel_shape, dtype=torch.long)
-        probe = _Probe(self.gm, self.anchor, self.output, self.selection, zeros, self.leaves, self.stale)
+        last = None if at is None else (self.positions, torch.full(shape_of(self.positions), at, dtype=torch.long))
+        probe = _Probe(self.gm, self.anchor, self.output, self.selection, zeros, self.leaves, self.stale, last)
         samples = []
         for _ in range(6):
             point = tuple(self.rng.randrange(s) for s in self.out_shape)
@@ -632,9 +662,15 @@ class Analysis:
         shape = self.sel_shape
         g = torch.Generator().manual_seed(self.rng.randrange(2**31))
         t_axis = sl.index("t")
-        # the selection rows' key positions: the last Tq of the T keys, or all T (a chunk's q)
-        first = self.q_offset - self.q_shift
-        tpos = torch.arange(first, first + shape[t_axis]).view([-1 if d == t_axis else 1 for d in range(len(shape))]).expand(shape)
+        if self.positions is not None:
+            # every row's position drawn at random (unsorted, repeated; outside [0, T) for that kind)
+            self._pos_table = self._positions_table(g, kind == "positions")
+            rows = self._pos_table.view(-1, self.Tq).expand(self.B, self.Tq).clamp(0, self.T - 1)
+            tpos = rows.view([self.B if r == "b" else self.Tq if r == "t" else 1 for r in sl]).expand(shape)
+        else:
+            # the selection rows' key positions: the last Tq of the T keys, or all T (a chunk's q)
+            first = self.q_offset - self.q_shift
+            tpos = torch.arange(first, first + shape[t_axis]).view([-1 if d == t_axis else 1 for d in range(len(shape))]).expand(shape)
         table = torch.randint(0, nb, shape, generator=g)
         local = torch.rand(shape, generator=g) < 0.3
         table = torch.where(local, (tpos // self.block_size - torch.randint(0, 2, shape, generator=g)).clamp(0, nb - 1), table)
@@ -662,12 +698,45 @@ class Analysis:
             # clamps instead of dropping differs only where the entry is visible, e.g. at t = T-1)
             slot = torch.randint(0, shape[-1], (*shape[:-1], 1), generator=g)
             table = table.scatter(-1, slot, forced.gather(-1, slot))
+        elif kind == "positions":
+            # the last block in every row (its keys past T are what a row past the keys would see
+            # first), and where the code drops entries past the last block, one of those too
+            slot = torch.randint(0, shape[-1], (*shape[:-1], 1), generator=g)
+            table = table.scatter(-1, slot, torch.full_like(slot, nb - 1))
+            if self.on_out_of_range == "drop" and shape[-1] > 1:
+                other = (slot + 1) % shape[-1]
+                table = table.scatter(-1, other, nb + torch.randint(0, 3, other.shape, generator=g))
         elif kind == "duplicates" and shape[-1] > 1:
             # two slots of every row hold the query's own block, which it always sees
             slots = torch.rand(shape, generator=g).argsort(-1)[..., :2]
             own = (tpos // self.block_size).gather(-1, slots)
             table = table.scatter(-1, slots, own)
         return table
+
+    def _positions_table(self, g, outside: bool):
+        """Positions for the rows' tensor: random keys, some rows at the first and the last, two
+        rows alike; with ``outside`` also before 0 and past the last key."""
+        shape = shape_of(self.positions)
+        pos = torch.randint(0, self.T, shape, generator=g)
+        flat = pos.view(-1, self.Tq)
+        flat[:, torch.rand(self.Tq, generator=g) < 0.2] = self.T - 1
+        flat[:, torch.rand(self.Tq, generator=g) < 0.1] = 0
+        if outside:  # past the last key (past the last block's end, too) and before the first
+            u = torch.rand(shape, generator=g)
+            pos = torch.where(u < 0.35, self.T + self.block_size + torch.randint(0, 3, shape, generator=g), pos)
+            pos = torch.where((u >= 0.35) & (u < 0.5), self.T + torch.randint(0, 3, shape, generator=g), pos)
+            pos = torch.where((u >= 0.5) & (u < 0.7), -torch.randint(1, 4, shape, generator=g), pos)
+            flat = pos.view(-1, self.Tq)
+        if self.Tq > 1:
+            flat[:, 0] = flat[:, -1]
+        return pos
+
+    def _row_position(self, o) -> int:
+        """The key position of the output row ``o`` (decoded coordinates)."""
+        if self.positions is None:
+            return o["t"] + self.q_offset
+        pt = self._pos_table.view(-1, self.Tq)
+        return int(pt[o["b"] if pt.shape[0] > 1 else 0, o["t"]])
 
     def _rows(self, count):
         """``count`` output rows. Their (batch, query head) rotate over the tables of a check
@@ -748,7 +817,7 @@ class Analysis:
             entries.append(e)
         if not count_duplicates:
             entries = list(dict.fromkeys(entries))
-        pos = o["t"] + self.q_offset  # the row's key position
+        pos = self._row_position(o)
         for e in entries:
             for s in range(e * self.block_size, (e + 1) * self.block_size):
                 if s < self.T and (not causal or s <= pos):
@@ -781,7 +850,8 @@ class Analysis:
 
     def _check_table(self, kind, options, rows):
         table = self._table(kind)
-        probe = _Probe(self.gm, self.anchor, self.output, self.selection, table, self.leaves, self.stale)
+        pos = (self.positions, self._pos_table) if self.positions is not None else None
+        probe = _Probe(self.gm, self.anchor, self.output, self.selection, table, self.leaves, self.stale, pos)
         try:
             return self._check_rows(kind, options, rows, table, probe)
         finally:
@@ -808,7 +878,7 @@ class Analysis:
         if not survivors and example is not None:
             o, keys = example
             exp = self._contract_keys(table, o, True, True, True)
-            at = f" at key position {o['t'] + self.q_offset}" if self.Tq != self.T else ""
+            at = f" at key position {self._row_position(o)}" if self.Tq != self.T or self.positions is not None else ""
             self.last_failure = (
                 f"query t={o['t']}{at} (batch {o['b']}, head {o['hq']}) attends to {sum(keys.values())} keys, "
                 f"the contract gives {sum(exp.values())} for its selected blocks"
@@ -859,6 +929,8 @@ class Analysis:
         query attends to say the positions are other ones) at a few other fixed positions the
         graph's constants name, each verified like the first. False and ``_miss`` set if none."""
         self._miss, tried = None, []
+        if self.positions is not None:
+            return self._semantics_at_positions(T, Tq, shift)
         for at in self._row_positions(T, Tq, shift):
             self.q_first = at
             try:
@@ -875,6 +947,22 @@ class Analysis:
             self._miss = KeysMiss(f"{self._miss}; with q's rows starting at key position "
                                   f"{', '.join(map(str, tried))} instead (numbers in the graph) it does not fit either")
         return False
+
+    def _semantics_at_positions(self, T, Tq, shift) -> bool:
+        """The semantics with each row at the position the positions tensor gives (random ones,
+        then ones outside the keys as well). False and ``_miss`` set if it does not hold."""
+        shape = tuple(shape_of(self.positions))
+        if shift is not None or shape not in ((Tq,), (1, Tq), (self.B, Tq)):
+            self._miss = NearMiss(
+                f"integer tensor {self.positions.name} {list(shape)} feeds the attention besides the selection: "
+                f"it is not the output rows' positions ([T_q] = [{Tq}] or [B, T_q] = [{self.B}, {Tq}])")
+            return False
+        try:
+            self.semantics()
+        except NearMiss as e:
+            self._miss = NearMiss(f"{e} (each row at the position {self.positions.name} gives)")
+            return False
+        return True
 
     def _row_positions(self, T, Tq, shift):
         yield None  # the last Tq positions: a decode step, a chunk after a KV cache
@@ -984,6 +1072,15 @@ class Analysis:
         if {o[1] for o in surv} == {True, False} and not self.trusted and self.n > 1:
             # no sampled row met a visible duplicate: ask again with tables where every row has one
             surv = self._check_valid("duplicates", surv, rows)
+        self.positions_outside = "any"
+        if self.positions is not None:
+            # Rows before the first key see none, rows past the last all keys of their blocks: where
+            # the code fails there or gives something else, the rewrite asserts 0 <= position < T
+            out = self._check("positions", surv, rows)
+            if out == "raises" or not out:
+                self.positions_outside = "assert"
+            else:
+                surv = out
         if len(self.scales) != 1:
             raise NearMiss(f"the score scale is not one constant (saw {sorted(self.scales)[:3]})")
         self.scale = self.scales.pop()
@@ -1036,7 +1133,8 @@ class Analysis:
             self.B, self.T, self.H, self.G, self.D, self.n, self.block_size, self.scale, self.causal,
             self.count_duplicates, self.on_out_of_range, form,
             empty_rows="zero" if self.anchor.kind == "sdpa" else "nan", visited=frozenset(self.visited),
-            Tq=self.Tq, rows_from=self.rows_from, q_first=self.q_first,
+            Tq=self.Tq, rows_from=self.rows_from, q_first=self.q_first, positions=self.positions,
+            positions_outside=self.positions_outside if self.positions is not None else "any",
         )
 
 
