@@ -26,15 +26,17 @@ def rows_at(q, k, v, block_indices, block_size, first):
                               torch.arange(first, first + q.shape[1], device=q.device))
 
 
-def _rows_at_positions(q, k, v, block_indices, block_size, positions):
+def _rows_at_positions(q, k, v, block_indices, block_size, positions, shift=0):
+    """Row i at key position ``positions[i]`` (``[T_q]``, or ``[B, T_q]``); ``shift`` moves the
+    mask off the positions."""
     B, Tq, HQ, D = q.shape
     T, H = k.shape[1], k.shape[2]
     G = HQ // H
     dev = q.device
     tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size, device=dev)).flatten(-2)
     pad = (block_indices < 0).unsqueeze(-1).expand(*block_indices.shape, block_size).flatten(-2)
-    pos = positions.to(dev).view(1, Tq, 1, 1)
-    masked = pad | (tok > pos)
+    pos = positions.to(dev).view(-1, Tq, 1, 1)
+    masked = pad | (tok > pos + shift)
     safe = tok.clamp(0, T - 1)
     b_idx = torch.arange(B, device=dev).view(B, 1, 1, 1)
     h_idx = torch.arange(H, device=dev).view(1, 1, H, 1)

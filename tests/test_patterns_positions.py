@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 import fsa_compile
 from fsa_compile.testing import RewriteCounter, Shape, assert_compiled_matches_eager, make_inputs
 
+from test_patterns_decode import _rows_at_positions
+
 FAST = {"inner": "aot_eager"}
-NEG_INF = float("-inf")
 
 
 @pytest.fixture(autouse=True)
@@ -24,49 +25,33 @@ def _fresh_dynamo():
 def gather_at(q, k, v, block_indices, block_size, cache_position, shift=0):
     """The gather form, query row i at key position ``cache_position[i]`` (``[T_q]``, or
     ``[B, T_q]``). ``shift`` moves the mask off the positions (a bug: a near miss)."""
-    B, Tq, HQ, D = q.shape
-    T, H = k.shape[1], k.shape[2]
-    G = HQ // H
-    dev = q.device
-    tok = (block_indices.unsqueeze(-1) * block_size + torch.arange(block_size, device=dev)).flatten(-2)
-    pad = (block_indices < 0).unsqueeze(-1).expand(*block_indices.shape, block_size).flatten(-2)
-    pos = cache_position.view(-1, Tq, 1, 1)
-    masked = pad | (tok > pos + shift)
-    safe = tok.clamp(0, T - 1)
-    b_idx = torch.arange(B, device=dev).view(B, 1, 1, 1)
-    h_idx = torch.arange(H, device=dev).view(1, 1, H, 1)
-    k_sel = k[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
-    v_sel = v[b_idx, safe, h_idx].repeat_interleave(G, dim=2)
-    s = torch.einsum("bthd,bthsd->bths", q, k_sel) * D**-0.5
-    s = s.masked_fill(masked.repeat_interleave(G, dim=2), NEG_INF)
-    return torch.einsum("bths,bthsd->bthd", torch.softmax(s, -1), v_sel)
+    return _rows_at_positions(q, k, v, block_indices, block_size, cache_position, shift)
+
+
+def _block_mask(block_indices, block_size, T):
+    """``[B, H, T_q, T]`` booleans: the keys of each row's selected blocks (padding selects none)."""
+    B, H, Tq, _ = block_indices.shape
+    nb = (T + block_size - 1) // block_size
+    idx = block_indices.masked_fill(block_indices < 0, nb)
+    blocks = torch.zeros(B, H, Tq, nb + 1, dtype=torch.bool, device=idx.device).scatter_(-1, idx, True)[..., :nb]
+    return blocks.repeat_interleave(block_size, -1)[..., :T]
 
 
 def mask_sdpa_at(q, k, v, block_indices, block_size, cache_position):
     """``[B, H, T_q, D]`` q over a ``[B, H, T, D]`` cache, HF style: a causal mask from
     ``arange(T) <= cache_position[:, None]``, ANDed with a boolean block mask, SDPA."""
-    B, HQ, Tq, D = q.shape
-    H, T = k.shape[1], k.shape[2]
-    G = HQ // H
-    nb = (T + block_size - 1) // block_size
-    idx = block_indices.masked_fill(block_indices < 0, nb)
-    blocks = torch.zeros(B, H, Tq, nb + 1, dtype=torch.bool, device=q.device).scatter_(-1, idx, True)[..., :nb]
+    Tq, T, G = q.shape[2], k.shape[2], q.shape[1] // k.shape[1]
     causal = torch.arange(T, device=q.device) <= cache_position.reshape(-1, 1, Tq, 1)
-    allowed = (blocks.repeat_interleave(block_size, -1)[..., :T] & causal).repeat_interleave(G, 1)
+    allowed = (_block_mask(block_indices, block_size, T) & causal).repeat_interleave(G, 1)
     return F.scaled_dot_product_attention(q, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), attn_mask=allowed)
 
 
 def indexed_mask(q, k, v, block_indices, block_size, cache_position):
     """The causal rows picked out of a ``[T, T]`` ``tril`` by indexing with the positions: eager
     fails on a position past the keys, the op would not (a near miss)."""
-    B, HQ, Tq, D = q.shape
-    H, T = k.shape[1], k.shape[2]
-    G = HQ // H
-    nb = (T + block_size - 1) // block_size
-    idx = block_indices.masked_fill(block_indices < 0, nb)
-    blocks = torch.zeros(B, H, Tq, nb + 1, dtype=torch.bool, device=q.device).scatter_(-1, idx, True)[..., :nb]
+    T, G = k.shape[2], q.shape[1] // k.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()[cache_position]
-    allowed = (blocks.repeat_interleave(block_size, -1)[..., :T] & causal).repeat_interleave(G, 1)
+    allowed = (_block_mask(block_indices, block_size, T) & causal).repeat_interleave(G, 1)
     return F.scaled_dot_product_attention(q, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), attn_mask=allowed)
 
 
