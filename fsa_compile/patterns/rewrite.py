@@ -43,10 +43,11 @@ def apply(graph: fx.Graph, m, strategy: str = "auto", q_offset: fx.Node | None =
             offset = (None, m.positions)  # each row at the position the tensor gives
             if m.positions_outside == "assert":
                 inside = graph.call_function(torch.ge, (m.positions, 0))
-                inside = graph.call_function(torch.logical_and, (inside, graph.call_function(torch.lt, (m.positions, graph.call_method("size", (k, 1))))))
+                below = graph.call_function(torch.lt, (m.positions, graph.call_method("size", (k, 1))))  # (T may be symbolic)
+                inside = graph.call_function(torch.logical_and, (inside, below))
                 graph.call_function(torch._assert_async, (graph.call_method("all", (inside,)),
-                                    f"fsa_compile: {m.positions.name} holds a row position outside [0, {m.T}), where "
-                                    "the rewritten code's result differs from the op's"))
+                                    f"fsa_compile: {m.positions.name} holds a row position outside [0, T) (T: the "
+                                    "number of keys), where the rewritten code's result differs from the op's"))
         res = graph.call_function(
             torch.ops.fsa.selected_attention.default,
             (q, k, v, sel, m.block_size, float(m.scale), m.causal, m.count_duplicates, m.on_out_of_range, strategy,
