@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..reference import reference_backward
-from .plan import interpret_mode, maxnreg_option
+from .plan import interpret_mode, maxnreg_option, row_position_args
 
 # Scratch budgets (bytes). Chosen so that T = 64K, H = 4, G <= 16, D = 128, bs = 64, n = 16 stays
 # under 2 GiB of backward extra memory in total.
@@ -225,10 +225,7 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
         all_tiles = retile(offsets, cfg.ch)
     E = entries.shape[-1]
     offs = offsets.view(BH, nb + 1)
-    if isinstance(q_offset, torch.Tensor):  # every row's position, int32 [B, T] (op._offset)
-        qoff, pos, s_pos_b, has_pos = 0, q_offset, q_offset.stride(0), True
-    else:
-        qoff, pos, s_pos_b, has_pos = q_offset, q, 0, False
+    qoff, pos, s_pos_b, has_pos = row_position_args(q_offset, q)
     if nchunks > 1:
         key = _chunk_search_key(offs, entries, BH, nb, E)
         qbase = torch.arange(nb, device=dev, dtype=torch.int64).view(1, nb) * E

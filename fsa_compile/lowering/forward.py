@@ -15,7 +15,7 @@ from ..templates.index import build_block_index
 from ..templates.merge import merge_fwd_kernel
 from ..templates.nsa_fwd import nsa_fwd_kernel, tile_block_union
 from ..templates.nsa_shared_fwd import nsa_shared_fwd_kernel
-from .plan import Plan, interpret_mode, maxnreg_option
+from .plan import Plan, interpret_mode, maxnreg_option, row_position_args
 
 LOG2E = 1.4426950408889634
 
@@ -84,14 +84,6 @@ def _forward(q, k, v, idx, block_size, scale, causal, plan, poison, qoff):
     raise ValueError(f"unknown strategy {plan.strategy!r}")
 
 
-def _rows(qoff, q):
-    """Kernel arguments for the rows' positions: ``(QOFF, POS, spb, HAS_POS)``, from an int first
-    position or an int32 ``[B, T_q]`` tensor of every row's (``op._offset``)."""
-    if isinstance(qoff, torch.Tensor):
-        return 0, qoff, qoff.stride(0), True
-    return qoff, q, 0, False
-
-
 def _common(q, k, v, block_size):
     return dict(BS=block_size, BLOCK_N=_p2(block_size), D=q.shape[-1], BLOCK_D=_p2(q.shape[-1]),
                 DV=v.shape[-1], BLOCK_DV=_p2(v.shape[-1]), PRECISION=_precision(q.dtype),
@@ -132,7 +124,7 @@ def _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, qoff):
     H = k.shape[2]
     G = HQ // H
     n = idx.shape[-1]
-    qoff, pos, spb, has_pos = _rows(qoff, q)
+    qoff, pos, spb, has_pos = row_position_args(qoff, q)
     if has_pos:
         plan = plan.for_row_positions(G)  # (what the op's plan_for gives already)
     if plan.nsa_shared:
@@ -206,7 +198,7 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison, qoff):
         pl.fill_(float("nan"))
     common = _common(q, k, v, block_size)
     search = min(1024, max(16, triton.next_power_of_2(NB)))
-    qoff, pos, spb, has_pos = _rows(qoff, q)
+    qoff, pos, spb, has_pos = row_position_args(qoff, q)
     for c in range(nc):
         c0 = c * C
         fsa_fwd_kernel[(grid0, B * H)](

@@ -36,6 +36,15 @@ def _pow2(x: int) -> int:
     return 1 << max(0, int(x - 1).bit_length())
 
 
+def row_position_args(q_offset, q):
+    """Kernel arguments for q's rows' positions, ``(QOFF, POS, POS batch stride, HAS_POS)``: from
+    an int first position, or an int32 ``[B, T_q]`` tensor of every row's (``op._offset``); the
+    forward and backward launches alike."""
+    if isinstance(q_offset, torch.Tensor):
+        return 0, q_offset, q_offset.stride(0), True
+    return q_offset, q, 0, False
+
+
 def t_bucket(T: int) -> int:
     """The power of two ``>= T`` (a plan is valid for every T in ``(bucket/2, bucket]``)."""
     return _pow2(max(1, T))

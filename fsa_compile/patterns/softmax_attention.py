@@ -515,11 +515,11 @@ class Analysis:
             return self._structure(None)
         # every row past the keys (T is not known yet), so that each sees block 0; code that
         # indexes by the positions fails there: then at the largest size of a float input, less one
-        sizes = [s for n in self.gm.graph.nodes if n.op == "placeholder" and (dtype_of(n) or torch.bool).is_floating_point
-                 for s in (shape_of(n) or ())]
         try:
             return self._structure(1 << 20)
         except OutOfBounds:
+            sizes = [s for n in self.gm.graph.nodes if n.op == "placeholder"
+                     and (dtype_of(n) or torch.bool).is_floating_point for s in (shape_of(n) or ())]
             if not sizes:
                 raise
             return self._structure(int(max(concrete(x) for x in sizes)) - 1)
