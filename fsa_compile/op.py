@@ -56,13 +56,15 @@ def _index_shapes(q: Tensor, k: Tensor, block_indices: Tensor, block_size: int, 
 
 def _offset(q: Tensor, k: Tensor, q_offset: Optional[int], q_positions: Optional[Tensor] = None):
     """The rows' positions as the lowering takes them: the first row's (an int), or with
-    ``q_positions`` every row's, an int32 ``[B, T_q]`` tensor clamped to ``[-1, T_k]`` (a row at
-    or past the last key sees all of its blocks' keys and one before 0 none, as unclamped)."""
+    ``q_positions`` every row's, a ``[B, T_q]`` or ``[1, T_q]`` (every batch item alike) view of
+    it, int32 or int64, unclamped. No copy where it is int32 or int64 already: each launch counts
+    in a decode step, and the kernels clamp what they read to ``[-1, T_k]`` (a row at or past the
+    last key sees all of its blocks' keys and one before 0 none, as unclamped)."""
     if q_positions is None:
         return check_q_offset(q_offset, q.shape[1], k.shape[1])
     check_q_positions(q_positions, q_offset, q.shape[0], q.shape[1], q.device)
-    pos = q_positions.clamp(-1, k.shape[1]).to(torch.int32)
-    return pos.expand(q.shape[0], q.shape[1]).contiguous()
+    pos = q_positions if q_positions.dim() == 2 else q_positions.unsqueeze(0)
+    return pos if pos.dtype in (torch.int32, torch.int64) else pos.to(torch.int64)
 
 
 def _canonical(block_indices, T, block_size, count_duplicates, on_out_of_range):

@@ -112,7 +112,7 @@ def _gather_chunk(k, v, idx_c, t0, block_size, causal, T):
     vis = (ix >= 0).unsqueeze(-1) & (tok < T)
     if causal:
         if isinstance(t0, torch.Tensor):
-            tq = t0.to(device=k.device, dtype=torch.long).view(B, 1, c, 1, 1)
+            tq = t0.to(device=k.device, dtype=torch.long).view(-1, 1, c, 1, 1)  # [B or 1, c]
         else:
             tq = torch.arange(t0, t0 + c, device=k.device).view(1, 1, c, 1, 1)
         vis = vis & (tok <= tq)
@@ -130,7 +130,7 @@ def _gather_chunk(k, v, idx_c, t0, block_size, causal, T):
 
 def _rows(q_offset, t0: int, t1: int):
     """The positions of q's rows ``t0 .. t1 - 1``: their first (``q_offset`` an int) or all of them
-    (``q_offset`` a ``[B, Tq]`` tensor of positions)."""
+    (``q_offset`` a ``[B, Tq]`` or ``[1, Tq]`` tensor of positions)."""
     if isinstance(q_offset, torch.Tensor):
         return q_offset[:, t0:t1]
     return t0 + q_offset

@@ -126,6 +126,55 @@ def test_backward_kernels_read_each_rows_position():
         torch.testing.assert_close(g.double(), w, rtol=0, atol=1e-5, msg=name)
 
 
+def _as_given(pos, how):
+    """``pos [B, T_q]`` (B = 2, int64) spelled another way with the same values per row."""
+    if how == "strided":  # every other column of a wider tensor, as a slice of position_ids
+        wide = torch.full((pos.shape[0], 2 * pos.shape[1]), 10**6, dtype=torch.long)
+        wide[:, ::2] = pos
+        return wide[:, ::2]
+    if how == "int32":
+        return pos.to(torch.int32)
+    if how == "int16":
+        return pos.to(torch.int16)
+    if how == "transposed":  # [B, T_q] with the batch stride 1
+        return pos.t().contiguous().t()
+    if how == "one_row":  # [1, T_q]: every batch item alike
+        return pos[:1]
+    if how == "huge":  # past the int32 range: the kernels clamp the int64 they read
+        return torch.where(pos < 0, torch.full_like(pos, -2**40), torch.where(pos >= 40, 2**40 + 7, pos))
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["strided", "int32", "int16", "transposed", "one_row", "huge"])
+def test_positions_are_read_as_given(how):
+    """The kernels read the tensor as the user gave it (strides, int32/int64, values past the int32
+    range, one row for every batch item) and clamp what they read: equal bit for bit, forward and
+    backward, to the same positions given as a contiguous int64 ``[B, T_q]`` tensor. int32 and
+    int64 are passed on without a copy."""
+    gen = torch.Generator().manual_seed(11)
+    B, Tk, Tq, H, G, D, bs, n = 2, 40, 6, 2, 2, 16, 8, 3
+    q, _, _ = make_inputs(B, Tq, H, G, D, D, torch.float32, "bthd", gen)
+    _, k, v = make_inputs(B, Tk, H, G, D, D, torch.float32, "bthd", gen)
+    idx = torch.randint(-1, 5, (B, Tq, H, n), generator=gen)
+    do = torch.randn(B, Tq, H * G, D, generator=gen)
+    pos = _positions(B, Tq, Tk, gen, "BT")
+    given_pos = _as_given(pos, how)
+    plain = given_pos.long().clamp(-1, Tk).expand(B, Tq).contiguous()
+    assert not torch.equal(plain[0], plain[1]) or how == "one_row"
+    if given_pos.dtype in (torch.int32, torch.int64):
+        assert _offset(q, k, None, given_pos).data_ptr() == given_pos.data_ptr()
+    for strategy in ("reference", "nsa", "fsa"):
+        outs = []
+        for p in (plain, given_pos):
+            qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+            o, lse = fsa_compile.selected_attention(qq, kk, vv, idx, bs, strategy=strategy, return_lse=True,
+                                                    q_positions=p)
+            outs.append((o, lse, *torch.autograd.grad((o * do).sum(), (qq, kk, vv))))
+        assert not outs[0][0].isnan().all()
+        for a, b, name in zip(*outs, ("o", "lse", "dq", "dk", "dv")):
+            assert torch.equal(a, b), (how, strategy, name)
+
+
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck),
           phases=[Phase.explicit, Phase.reuse, Phase.generate])  # (shrinking interpreted kernels takes minutes)
 @given(Tq=st.integers(1, 12), extra=st.integers(0, 30), G=st.sampled_from([1, 2, 3, 4]),

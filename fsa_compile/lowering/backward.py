@@ -225,7 +225,7 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
         all_tiles = retile(offsets, cfg.ch)
     E = entries.shape[-1]
     offs = offsets.view(BH, nb + 1)
-    qoff, pos, s_pos_b, has_pos = row_position_args(q_offset, q)
+    qoff, pos, s_pos_b, s_pos_t, has_pos = row_position_args(q_offset, q)
     if nchunks > 1:
         key = _chunk_search_key(offs, entries, BH, nb, E)
         qbase = torch.arange(nb, device=dev, dtype=torch.int64).view(1, nb) * E
@@ -248,7 +248,7 @@ def kernel_backward(do, q, k, v, o, lse, idx, block_size, scale, causal, config=
             start, end, entries, tile_offsets,
             dk_part, dv_part, dq_part, dk, dv, dk_acc, dv_acc,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
-            T, Tk, qoff, pos, s_pos_b, t0, 0, Tc, nb, E, max_tiles, n, float(scale),
+            T, Tk, qoff, pos, s_pos_b, s_pos_t, t0, 0, Tc, nb, E, max_tiles, n, float(scale),
             H=H, G=G, BS=block_size, BLOCK_N=bn, NSUB=nsub, D=D, D_PAD=d_pad,
             TILE_T=cfg.tile_t, CH=cfg.ch, LOG_NB=log_nb, CAUSAL=bool(causal), WRITE_DQ=True,
             PREC=prec, DOT_F32=(dev.type == "cpu"), ST=bool(cfg.st),

@@ -124,7 +124,7 @@ def _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, qoff):
     H = k.shape[2]
     G = HQ // H
     n = idx.shape[-1]
-    qoff, pos, spb, has_pos = row_position_args(qoff, q)
+    qoff, pos, spb, spt, has_pos = row_position_args(qoff, q)
     if has_pos:
         plan = plan.for_row_positions(G)  # (what the op's plan_for gives already)
     if plan.nsa_shared:
@@ -149,7 +149,7 @@ def _nsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, qoff):
     nsa_fwd_kernel[(triton.cdiv(NT, plan.nsa_seq), B * H)](
         q, k, v, idx, ulist, ucnt, o, lse, kd if kd is not None else k, vd if vd is not None else v,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *idx.stride(),
-        T, k.shape[1], qoff, pos, spb, H, NT, ulen, scale * LOG2E,
+        T, k.shape[1], qoff, pos, spb, spt, H, NT, ulen, scale * LOG2E,
         G=G, TOK=tok, SEQ=plan.nsa_seq, BLOCK_R=rows, N_SEL=n, BLOCK_SEL=_p2(n), CAUSAL=causal, UNION=union,
         TMA=kd is not None, HAS_POS=has_pos,
         num_warps=plan.nsa_warps, num_stages=plan.nsa_stages, **_common(q, k, v, block_size),
@@ -198,14 +198,14 @@ def _fsa(q, k, v, idx, block_size, scale, causal, plan, o, lse, poison, qoff):
         pl.fill_(float("nan"))
     common = _common(q, k, v, block_size)
     search = min(1024, max(16, triton.next_power_of_2(NB)))
-    qoff, pos, spb, has_pos = row_position_args(qoff, q)
+    qoff, pos, spb, spt, has_pos = row_position_args(qoff, q)
     for c in range(nc):
         c0 = c * C
         fsa_fwd_kernel[(grid0, B * H)](
             q, k, v, bi.bin_offsets, bi.entries, bi.tile_offsets,
             bi.tile_block if plan.fsa_tile_map else bi.tile_offsets, po, pl,
             *q.stride(), *k.stride(), *v.stride(),
-            k.shape[1], qoff, pos, spb, H, C, c0, nc, c, NB, elen, grid0, scale * LOG2E,
+            k.shape[1], qoff, pos, spb, spt, H, C, c0, nc, c, NB, elen, grid0, scale * LOG2E,
             G=G, N_SEL=n, TILE_Q=tile_q, TPP=plan.fsa_tpp, TILE_MAP=plan.fsa_tile_map,
             ENT_ALL=plan.fsa_ent_all and plan.fsa_tpp == triton.next_power_of_2(plan.fsa_tpp),
             Q_EVICT="evict_last" if plan.fsa_evict else "",

@@ -37,12 +37,14 @@ def _pow2(x: int) -> int:
 
 
 def row_position_args(q_offset, q):
-    """Kernel arguments for q's rows' positions, ``(QOFF, POS, POS batch stride, HAS_POS)``: from
-    an int first position, or an int32 ``[B, T_q]`` tensor of every row's (``op._offset``); the
+    """Kernel arguments for q's rows' positions, ``(QOFF, POS, POS batch stride, POS row stride,
+    HAS_POS)``: from an int first position, or a ``[B, T_q]`` / ``[1, T_q]`` int32 or int64
+    tensor of every row's, unclamped (``op._offset``; the kernels clamp what they read); the
     forward and backward launches alike."""
     if isinstance(q_offset, torch.Tensor):
-        return 0, q_offset, q_offset.stride(0), True
-    return q_offset, q, 0, False
+        spb = q_offset.stride(0) if q_offset.shape[0] > 1 else 0
+        return 0, q_offset, spb, q_offset.stride(1), True
+    return q_offset, q, 0, 0, False
 
 
 def t_bucket(T: int) -> int:

@@ -24,6 +24,7 @@ selected the block), and the dK/dV reduction over the tiles of one block.
 from __future__ import annotations
 
 from .bwd_common import tl, triton
+from .common import row_position
 
 
 @triton.jit
@@ -37,7 +38,7 @@ def bwd_inverted_kernel(
     s_do_b, s_do_t, s_do_h, s_do_d,
     s_dk_b, s_dk_t, s_dk_h, s_dk_d,
     s_dv_b, s_dv_t, s_dv_h, s_dv_d,
-    T, TK, QOFF, POS, s_pos_b, t0, ent_t0, Tc, NB, E, MAX_TILES, n_sel, sm_scale,
+    T, TK, QOFF, POS, s_pos_b, s_pos_t, t0, ent_t0, Tc, NB, E, MAX_TILES, n_sel, sm_scale,
     H: tl.constexpr, G: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr,
     NSUB: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, TILE_T: tl.constexpr,
     CH: tl.constexpr, LOG_NB: tl.constexpr, CAUSAL: tl.constexpr, WRITE_DQ: tl.constexpr,
@@ -121,7 +122,7 @@ def bwd_inverted_kernel(
             slot = ent % n_sel
             t_loc = t - t0
             if HAS_POS:  # each row's position from the tensor (q_positions)
-                tq = tl.load(POS + b * s_pos_b + t, mask=rvalid, other=0)
+                tq = row_position(POS, b * s_pos_b + t * s_pos_t, rvalid, TK)
             else:
                 tq = t + QOFF
             rm = rvalid[:, None] & dmask[None, :]

@@ -1,4 +1,4 @@
-"""Small helpers shared by the forward templates."""
+"""Small helpers shared by the templates."""
 import triton
 import triton.language as tl
 
@@ -59,3 +59,12 @@ def store_rows(O, LSE, b64, tok, hq, ok, m_i, l_i, acc, T, H, sob, sot, soh, sod
     tl.store(O + b64 * sob + tok64[:, None] * sot + hq[:, None] * soh + offs_dv[None, :] * sod,
              o.to(O.dtype.element_ty), mask=ok[:, None] & (offs_dv[None, :] < DV))
     tl.store(LSE + (b64 * T + tok64) * (H * G) + hq, lse, mask=ok)
+
+
+@triton.jit
+def row_position(POS, off, ok, TK):
+    """A query row's position read from ``POS + off`` (a ``q_positions`` tensor, int32 or int64,
+    as the user gave it), clamped to ``[-1, TK]`` as int32: a row at or past the last key sees all
+    of its blocks' keys and one before 0 none, as unclamped."""
+    p = tl.load(POS + off, mask=ok, other=0).to(tl.int64)
+    return tl.minimum(tl.maximum(p, -1), TK).to(tl.int32)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import mma
+from .common import mma, row_position
 
 
 @triton.jit
@@ -35,7 +35,7 @@ def fsa_fwd_kernel(
     sqb, sqt, sqh, sqd,
     skb, skt, skh, skd,
     svb, svt, svh, svd,
-    TK, QOFF, POS, spb, H, C, c0, NCHUNK, chunk, NB, ELEN, MAXT, scale_log2,
+    TK, QOFF, POS, spb, spt, H, C, c0, NCHUNK, chunk, NB, ELEN, MAXT, scale_log2,
     G: tl.constexpr, N_SEL: tl.constexpr, TILE_Q: tl.constexpr, TPP: tl.constexpr,
     TILE_MAP: tl.constexpr, ENT_ALL: tl.constexpr,
     Q_EVICT: tl.constexpr, P_EVICT: tl.constexpr,
@@ -111,7 +111,7 @@ def fsa_fwd_kernel(
             valid = kmask[None, :]
             if CAUSAL:
                 if HAS_POS:  # each row's position from the tensor (q_positions)
-                    qpos = tl.load(POS + b64 * spb + tok, mask=row_ok, other=0)
+                    qpos = row_position(POS, b64 * spb + tok * spt, row_ok, TK)
                 else:
                     qpos = tok + QOFF
                 valid = valid & (kpos[None, :] <= qpos[:, None])

@@ -19,7 +19,7 @@ With ``TMA`` the K and V tiles come by bulk tensor copies through descriptors ov
 (a padding slot) or past T and columns past D read as zeros, as the masked loads do.
 
 ``T`` counts q's rows, ``TK`` the keys; query row ``t`` is at key position ``QOFF + t``, or with
-``HAS_POS`` at ``POS[b, t]`` (int32, batch stride ``spb``; one-token tiles only).
+``HAS_POS`` at ``POS[b, t]`` (int32 or int64, strides ``spb``, ``spt``; one-token tiles only).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import block_tile, mma, softmax_probs, store_rows
+from .common import block_tile, mma, row_position, softmax_probs, store_rows
 
 
 @triton.jit
@@ -38,7 +38,7 @@ def nsa_fwd_kernel(
     svb, svt, svh, svd,
     sob, sot, soh, sod,
     sib, sit, sih, sis,
-    T, TK, QOFF, POS, spb, H, NT, ULEN, scale_log2,
+    T, TK, QOFF, POS, spb, spt, H, NT, ULEN, scale_log2,
     G: tl.constexpr, TOK: tl.constexpr, SEQ: tl.constexpr, BLOCK_R: tl.constexpr,
     N_SEL: tl.constexpr, BLOCK_SEL: tl.constexpr,
     BS: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -75,7 +75,7 @@ def nsa_fwd_kernel(
             acc = tl.zeros([BLOCK_R, BLOCK_DV], tl.float32)
 
             if HAS_POS:
-                qpos = tl.load(POS + b64 * spb + tok64, mask=row_ok, other=0)
+                qpos = row_position(POS, b64 * spb + tok64 * spt, row_ok, TK)
             else:
                 qpos = tok + QOFF
             k_base = K + b64 * skb + h * skh
