@@ -403,3 +403,193 @@ def test_inference_mode_inside_the_attention_is_a_near_miss():
     eager, comp, c = _train_both(f, _own_and_previous(B, T, H, bs), B, T, H, D)
     assert c.rewrites == [] and "torch.no_grad()" in c.misses[0].reason
     assert eager[1].grad is None and comp[1].grad is None
+
+
+# -- a third review (2026-12-03) ---------------------------------------------------------------------
+
+
+def _block_mask_bhtd(bi, bs, T):
+    """``[B, H, T_q, T]`` booleans: the keys of each row's selected blocks (padding selects none)."""
+    nb = (T + bs - 1) // bs
+    idx = bi.masked_fill(bi < 0, nb)
+    blocks = torch.zeros(*idx.shape[:-1], nb + 1, dtype=torch.bool).scatter_(-1, idx, True)[..., :nb]
+    return blocks.repeat_interleave(bs, -1)[..., :T]
+
+
+def _sdpa_at(q, k, v, bi, rows):
+    """Masked SDPA over ``[B, H, T, D]`` keys, query rows at the key positions ``rows``
+    (broadcast against ``[B, H, T_q, 1]``)."""
+    T = k.shape[2]
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=_block_mask_bhtd(bi, 16, T) & (torch.arange(T) <= rows))
+
+
+ROWS_AT_OTHER_ENTRIES = {
+    # (B, H, T_q, rows from the [T_q] tensor cp): none of them reads row i at cp[i]
+    "every_row_at_the_first": (1, 1, 2, lambda cp, B, H, Tq: cp[0]),
+    "first_and_last_swapped": (1, 1, 5, lambda cp, B, H, Tq: cp[torch.tensor([4, 1, 2, 3, 0])].view(1, 1, Tq, 1)),
+    "one_per_batch_item": (2, 1, 2, lambda cp, B, H, Tq: cp.view(B, 1, 1, 1)),
+    "one_per_head": (1, 2, 2, lambda cp, B, H, Tq: cp.view(1, H, 1, 1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROWS_AT_OTHER_ENTRIES))
+def test_rows_at_other_entries_of_a_positions_tensor_are_near_misses(name):
+    """A ``[T_q]`` integer tensor read as something else than row i's position (its first entry
+    for every row, entries swapped, a ``[B]`` or ``[H]`` tensor as long as the rows): the checks'
+    random positions tables once always had their first entry equal to their last, so these were
+    rewritten as ``q_positions`` and gave other results."""
+    B, H, Tq, rows = ROWS_AT_OTHER_ENTRIES[name]
+    T, D = 64, 16
+
+    def f(q, k, v, bi, cp):
+        return _sdpa_at(q, k, v, bi, rows(cp, B, H, Tq))
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(B, H, Tq, D, generator=g), torch.randn(B, H, T, D, generator=g), torch.randn(B, H, T, D, generator=g)
+    bi = torch.arange(4).expand(B, H, Tq, 4).contiguous()  # every block: only the positions matter
+    cp = torch.tensor([60, 20, 33, 41, 10][:Tq])
+    rep = fsa_compile.explain(f, q, k, v, bi, cp, options=FAST)
+    assert rep.rewrites == [] and len(rep.misses) == 1, str(rep)
+    torch.testing.assert_close(rep.output, f(q, k, v, bi, cp))
+
+
+def test_the_rows_own_positions_are_still_rewritten():
+    """The same SDPA with row i at ``cp[i]``, at each of the shapes above."""
+    T, D = 64, 16
+    for B, H, Tq in ((1, 1, 2), (1, 1, 5), (2, 1, 2), (1, 2, 2)):
+        torch._dynamo.reset()
+
+        def f(q, k, v, bi, cp, Tq=Tq):
+            return _sdpa_at(q, k, v, bi, cp.view(1, 1, Tq, 1))
+
+        g = torch.Generator().manual_seed(2)
+        q, k, v = torch.randn(B, H, Tq, D, generator=g), torch.randn(B, H, T, D, generator=g), torch.randn(B, H, T, D, generator=g)
+        bi = torch.randint(-1, 4, (B, H, Tq, 3), generator=g)
+        cp = torch.tensor([60, 20, 33, 41, 10][:Tq])
+        rep = fsa_compile.explain(f, q, k, v, bi, cp, options=FAST)
+        assert len(rep.rewrites) == 1 and "rows=" in str(rep), str(rep)
+        torch.testing.assert_close(rep.output, f(q, k, v, bi, cp), equal_nan=True)
+
+
+def _batch_inputs(B, T=96, H=1, D=16, bs=16):
+    g = torch.Generator().manual_seed(B)
+    q, k, v = (torch.randn(B, T, H, D, generator=g) for _ in range(3))
+    return q, k, v, _own_and_previous(B, T, H, bs)
+
+
+@pytest.mark.parametrize("depends", ["scale", "block_size", "none"])
+def test_a_meaning_that_depends_on_the_batch_size_is_checked_at_another_one(depends):
+    """Code that computes its scale or block size from ``q.shape[0]`` was verified at the example's
+    B only, and after Dynamo made B symbolic the graph ran at other B with the first one's numbers.
+    The pass now checks a match again at another B and guards B where it does not hold there;
+    code that does not compute with B still runs every B through one graph."""
+    def f(q, k, v, bi):
+        B, T, H, D = q.shape
+        bs = 16 * B if depends == "block_size" else 16
+        scale = 0.1 * B if depends == "scale" else D**-0.5
+        masked, safe, b, h = _positions(bi, bs, T)
+        s = torch.einsum("bthd,bthsd->bths", q, k[b, safe, h]) * scale
+        return torch.einsum("bths,bthsd->bthd", torch.softmax(s.masked_fill(masked, NEG_INF), -1), v[b, safe, h])
+
+    cf = torch.compile(f, backend="fsa", options=FAST)
+    compiles = 0
+    for B in (1, 2, 3, 4):
+        args = _batch_inputs(B)
+        if depends == "block_size":
+            args = (*args[:3], _own_and_previous(B, 96, 1, 16 * B))
+        with RewriteCounter() as c:
+            out = cf(*args)
+        compiles += bool(c.results)
+        assert all(len(r.rewrites) == 1 for r in c.results), [str(r) for r in c.results]
+        torch.testing.assert_close(out, f(*args), msg=f"B={B}")
+    assert compiles == (2 if depends == "none" else 4)
+
+
+def _rounding(where, dt=torch.bfloat16):
+    """The gather form in float32 with one value rounded to ``dt`` and back (``where``)."""
+    bs = 16
+
+    def f(q, k, v, bi):
+        B, T, H, D = q.shape
+        masked, safe, b, h = _positions(bi, bs, T)
+        if where == "q":
+            q = q.to(dt).float()
+        if where == "k_and_v":
+            k, v = k.to(dt).float(), v.to(dt).float()
+        k_sel = k[b, safe, h]
+        if where == "gathered_keys":
+            k_sel = k_sel.to(dt).float()
+        s = torch.einsum("bthd,bthsd->bths", q, k_sel) * D**-0.5
+        if where == "scores":
+            s = s.to(dt).float()
+        s = s.masked_fill(masked, NEG_INF)
+        p = torch.softmax(s, -1, dtype=torch.float16).float() if where == "softmax_dtype" else torch.softmax(s, -1)
+        if where == "probabilities":
+            p = p.to(dt).float()
+        o = torch.einsum("bths,bthsd->bthd", p, v[b, safe, h])
+        return o.to(dt).float() if where == "output" else o
+
+    return f
+
+
+@pytest.mark.parametrize("where", ["q", "k_and_v", "gathered_keys", "output"])
+def test_rounding_of_an_input_or_of_the_output_is_kept(where):
+    """``q.to(bfloat16).float()`` beside float32 k and v: the op runs in float32 on q's rounded
+    values (it took q unrounded, 5e-3 off); the output rounded on its way out likewise."""
+    B, T, H, D = 1, 64, 1, 16
+    f = _rounding(where)
+    q, k, v, bi = _batch_inputs(B, T, H, D)
+    rep = fsa_compile.explain(f, q, k, v, bi, options=FAST)
+    assert len(rep.rewrites) == 1 and "dtype=float32" in str(rep), str(rep)
+    torch.testing.assert_close(rep.output, f(q, k, v, bi), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["scores", "softmax_dtype", "probabilities"])
+def test_rounding_of_scores_or_probabilities_is_a_near_miss(where):
+    """The op keeps scores and probabilities in float32: code that rounds them to a narrower
+    dtype than the rest of it computes in is left alone."""
+    B, T, H, D = 1, 64, 1, 16
+    f = _rounding(where)
+    q, k, v, bi = _batch_inputs(B, T, H, D)
+    rep = fsa_compile.explain(f, q, k, v, bi, options=FAST)
+    assert rep.rewrites == [] and "rounds the attention's intermediate values" in rep.misses[0].reason, str(rep)
+    torch.testing.assert_close(rep.output, f(q, k, v, bi))
+
+
+def test_bf16_inputs_with_a_float32_softmax_cast_back_are_still_rewritten():
+    """Rounding to the dtype the op computes in is not a miss (``gather_index_select``'s spelling:
+    bf16 products, softmax in float32 cast back to bf16)."""
+    from fsa_compile.patterns.forms import FORMS
+
+    f = FORMS["gather_index_select"].fn
+    B, T, H, G, D, bs = 1, 64, 1, 2, 16, 16
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(B, T, H * G, D, generator=g).bfloat16()
+    k, v = (torch.randn(B, T, H, D, generator=g).bfloat16() for _ in range(2))
+    rep = fsa_compile.explain(f, q, k, v, _own_and_previous(B, T, H, bs), bs, options=FAST)
+    assert len(rep.rewrites) == 1 and "dtype=bfloat16" in str(rep), str(rep)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_softmax_without_the_row_max_is_a_near_miss(dtype):
+    """``exp(s) / exp(s).sum()`` overflows (NaN rows) where the op's softmax does not: with large
+    scores the rewrite returned finite values where eager has NaN."""
+    B, T, H, D, bs = 1, 64, 1, 16, 16
+
+    def f(q, k, v, bi):
+        masked, safe, b, h = _positions(bi, bs, T)
+        s = (torch.einsum("bthd,bthsd->bths", q, k[b, safe, h]) * D**-0.5).masked_fill(masked, NEG_INF)
+        e = torch.exp(s)
+        return torch.einsum("bths,bthsd->bthd", e / e.sum(-1, keepdim=True), v[b, safe, h])
+
+    g = torch.Generator().manual_seed(4)
+    mult = 8.0 if dtype == torch.float32 else 2.0
+    q, k = ((torch.randn(B, T, H, D, generator=g) * mult).to(dtype) for _ in range(2))
+    v = torch.randn(B, T, H, D, generator=g).to(dtype)
+    bi = _own_and_previous(B, T, H, bs)
+    want = f(q, k, v, bi)
+    assert want.isnan().any()  # the code overflows here
+    rep = fsa_compile.explain(f, q, k, v, bi, options=FAST)
+    assert rep.rewrites == [] and "row max" in rep.misses[0].reason, str(rep)
+    torch.testing.assert_close(rep.output, want, equal_nan=True)

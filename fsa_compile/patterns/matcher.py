@@ -176,6 +176,35 @@ def _same_at_another_length(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
     return m2.T == alt and rows_follow and all(getattr(m, a) == getattr(m2, a) for a in _READING + ("q_first",))
 
 
+def _b_symbol(m):
+    """The batch size as a symbol (None where it is a number or the layout has no batch dim)."""
+    ev = example_value(m.k)
+    layout = m.layouts["k"][1]
+    size = ev.shape[layout.index("b")] if isinstance(ev, torch.Tensor) and "b" in layout else None
+    return size if isinstance(size, torch.SymInt) else None
+
+
+def _same_at_another_batch(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
+    """Under dynamic shapes the graph will run at other batch sizes too: verify the match again at
+    another one, since the code may compute with B (a scale or a mask offset from ``q.shape[0]``).
+    False if it does not hold there; the batch size is then guarded."""
+    size = _b_symbol(m)
+    if size is None:
+        return True
+    expr = size.node.shape_env.replace(size.node.expr)
+    t_size = _t_symbol(m)
+    if not isinstance(expr, sympy.Symbol) or (
+            t_size is not None and expr in t_size.node.shape_env.replace(t_size.node.expr).free_symbols):
+        return False
+    alt = 2 * m.B + 1
+    try:
+        with substituted({expr: alt}):
+            m2 = softmax_attention.analyze(gm, anchor, m.output, memo)
+    except Exception:
+        return False
+    return m2.B == alt and all(getattr(m, a) == getattr(m2, a) for a in _READING + ("T", "Tq", "q_first"))
+
+
 def _offset_input(gm: fx.GraphModule, anchor, m, memo=None):
     """q's rows at a fixed offset (``m.q_first``, or the last rows) equal to an int input that
     Dynamo made symbolic (a cache position): the placeholder and its symbol when the match holds
@@ -267,8 +296,9 @@ def _grad_mode_differs(graph: fx.Graph, m) -> str | None:
     return None
 
 
-def _specialize(gm: fx.GraphModule, m, keep_t: bool = True, offset=None) -> None:
-    """Guard every symbolic size the match depends on, except the batch and the sequence length.
+def _specialize(gm: fx.GraphModule, m, keep_t: bool = True, offset=None, keep_b: bool = True) -> None:
+    """Guard every symbolic size the match depends on, except the batch and the sequence length
+    where the match was verified at another value of them (``keep_b``, ``keep_t``).
 
     The match was verified at the example sizes, and the rewrite bakes some numbers into the graph
     (block size, scale, heads): under dynamic shapes those must not change without a recompile,
@@ -283,6 +313,8 @@ def _specialize(gm: fx.GraphModule, m, keep_t: bool = True, offset=None) -> None
         roles = ("t", "b") if keep_t and m.T > m.block_size else ("b",)
         if m.q_holds_rows_only and role in ("q", "selection"):
             roles = ("b",)  # only the keys' length was checked at another value: q's rows stay fixed
+        if not keep_b:
+            roles = tuple(r for r in roles if r != "b")
         for dim_role in roles:
             if isinstance(ev, torch.Tensor) and dim_role in layout:
                 size = ev.shape[layout.index(dim_role)]
@@ -349,7 +381,8 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None, topk_plan_of=N
         output = m.output
         same_as = memo.reused_from.get(output.name, "")  # (before the check at another length)
         done.add(anchor.node)
-        why = _updated_before_output(gm.graph, m) or _grad_mode_differs(gm.graph, m)
+        why = (_updated_before_output(gm.graph, m) or _grad_mode_differs(gm.graph, m) or rewrite.rounding_inside(m)
+               or softmax_attention.unshifted_softmax(m.softmax))
         if why:
             result.misses.append(Miss(softmax_attention.FAMILY, output.name, why))
             log.info("fsa_compile: not rewritten: %s/%s: %s", softmax_attention.FAMILY, output.name, why)
@@ -358,8 +391,12 @@ def run(gm: fx.GraphModule, strategy: str = "auto", plan_of=None, topk_plan_of=N
         keep_t = _same_at_another_length(gm, anchor, m, memo)
         if not keep_t and _t_symbol(m) is not None:
             log.info("fsa_compile: %s holds at T=%d but not at other lengths: T is fixed for this graph", output.name, m.T)
+        keep_b = _same_at_another_batch(gm, anchor, m, memo)
+        if not keep_b and _b_symbol(m) is not None:
+            log.info("fsa_compile: %s holds at B=%d but not at other batch sizes: B is fixed for this graph",
+                     output.name, m.B)
         offset = _offset_input(gm, anchor, m, memo)
-        _specialize(gm, m, keep_t, offset)
+        _specialize(gm, m, keep_t, offset, keep_b)
         shapes, options = _describe(m, offset[0] if offset is not None else None)
         pattern = f"{m.family} ({m.form} form)"
         rw = Rewrite(pattern, output.name, shapes, options, plan_of(m) if plan_of else "",

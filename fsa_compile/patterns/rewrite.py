@@ -26,7 +26,8 @@ def apply(graph: fx.Graph, m, strategy: str = "auto", q_offset: fx.Node | None =
     dtype = input_dtype(m)
     with graph.inserting_before(out):
         q, k, v = (
-            _cast(graph, L.to_bthd(graph, leaf, m.layouts[name][1], m.D, m.H, m.G), leaf, dtype)
+            _cast(graph, L.to_bthd(graph, leaf, m.layouts[name][1], m.D, m.H, m.G), leaf, dtype,
+                  _narrowest_on_path(leaf, [m.softmax, m.output]))
             for name, leaf in (("q", m.q), ("k", m.k), ("v", m.v))
         )
         sel = L.to_bthd(graph, m.selection, m.layouts["selection"][1])
@@ -60,6 +61,9 @@ def apply(graph: fx.Graph, m, strategy: str = "auto", q_offset: fx.Node | None =
             empty = graph.call_method("unsqueeze", (empty, -1))
             o = graph.call_function(torch.where, (empty, float("nan"), o))
         dt = dtype_of(out)
+        rounded = _output_rounding(m, dtype)
+        if rounded is not None:  # the code rounds its output on the way to the output node
+            o = graph.call_method("to", (o, rounded))
         if dt is not None:
             o = graph.call_method("to", (o, dt))
         o = L.from_bthd(graph, o, m.layouts["o"][1], m.H, m.G)
@@ -69,14 +73,81 @@ def apply(graph: fx.Graph, m, strategy: str = "auto", q_offset: fx.Node | None =
     return o
 
 
-def _cast(graph: fx.Graph, node: fx.Node, leaf: fx.Node, dtype) -> fx.Node:
+def _narrower(a, b) -> bool:
+    return a is not None and b is not None and a.is_floating_point and a.itemsize < b.itemsize
+
+
+def _cast(graph: fx.Graph, node: fx.Node, leaf: fx.Node, dtype, own=None) -> fx.Node:
+    """``node`` (the leaf in the op's layout) in the op's ``dtype``; first rounded to ``own``, the
+    narrowest dtype this leaf passes through in the user's code, where that is narrower than the
+    op's (``q.to(bfloat16).float()`` beside float32 k and v: the op runs in float32 on q's bf16
+    values, as the code does)."""
+    if _narrower(own, dtype) and _narrower(own, dtype_of(leaf)):
+        return graph.call_method("to", (graph.call_method("to", (node, own)), dtype))
     if dtype is None or dtype_of(leaf) == dtype:
         return node
     return graph.call_method("to", (node, dtype))
 
 
-def _narrowest_on_path(leaf: fx.Node, sinks: list) -> torch.dtype | None:
-    """The narrowest floating dtype ``leaf``'s values pass through before a matrix product.
+def _output_chain(m) -> list:
+    """The casts and views between the attention's product and ``m.output``, the output included
+    (what the rewrite replaces: it reads the output through them)."""
+    from .softmax_attention import _PASSTHROUGH, _VIEWS
+
+    chain, n = [], m.output
+    while True:
+        chain.append(n)
+        call = canon(n)
+        if call is None or (call.name not in _PASSTHROUGH and call.name not in _VIEWS) or not isinstance(
+                n.args[0], fx.Node):
+            return chain
+        n = n.args[0]
+
+
+def _output_rounding(m, dtype):
+    """The narrowest floating dtype the attention's result passes through on its way to
+    ``m.output`` when that is narrower than the op's ``dtype`` (``o.to(bfloat16).float()``), else
+    None."""
+    best = None
+    for n in _output_chain(m):
+        dt = dtype_of(n)
+        if _narrower(dt, dtype) and (best is None or _narrower(dt, best)):
+            best = dt
+    return best
+
+
+def rounding_inside(m) -> str | None:
+    """Why the op cannot compute what the matched code does, if the code rounds its scores or
+    probabilities to a dtype narrower than the op computes in (``s.to(bfloat16).float()``, a
+    float16 ``softmax(dtype=...)`` in float32 attention): the op keeps those in float32. Rounding
+    of q, k, v before the products and of the output after them is reproduced (``apply``)."""
+    dtype = input_dtype(m)
+    if dtype is None:
+        return None
+    sinks = [m.softmax, m.output]
+    leaf_paths = set()
+    for leaf in (m.q, m.k, m.v):
+        leaf_paths |= _leaf_path(leaf, sinks)[1]
+    data, stack = set(), [m.q, m.k, m.v]  # what the user's code computes from q, k, v
+    while stack:
+        n = stack.pop()
+        for u in n.users:
+            if u in m.visited and u not in data:
+                data.add(u)
+                stack.append(u)
+    chain = set(_output_chain(m))
+    for n in sorted(data - leaf_paths - chain, key=lambda n: n.name):
+        dt = dtype_of(n)
+        if _narrower(dt, dtype):
+            return (f"{n.name} rounds the attention's intermediate values to {str(dt).removeprefix('torch.')} "
+                    f"where the rest computes in {str(dtype).removeprefix('torch.')}: the op would keep them in "
+                    "float32, so the result would differ from the code's")
+    return None
+
+
+def _leaf_path(leaf: fx.Node, sinks: list):
+    """``(narrowest, nodes)``: the narrowest floating dtype ``leaf``'s values pass through before a
+    matrix product, and the nodes on that way (the products included).
 
     The point evaluator sees through casts, so the matched leaf can be wider than what the
     products read (an fp32 RoPE output cast to bf16, then upcast for the scores). Casting the
@@ -105,7 +176,11 @@ def _narrowest_on_path(leaf: fx.Node, sinks: list) -> torch.dtype | None:
                 if dt is not None and dt.is_floating_point and best is not None and dt.itemsize < best.itemsize:
                     best = dt
                 stack.append(u)
-    return best
+    return best, seen
+
+
+def _narrowest_on_path(leaf: fx.Node, sinks: list) -> torch.dtype | None:
+    return _leaf_path(leaf, sinks)[0]
 
 
 def input_dtype(m) -> torch.dtype | None:
