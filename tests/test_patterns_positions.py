@@ -168,6 +168,42 @@ def test_rows_indexed_out_of_a_mask_by_the_positions_are_rewritten_with_the_asse
     torch.testing.assert_close(rep.output, indexed_mask(q, k, v, idx, args[4], pos), rtol=1e-5, atol=1e-6)
 
 
+def _mask_sdpa_clamped(q, k, v, block_indices, block_size, cache_position):
+    """The mask+SDPA form with the positions clamped into the keys by the code itself."""
+    T = k.shape[2]
+    return mask_sdpa_at(q, k, v, block_indices, block_size, cache_position.clamp(0, T - 1))
+
+
+def _gather_shifted(q, k, v, block_indices, block_size, cache_position):
+    """The gather form with each row one key further than the tensor says (``cache_position + 1``
+    computed before the mask: the row is at that position, as far as the code is concerned)."""
+    return gather_at(q, k, v, block_indices, block_size, cache_position + 1)
+
+
+@pytest.mark.parametrize("fn, layout, node, outside", [(_mask_sdpa_clamped, "bhtd", "clamp", "any"),
+                                                       (_gather_shifted, "bthd", "add", "assert")])
+def test_positions_the_code_computes_from_the_input_are_read_where_computed(fn, layout, node, outside):
+    """Reading the input itself fails (the shift) or needs the assertion (the clamp: a row the
+    code clamps to the last key differs from one past the keys): the pass reads the op's own
+    result, ``cache_position.clamp(...)`` or ``cache_position + 1``, as the rows' positions. The
+    clamped mask is then the op for any input; the shifted gather form still clamps token
+    positions (T = 70, bs = 8), so outside the keys its rewrite asserts, as for the input itself."""
+    *args, pos = _rows([[30, 5, 68, 12], [0, 33, 20, 41]], "unique", seed=6)
+    if layout == "bhtd":
+        args = [*(x.transpose(1, 2).contiguous() for x in args[:4]), args[4]]
+    rep = fsa_compile.explain(fn, *args, pos, options=FAST)
+    assert len(rep.rewrites) == 1 and f"rows={node}[i]" in str(rep.rewrites[0]), str(rep)
+    assert f"positions_outside={outside}" in str(rep.rewrites[0]), str(rep)
+    torch.testing.assert_close(rep.output, fn(*args, pos), equal_nan=True, rtol=1e-5, atol=1e-6)
+    f = torch.compile(fn, backend="fsa", options=FAST)
+    far = torch.tensor([[-3, 5, 100, 69], [70, -1, 20, 41]])
+    if outside == "any":
+        torch.testing.assert_close(f(*args, far), fn(*args, far), equal_nan=True, rtol=1e-5, atol=1e-6)
+    else:
+        with pytest.raises(RuntimeError, match="outside"):
+            f(*args, far)
+
+
 def test_a_tensor_not_shaped_like_the_rows_is_a_near_miss():
     *args, pos = _rows([30, 5, 69], "unique", seed=4)
 

@@ -593,3 +593,27 @@ def test_a_softmax_without_the_row_max_is_a_near_miss(dtype):
     rep = fsa_compile.explain(f, q, k, v, bi, options=FAST)
     assert rep.rewrites == [] and "row max" in rep.misses[0].reason, str(rep)
     torch.testing.assert_close(rep.output, want, equal_nan=True)
+
+
+def test_probabilities_rounded_to_the_outputs_dtype_are_not_a_miss():
+    """float32 q beside bf16 k and v (the op computes in float32), probabilities cast to bf16 for a
+    bf16 output product: the rounding is no narrower than the output's own, so it is rewritten,
+    as close to a float32 result as eager is."""
+    B, T, H, D, bs = 1, 64, 1, 16, 16
+
+    def f(q, k, v, bi):
+        masked, safe, b, h = _positions(bi, bs, T)
+        s = torch.einsum("bthd,bthsd->bths", q, k[b, safe, h].float()) * D**-0.5
+        p = torch.softmax(s.masked_fill(masked, NEG_INF), -1).to(torch.bfloat16)
+        return torch.einsum("bths,bthsd->bthd", p, v[b, safe, h])
+
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(B, T, H, D, generator=g)
+    k, v = (torch.randn(B, T, H, D, generator=g).bfloat16() for _ in range(2))
+    bi = _own_and_previous(B, T, H, bs)
+    rep = fsa_compile.explain(f, q, k, v, bi, options=FAST)
+    assert len(rep.rewrites) == 1 and "dtype=float32" in str(rep), str(rep)
+    truth = _gather(q, k.float(), v.float(), bi, bs, T)
+    eager = f(q, k, v, bi)
+    assert rep.output.dtype == eager.dtype == torch.bfloat16
+    assert (rep.output.float() - truth).abs().max() <= (eager.float() - truth).abs().max() + 1e-3

@@ -118,8 +118,9 @@ def _output_rounding(m, dtype):
 
 def rounding_inside(m) -> str | None:
     """Why the op cannot compute what the matched code does, if the code rounds its scores or
-    probabilities to a dtype narrower than the op computes in (``s.to(bfloat16).float()``, a
-    float16 ``softmax(dtype=...)`` in float32 attention): the op keeps those in float32. Rounding
+    probabilities to a dtype narrower than the op computes in and than its output
+    (``s.to(bfloat16).float()``, a float16 ``softmax(dtype=...)`` in float32 attention): the op
+    keeps those in float32. Rounding
     of q, k, v before the products and of the output after them is reproduced (``apply``)."""
     dtype = input_dtype(m)
     if dtype is None:
@@ -136,9 +137,11 @@ def rounding_inside(m) -> str | None:
                 data.add(u)
                 stack.append(u)
     chain = set(_output_chain(m))
+    out_dt = dtype_of(m.output)
     for n in sorted(data - leaf_paths - chain, key=lambda n: n.name):
         dt = dtype_of(n)
-        if _narrower(dt, dtype):
+        # (a rounding no narrower than the output's own dtype is within what the output keeps)
+        if _narrower(dt, dtype) and _narrower(dt, out_dt):
             return (f"{n.name} rounds the attention's intermediate values to {str(dt).removeprefix('torch.')} "
                     f"where the rest computes in {str(dtype).removeprefix('torch.')}: the op would keep them in "
                     "float32, so the result would differ from the code's")

@@ -187,10 +187,9 @@ def _row_max_of(node, x, dim, rank):
     return call.args[0] is x and d is not None and d % rank == dim and _keepdim(call)
 
 
-def manual_softmax(node: fx.Node):
-    """``(x, dim)`` if ``node`` is ``exp(x - rowmax(x)) / exp(...).sum(dim, keepdim=True)``, else
-    None. Without the row max it is a candidate too (``x`` the exponent), which the matcher then
-    reports as a near miss (:func:`unshifted_softmax`)."""
+def _manual_softmax_parts(node: fx.Node):
+    """``(exponent, dim, shifted)`` if ``node`` is ``exp(e) / exp(e).sum(dim, keepdim=True)``, with
+    ``shifted`` the x of ``e = x - rowmax(x)`` (else None), or None."""
     call = canon(node)
     if call is None or call.name != "div" or not all(isinstance(a, fx.Node) for a in node.args[:2]):
         return None
@@ -209,8 +208,19 @@ def manual_softmax(node: fx.Node):
     arg = e.args[0]
     ac = canon(arg)
     if ac is not None and ac.name == "sub" and isinstance(arg.args[0], fx.Node) and _row_max_of(arg.args[1], arg.args[0], dim, rank):
-        return arg.args[0], dim
-    return arg, dim
+        return arg, dim, arg.args[0]
+    return arg, dim, None
+
+
+def manual_softmax(node: fx.Node):
+    """``(x, dim)`` if ``node`` is ``exp(x - rowmax(x)) / exp(...).sum(dim, keepdim=True)``, else
+    None. Without the row max it is a candidate too (``x`` the exponent), which the matcher then
+    reports as a near miss (:func:`unshifted_softmax`)."""
+    parts = _manual_softmax_parts(node)
+    if parts is None:
+        return None
+    arg, dim, shifted = parts
+    return (arg if shifted is None else shifted), dim
 
 
 def unshifted_softmax(node: fx.Node) -> str | None:
@@ -218,16 +228,8 @@ def unshifted_softmax(node: fx.Node) -> str | None:
     shifted by the row max: ``exp(s) / exp(s).sum()`` overflows to inf (a NaN row) or underflows
     to 0 where the op's softmax does not, so the results differ on large scores (in float16 from
     scores of about 11)."""
-    call = canon(node)
-    if call is None or call.name != "div" or manual_softmax(node) is None:
-        return None
-    e = node.args[0]
-    arg = e.args[0]
-    ac = canon(arg)
-    shp = shape_of(node)
-    dim = _dim_arg(canon(node.args[1])) % len(shp)
-    if ac is not None and ac.name == "sub" and isinstance(arg.args[0], fx.Node) and _row_max_of(
-            arg.args[1], arg.args[0], dim, len(shp)):
+    parts = _manual_softmax_parts(node)
+    if parts is None or parts[2] is not None:
         return None
     return (f"the softmax {node.name} is exp(s) / exp(s).sum() without subtracting the row max: it overflows "
             "(inf / inf = NaN) or underflows where the op's softmax does not, so the results would differ on "
@@ -345,11 +347,12 @@ def _selected_from_data(n: fx.Node, memo: dict) -> bool:
     return False
 
 
-def integer_leaves(output: fx.Node, anchor: Anchor) -> list[fx.Node]:
+def integer_leaves(output: fx.Node, anchor: Anchor, held=frozenset()) -> list[fx.Node]:
     """Integer tensors the subgraph depends on that it does not compute itself (the selection).
 
     An integer tensor computed from floating-point data (a top-k of scores, say) is a leaf too:
-    the pattern cannot and need not see how the selection was made.
+    the pattern cannot and need not see how the selection was made. So are the nodes of
+    ``held`` (positions the code computes from an input, read as the rows' positions).
     """
     softmax = anchor.node if anchor.kind == "softmax" else None
     seen, leaves, stack, memo = set(), [], [output] + ([anchor.pre] if softmax is not None else []), {}
@@ -361,7 +364,7 @@ def integer_leaves(output: fx.Node, anchor: Anchor) -> list[fx.Node]:
         call = canon(n)
         opaque = n.op in ("placeholder", "get_attr") or call is None or (
             call.name == "getitem" and shape_of(n.args[0]) is None
-        ) or (n is not softmax and _selected_from_data(n, memo))
+        ) or (n is not softmax and _selected_from_data(n, memo)) or n in held
         if n is not softmax and opaque:
             dt = dtype_of(n)
             shp = shape_of(n)
@@ -483,7 +486,7 @@ def _first_distinct(values, count: int) -> tuple:
 
 class Analysis:
     def __init__(self, gm: fx.GraphModule, anchor: Anchor, output: fx.Node, seed: int = 0, leaves=frozenset(),
-                 memo: Memo | None = None):
+                 memo: Memo | None = None, positions_at=None):
         self.gm, self.anchor, self.softmax, self.output = gm, anchor, anchor.node, output
         self.leaves = frozenset(leaves)  # nodes read as tensors even where the evaluator could see through them
         self.seed, self.memo = seed, memo
@@ -495,7 +498,8 @@ class Analysis:
         self.stale = unfollowed_reads(gm.graph)
         self.visited: set = set()
         self._next_head = 0  # the (batch, query head) the next sampled row takes
-        found = integer_leaves(output, anchor)
+        # positions_at: a node computed from the rows' positions input, read as the positions
+        found = integer_leaves(output, anchor, frozenset() if positions_at is None else {positions_at})
         leaves = [n for n in found if len(shape_of(n)) in (3, 4)]
         if not leaves:
             raise LookupError("no block selection")  # not selected attention: leave it silently
@@ -1211,9 +1215,51 @@ def _view_users(nodes) -> frozenset:
     return frozenset(out)
 
 
+def _computed_positions(gm: fx.GraphModule, anchor: Anchor, output: fx.Node):
+    """An integer node the code computes from a ``[T_q]`` / ``[B, T_q]`` integer input beside the
+    selection, of the same shape, that the attention reads it through (``cp.clamp(0, T - 1)``,
+    ``cp + 1``): the one such user, or None."""
+    found = [n for n in integer_leaves(output, anchor) if len(shape_of(n)) in (1, 2)]
+    if len(found) != 1:
+        return None
+    inside = set(_walk(output, lambda n: list(_inputs(n))))
+    users = [u for u in found[0].users if u in inside and canon(u) is not None
+             and (dtype_of(u) or torch.bool) not in (torch.bool,) and not (dtype_of(u) or torch.float).is_floating_point
+             and shape_of(u) == shape_of(found[0])]
+    return users[0] if len(users) == 1 else None
+
+
 def analyze(gm: fx.GraphModule, anchor: Anchor, output: fx.Node, memo: Memo | None = None) -> Match:
     """A verified match, or raises NearMiss (with the reason) / LookupError (not attention).
-    ``memo``: the verified matches of this pass, reused where a candidate reads the same."""
+    ``memo``: the verified matches of this pass, reused where a candidate reads the same.
+
+    Where q's rows' positions come from an input through an integer op of the same shape (a clamp,
+    a shift), and the reading of the input itself fails or needs the assertion, the op's result is
+    read as the positions instead: what the code computes from them is then the op's to the
+    letter, inside the keys or not."""
+    try:
+        m = _analyze(gm, anchor, output, memo)
+    except NearMiss as miss:
+        at = _computed_positions(gm, anchor, output)
+        if at is None:
+            raise
+        try:
+            return Analysis(gm, anchor, output, memo=memo, positions_at=at).run()
+        except (NearMiss, LookupError, Unsupported, LayoutMiss):
+            raise miss from None
+    if m.positions is not None and m.positions_outside == "assert":
+        at = _computed_positions(gm, anchor, output)
+        if at is not None and at is not m.positions:
+            try:
+                m2 = Analysis(gm, anchor, output, memo=memo, positions_at=at).run()
+                if m2.positions_outside == "any":
+                    return m2
+            except (NearMiss, LookupError, Unsupported, LayoutMiss):
+                pass
+    return m
+
+
+def _analyze(gm: fx.GraphModule, anchor: Anchor, output: fx.Node, memo: Memo | None = None) -> Match:
     try:
         try:
             analysis = Analysis(gm, anchor, output, memo=memo)
