@@ -63,14 +63,22 @@ def test_positions_of_consecutive_rows_are_q_offset():
     _, k, v = make_inputs(B, Tk, H, G, D, D, torch.float32, "bthd", gen)
     idx = torch.randint(-1, 6, (B, Tq, H, n), generator=gen)
     do = torch.randn(B, Tq, H * G, D, generator=gen)
+    _bitwise_equal_calls(q, k, v, idx, bs, do, dict(q_offset=20), dict(q_positions=torch.arange(20, 20 + Tq)))
+
+
+def _bitwise_equal_calls(q, k, v, idx, bs, do, *kws):
+    """The op called with each of ``kws`` gives bitwise equal o, lse and gradients of q, k, v, for
+    the reference and both kernel strategies."""
     for strategy in ("reference", "nsa", "fsa"):
         outs = []
-        for kw in (dict(q_offset=20), dict(q_positions=torch.arange(20, 20 + Tq))):
+        for kw in kws:
             qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
             o, lse = fsa_compile.selected_attention(qq, kk, vv, idx, bs, strategy=strategy, return_lse=True, **kw)
             outs.append((o, lse, *torch.autograd.grad((o * do).sum(), (qq, kk, vv))))
-        for a, b in zip(*outs):
-            assert torch.equal(a, b), strategy
+        assert not outs[0][0].isnan().all()
+        for got in outs[1:]:
+            for a, b, name in zip(outs[0], got, ("o", "lse", "dq", "dk", "dv")):
+                assert torch.equal(a, b), (strategy, name)
 
 
 @pytest.mark.parametrize("shape", ["T", "BT"])
@@ -163,16 +171,7 @@ def test_positions_are_read_as_given(how):
     assert not torch.equal(plain[0], plain[1]) or how == "one_row"
     if given_pos.dtype in (torch.int32, torch.int64):
         assert _offset(q, k, None, given_pos).data_ptr() == given_pos.data_ptr()
-    for strategy in ("reference", "nsa", "fsa"):
-        outs = []
-        for p in (plain, given_pos):
-            qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
-            o, lse = fsa_compile.selected_attention(qq, kk, vv, idx, bs, strategy=strategy, return_lse=True,
-                                                    q_positions=p)
-            outs.append((o, lse, *torch.autograd.grad((o * do).sum(), (qq, kk, vv))))
-        assert not outs[0][0].isnan().all()
-        for a, b, name in zip(*outs, ("o", "lse", "dq", "dk", "dv")):
-            assert torch.equal(a, b), (how, strategy, name)
+    _bitwise_equal_calls(q, k, v, idx, bs, do, dict(q_positions=plain), dict(q_positions=given_pos))
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck),

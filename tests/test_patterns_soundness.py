@@ -450,7 +450,10 @@ def test_rows_at_other_entries_of_a_positions_tensor_are_near_misses(name):
     bi = torch.arange(4).expand(B, H, Tq, 4).contiguous()  # every block: only the positions matter
     cp = torch.tensor([60, 20, 33, 41, 10][:Tq])
     rep = fsa_compile.explain(f, q, k, v, bi, cp, options=FAST)
-    assert rep.rewrites == [] and len(rep.misses) == 1, str(rep)
+    if name == "first_and_last_swapped":  # read where computed: the permuted tensor is the positions
+        assert len(rep.rewrites) == 1 and "rows=getitem[i]" in str(rep), str(rep)
+    else:
+        assert rep.rewrites == [] and len(rep.misses) == 1, str(rep)
     torch.testing.assert_close(rep.output, f(q, k, v, bi, cp))
 
 
@@ -617,3 +620,183 @@ def test_probabilities_rounded_to_the_outputs_dtype_are_not_a_miss():
     eager = f(q, k, v, bi)
     assert rep.output.dtype == eager.dtype == torch.bfloat16
     assert (rep.output.float() - truth).abs().max() <= (eager.float() - truth).abs().max() + 1e-3
+
+
+# -- a fourth review (2026-12-03): the evaluator's arithmetic, the scale, rows the code singles out ---
+
+
+def _gather_hooked(T, bs=16, extra=None, safe_of=None, v_pos=None, scale=None, later=None):
+    """The gather form (G = 1, ``[B, T, H, D]``) with hooks: ``later(tok, t)`` the keys masked as
+    later than the query (``tok > t``), ``extra(tok, t)`` more masked keys,
+    ``safe_of(safe)`` the token positions the gathers read, ``v_pos(tok)`` the values' positions."""
+    def f(q, k, v, bi):
+        B, H, D = q.shape[0], k.shape[2], q.shape[-1]
+        tok = (bi.unsqueeze(-1) * bs + torch.arange(bs)).flatten(-2)
+        t_pos = torch.arange(T).view(1, T, 1, 1)
+        masked = (bi < 0).repeat_interleave(bs, -1) | (tok > t_pos if later is None else later(tok, t_pos))
+        if extra is not None:
+            masked = masked | extra(tok, t_pos)
+        safe = tok.clamp(0, T - 1)
+        ks = safe if safe_of is None else safe_of(safe)
+        vs = ks if v_pos is None else v_pos(tok).clamp(0, T - 1)
+        b, h = torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, 1, H, 1)
+        s = torch.einsum("bthd,bthsd->bths", q, k[b, ks, h]) * (D**-0.5 if scale is None else scale)
+        return torch.einsum("bths,bthsd->bthd", torch.softmax(s.masked_fill(masked, NEG_INF), -1), v[b, vs, h])
+
+    return f
+
+
+def _sel(T, bs=16, n=3, H=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(T).view(1, T, 1, 1)
+    bi = torch.minimum(torch.randint(0, T // bs, (1, T, H, n), generator=g), t // bs)
+    bi[..., 0] = (t // bs).squeeze(-1)
+    return bi
+
+
+NOT_SELECTED_ATTENTION = {
+    # torch.div with a rounding mode is not true division: a query sees its whole own block
+    "div_floor_whole_block": (64, dict(later=lambda tok, t: torch.div(tok, 16, rounding_mode="floor")
+                                       > torch.div(t, 16, rounding_mode="floor"))),
+    "div_trunc_whole_block": (64, dict(later=lambda tok, t: torch.div(tok, 16, rounding_mode="trunc")
+                                       > torch.div(t, 16, rounding_mode="trunc"))),
+    # fmod keeps the dividend's sign, % the divisor's: causal under remainder, nothing under fmod
+    "fmod": (64, dict(later=lambda tok, t: torch.fmod(t - tok, 4 * 64) > t - tok)),
+    # & of integers is bitwise: keys with bit 2 set are hidden too
+    "bitwise_and": (64, dict(extra=lambda tok, t: (tok & 4) == 4)),
+    "bitwise_not": (64, dict(extra=lambda tok, t: (~tok & 1) == 1)),
+    # a narrow integer cast wraps in eager: positions >= 128 read keys from the end
+    "int8_positions": (200, dict(safe_of=lambda safe: safe.to(torch.int8).long())),
+    # one query row, one key, two keys' values: what random rows rarely meet
+    "one_row_misses_its_key": (64, dict(extra=lambda tok, t: (t == 37) & (tok == 37))),
+    "one_key_never_visible": (256, dict(extra=lambda tok, t: tok == 130)),
+    "two_values_swapped": (256, dict(v_pos=lambda tok: torch.where(tok == 129, 130, torch.where(tok == 130, 129, tok)))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_SELECTED_ATTENTION))
+def test_code_that_differs_in_arithmetic_or_at_one_number_is_left_alone(name):
+    """Each was rewritten before this review: the evaluator read ``torch.div(rounding_mode=...)`` as
+    true division, ``fmod`` as ``%``, integer ``&`` / ``~`` as logical and / not, and a cast to int8
+    without wrapping; and the random rows rarely met the one row or key the code singles out by a
+    number (now some rows sit at the code's numbers, selecting the block that holds them)."""
+    T, hooks = NOT_SELECTED_ATTENTION[name]
+    f = _gather_hooked(T, **hooks)
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, T, 2, 16, generator=g) for _ in range(3))
+    bi = _sel(T)
+    rep = fsa_compile.explain(f, q, k, v, bi, options=FAST)
+    assert rep.rewrites == [] and len(rep.misses) == 1, str(rep)
+    torch.testing.assert_close(rep.output, f(q, k, v, bi), equal_nan=True)
+
+
+@pytest.mark.parametrize("name, hooks", [
+    ("remainder", dict(later=lambda tok, t: torch.remainder(t - tok, 4 * 64) > t - tok)),  # = tok > t
+    ("div_floor_blocks", dict(safe_of=lambda safe: torch.div(safe, 16, rounding_mode="floor") * 16 + safe % 16)),
+    ("int16_positions", dict(safe_of=lambda safe: safe.to(torch.int16).long())),  # no wrap below 32768
+])
+def test_the_same_arithmetic_spelled_exactly_is_still_rewritten(name, hooks):
+    T = 64
+    f = _gather_hooked(T, **hooks)
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, T, 2, 16, generator=g) for _ in range(3))
+    bi = _sel(T)
+    rep = fsa_compile.explain(f, q, k, v, bi, options=FAST)
+    assert len(rep.rewrites) == 1, str(rep)
+    torch.testing.assert_close(rep.output, f(q, k, v, bi), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [7.77e-13, 1.2345678e-9])
+def test_a_tiny_scale_is_kept_to_its_significant_digits(scale):
+    """The scale was rounded to 12 decimal places (7.77e-13 became 1e-12), so the op ran with
+    another one; now to 12 significant digits."""
+    T = 64
+    f = _gather_hooked(T, scale=scale)
+    g = torch.Generator().manual_seed(9)
+    q, k = ((torch.randn(1, T, 2, 16, generator=g) * 2e5 * (scale * 1e12) ** -0.5) for _ in range(2))
+    v = torch.randn(1, T, 2, 16, generator=g)
+    bi = _sel(T)
+    want = f(q, k, v, bi)
+    rep = fsa_compile.explain(f, q, k, v, bi, options=FAST)
+    assert len(rep.rewrites) == 1, str(rep)
+    torch.testing.assert_close(rep.output, want, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unsorted_topk_is_left_to_torch():
+    """``topk(sorted=False)``: eager's order is its own (the row kernel returns them sorted), and
+    code may read the result by position; the call stays ``torch.topk``."""
+    def f(x):
+        vals, idx = torch.topk(x, 3, sorted=False)
+        return vals, idx
+
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(10))
+    rep = fsa_compile.explain(f, x, options=FAST)
+    assert rep.others == [], str(rep)
+    for a, b in zip(rep.output, f(x)):
+        assert torch.equal(a, b)
+
+
+# -- a fifth review (2026-12-03): the output's strides, T read through a remainder -------------------
+
+
+def _attn_bhtd(q, k, v, bi, bs=16):
+    """The gather form on ``[B, H, T, D]`` tensors, output ``[B, H, T, D]`` (contiguous in eager)."""
+    B, H, T, D = q.shape
+    tok = (bi.unsqueeze(-1) * bs + torch.arange(bs)).flatten(-2)
+    masked = (bi < 0).repeat_interleave(bs, -1) | (tok > torch.arange(T).view(T, 1))
+    safe = tok.clamp(0, T - 1)
+    b, h = torch.arange(B).view(B, 1, 1, 1), torch.arange(H).view(1, H, 1, 1)
+    s = (q.unsqueeze(-2) @ k[b, h, safe].transpose(-1, -2)).squeeze(-2) * D**-0.5
+    return (s.masked_fill(masked, NEG_INF).softmax(-1).unsqueeze(-2) @ v[b, h, safe]).squeeze(-2)
+
+
+AFTER_THE_OUTPUT = {
+    "view": lambda o: o.view(o.shape[0], -1, o.shape[-1]),
+    "contiguous_then_view": lambda o: o.contiguous().view(o.shape[0], -1, o.shape[-1]),
+    "as_strided": lambda o: o.as_strided((o.shape[0], o.shape[1] * o.shape[2], o.shape[3]),
+                                         (o.shape[1] * o.shape[2] * o.shape[3], o.shape[3], 1)),
+    "write_through_reshape": lambda o: (o.reshape(-1)[: o.shape[2] * o.shape[3]].zero_(), o)[1],
+}
+
+
+@pytest.mark.parametrize("name", sorted(AFTER_THE_OUTPUT))
+def test_the_output_keeps_the_strides_of_the_code(name):
+    """The op's output viewed back to ``[B, H, T, D]`` was a transposed view, where eager's is
+    contiguous: a ``view`` after it failed the compile, ``as_strided`` read other elements and a
+    write through ``reshape`` (a view in eager, a copy of the transposed tensor) was lost. The
+    rewrite now lays its output out as the replaced node is."""
+    after = AFTER_THE_OUTPUT[name]
+
+    def f(q, k, v, bi):
+        return after(_attn_bhtd(q, k, v, bi))
+
+    B, H, T, D, bs = 1, 2, 64, 16, 16
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
+    bi = torch.stack([torch.arange(T) // bs, torch.arange(T) // bs - 1], -1).view(1, 1, T, 2).expand(B, H, T, 2)
+    bi = bi.contiguous()
+    want = f(q, k, v, bi)
+    for inner in ("aot_eager", "inductor"):
+        torch._dynamo.reset()
+        with RewriteCounter() as c:
+            got = torch.compile(f, backend="fsa", options={"inner": inner})(q, k, v, bi)
+        assert len(c.rewrites) == 1, inner
+        assert got.stride() == want.stride(), inner
+        torch.testing.assert_close(got, want, equal_nan=True, msg=inner)
+
+
+def test_a_meaning_that_reads_t_through_a_remainder_is_checked_at_two_lengths():
+    """A scale from ``(T // bs) % 2`` held at T = 64 and at the one longer length checked (129):
+    the graph then ran T = 80 with T = 64's scale. Two lengths a block and a key apart now."""
+    bs = 16
+
+    def f(q, k, v, bi):
+        T, D = q.shape[1], q.shape[-1]
+        masked, safe, b, h = _positions(bi, bs, T)
+        s = torch.einsum("bthd,bthsd->bths", q * ((T // bs) % 2 + 1), k[b, safe, h]) * D**-0.5
+        return torch.einsum("bths,bthsd->bthd", torch.softmax(s.masked_fill(masked, NEG_INF), -1), v[b, safe, h])
+
+    cf = torch.compile(f, backend="fsa", options=FAST, dynamic=True)
+    for T in (64, 80, 96):
+        q, k, v, bi = _batch_inputs(1, T=T)
+        torch.testing.assert_close(cf(q, k, v, bi), f(q, k, v, bi), msg=f"T={T}")

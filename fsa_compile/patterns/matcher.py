@@ -69,7 +69,7 @@ def _describe(m, offset=None) -> tuple[dict, dict]:
         rows = {"T_q": m.Tq, "rows": f"{m.positions.name}[i]"}
         shapes = {"B": m.B, **rows, "T": m.T, **{k: v for k, v in shapes.items() if k not in ("B", "T", "T_q", "rows")}}
     options = {
-        "scale": round(m.scale, 6), "causal": m.causal, "count_duplicates": m.count_duplicates,
+        "scale": float(f"{m.scale:.6g}"), "causal": m.causal, "count_duplicates": m.count_duplicates,
         "on_out_of_range": m.on_out_of_range,
         "layouts": "/".join(m.layouts[x][0] for x in ("q", "k", "v", "o")),
         # what the op computes in: q, k, v are cast to it (the narrowest the user's products read)
@@ -152,7 +152,7 @@ _READING = ("q", "k", "v", "selection", "layouts", "H", "G", "D", "n", "block_si
 
 def _same_at_another_length(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
     """Under dynamic shapes the graph will run at other sequence lengths: verify the match again
-    at a longer one (past every constant the checks read, so that a window of a fixed size, say,
+    at two longer ones (past every constant the checks read, so that a window of a fixed size, say,
     shows), with the sizes the graph computes from T. False if it does not hold there."""
     size = _t_symbol(m)
     if size is None:
@@ -166,14 +166,21 @@ def _same_at_another_length(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
     big = max(_constants(m.visited, expr) + [m.block_size])
     if big > LONGEST_RECHECK:
         return False
-    alt = max(2 * m.T + 1, 2 * big + 3)
-    try:
-        with substituted({expr: alt}):
-            m2 = softmax_attention.analyze(gm, anchor, m.output, memo)
-    except Exception:
-        return False
-    rows_follow = m2.Tq == alt if m.Tq == m.T else m2.Tq == m.Tq  # q's rows: the keys' symbol or their own
-    return m2.T == alt and rows_follow and all(getattr(m, a) == getattr(m2, a) for a in _READING + ("q_first",))
+    # two lengths, one block and one key apart: code that reads T through a remainder (the
+    # parity of the block count, say) reads the same at one of them and not at both
+    first = max(2 * m.T + 1, 2 * big + 3)
+    for alt in (first, first + m.block_size + 1):
+        if alt > LONGEST_RECHECK:
+            return False
+        try:
+            with substituted({expr: alt}):
+                m2 = softmax_attention.analyze(gm, anchor, m.output, memo)
+        except Exception:
+            return False
+        rows_follow = m2.Tq == alt if m.Tq == m.T else m2.Tq == m.Tq  # q's rows: the keys' symbol or their own
+        if not (m2.T == alt and rows_follow and all(getattr(m, a) == getattr(m2, a) for a in _READING + ("q_first",))):
+            return False
+    return True
 
 
 def _b_symbol(m):

@@ -24,7 +24,7 @@ _FUNCTIONS: dict[Any, str] = {
     operator.mul: "mul", torch.mul: "mul", torch.multiply: "mul", operator.imul: "mul",
     operator.truediv: "div", torch.div: "div", torch.true_divide: "div",
     operator.floordiv: "floordiv", torch.floor_divide: "floordiv",
-    operator.mod: "mod", torch.remainder: "mod", torch.fmod: "mod",
+    operator.mod: "mod", torch.remainder: "mod", torch.fmod: "fmod",
     operator.neg: "neg", torch.neg: "neg",
     operator.gt: "gt", torch.gt: "gt", torch.greater: "gt",
     operator.lt: "lt", torch.lt: "lt", torch.less: "lt",
@@ -73,7 +73,7 @@ _METHODS: dict[str, str] = {
     "softmax": "softmax", "log_softmax": "log_softmax", "matmul": "matmul", "bmm": "matmul", "baddbmm": "baddbmm",
     "exp": "exp", "amax": "amax", "max": "max", "sum": "sum", "logsumexp": "logsumexp",
     "add": "add", "sub": "sub", "mul": "mul", "div": "div", "neg": "neg",
-    "floor_divide": "floordiv", "remainder": "mod",
+    "floor_divide": "floordiv", "remainder": "mod", "fmod": "fmod",
     "gt": "gt", "lt": "lt", "ge": "ge", "le": "le", "eq": "eq", "ne": "ne",
     "logical_and": "and", "logical_or": "or", "logical_not": "not",
     "bitwise_and": "and", "bitwise_or": "or", "bitwise_not": "not",
@@ -114,6 +114,13 @@ def canon(node: Any) -> Call | None:
         return None
     if name is None:
         return None
+    if name == "div" and node.kwargs.get("rounding_mode") is not None:
+        # torch.div(a, b, rounding_mode=...): floor division, or division rounded toward zero
+        name = {"floor": "floordiv", "trunc": "truncdiv"}.get(node.kwargs["rounding_mode"])
+        if name is None:
+            return None
+        kwargs = {k: v for k, v in node.kwargs.items() if k != "rounding_mode"}
+        return Call(name, tuple(node.args), kwargs)
     return Call(name, tuple(node.args), dict(node.kwargs))
 
 

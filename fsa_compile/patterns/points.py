@@ -208,7 +208,7 @@ def is_write(node: fx.Node) -> bool:
 
 
 # ops whose result is new memory (a write into it is invisible once nothing reads it)
-_FRESH = {"matmul", "einsum", "softmax", "arange", "add", "sub", "mul", "div", "floordiv", "mod", "neg",
+_FRESH = {"matmul", "einsum", "softmax", "arange", "add", "sub", "mul", "div", "floordiv", "mod", "truncdiv", "fmod", "neg",
           "gt", "lt", "ge", "le", "eq", "ne", "and", "or", "not", "where", "masked_fill", "clamp",
           "clamp_min", "clamp_max", "gather", "take_along_dim", "index_select", "repeat_interleave",
           "exp", "amax", "max", "sum", "full_like", "zeros_like", "ones_like", "zeros", "ones", "full",
@@ -416,10 +416,8 @@ def _scalar_arith(name: str, a: Any, b: Any) -> Any:
         return a / b
     if is_symbolic(a) or is_symbolic(b):
         raise Unsupported(f"{name} of a data term")
-    if name == "floordiv":
-        return a // b
-    if name == "mod":
-        return a % b
+    if name in ("floordiv", "mod", "truncdiv", "fmod"):
+        return _ON_NUMBERS[name](a, b)
     if name == "gt":
         return a > b
     if name == "lt":
@@ -432,20 +430,34 @@ def _scalar_arith(name: str, a: Any, b: Any) -> Any:
         return a == b
     if name == "ne":
         return a != b
-    if name == "and":
-        return bool(a) and bool(b)
-    if name == "or":
-        return bool(a) or bool(b)
+    if name in ("and", "or"):
+        return _ON_NUMBERS[name](a, b)
     raise Unsupported(name)
 
 
-_BINARY = {"add", "sub", "mul", "div", "floordiv", "mod", "gt", "lt", "ge", "le", "eq", "ne", "and", "or"}
+def _truncdiv(a, b):
+    """``torch.div(a, b, rounding_mode="trunc")``: rounded toward zero."""
+    if type(a) in (int, bool) and type(b) in (int, bool):
+        q = abs(int(a)) // abs(int(b))
+        return q if (a >= 0) == (b > 0) else -q
+    return float(math.trunc(a / b))
+
+
+def _fmod(a, b):
+    """``torch.fmod``: the remainder with the sign of the dividend (``%`` takes the divisor's)."""
+    if type(a) in (int, bool) and type(b) in (int, bool):
+        return int(a) - int(b) * _truncdiv(a, b)
+    return math.fmod(a, b)
+
+
+_BINARY = {"add", "sub", "mul", "div", "floordiv", "mod", "truncdiv", "fmod", "gt", "lt", "ge", "le", "eq", "ne",
+           "and", "or"}
 # :func:`_scalar_arith` of two numbers, without its tests for data terms
 _ON_NUMBERS = {
     "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
-    "floordiv": operator.floordiv, "mod": operator.mod, "gt": operator.gt, "lt": operator.lt,
-    "ge": operator.ge, "le": operator.le, "eq": operator.eq, "ne": operator.ne,
-    "and": lambda a, b: bool(a) and bool(b), "or": lambda a, b: bool(a) or bool(b),
+    "floordiv": operator.floordiv, "mod": operator.mod, "truncdiv": _truncdiv, "fmod": _fmod,
+    "gt": operator.gt, "lt": operator.lt, "ge": operator.ge, "le": operator.le, "eq": operator.eq, "ne": operator.ne,
+    "and": lambda a, b: bool(a) and bool(b), "or": lambda a, b: bool(a) or bool(b),  # (integers: _binary)
 }
 _NUMBERS = frozenset({int, float, bool})
 _DATA_ARITH = {"add", "sub", "mul", "div"}  # of data, gives data (comparisons give masks: not data)
@@ -650,6 +662,8 @@ class Evaluator:
         if type(a) in _NUMBERS and "alpha" not in call.kwargs:
             b = self._operand(self._arg(call, 1, "other"), coords)
             if type(b) in _NUMBERS:  # index arithmetic and masks: most of the evaluator's points
+                if call.name in ("and", "or") and dtype_of(node) is not None and dtype_of(node) != torch.bool:
+                    return (int(a) & int(b)) if call.name == "and" else (int(a) | int(b))  # of integers: bitwise
                 return _ON_NUMBERS[call.name](a, b)
         return self._binary_terms(node, call, coords, a)
 
@@ -693,13 +707,20 @@ class Evaluator:
 
     def _op_cast(self, node, call, coords):
         v = self.at(call.args[0], coords)
-        if is_symbolic(v) or isinstance(v, float):
-            return v
         ev = example_value(node)
-        if isinstance(ev, torch.Tensor) and ev.dtype == torch.bool:
+        dt = ev.dtype if isinstance(ev, torch.Tensor) else None
+        if is_symbolic(v) or (isinstance(v, float) and (dt is None or dt.is_floating_point)):
+            return v
+        if dt == torch.bool:
             return bool(v)
-        if isinstance(ev, torch.Tensor) and ev.dtype.is_floating_point and not isinstance(v, bool):
+        if dt is not None and dt.is_floating_point and not isinstance(v, bool):
             return float(v)
+        if dt is not None and not dt.is_complex and dt != torch.bool and not isinstance(v, bool):
+            # to an integer dtype: a float rounds toward zero, and a narrow type wraps, as in eager
+            v = int(v)
+            bits = torch.iinfo(dt).bits
+            lo = torch.iinfo(dt).min
+            v = (v - lo) % (1 << bits) + lo
         return v
 
     def _op_neg(self, node, call, coords):
@@ -750,6 +771,9 @@ class Evaluator:
 
     def _op_not(self, node, call, coords):
         v = self.at(call.args[0], coords)
+        dt = dtype_of(node)
+        if dt is not None and dt != torch.bool and not dt.is_floating_point and type(v) in (int, bool):
+            return ~int(v)  # bitwise_not / ~ of an integer tensor
         return not v
 
     def _op_where(self, node, call, coords):

@@ -7,7 +7,7 @@ import torch
 from torch import fx
 
 from . import layouts as L
-from .ops import canon, dtype_of
+from .ops import canon, concrete, dtype_of, example_value
 from .points import OPAQUE
 
 # Importing the op module registers torch.ops.fsa.*; patterns refer to the op only by name.
@@ -67,10 +67,33 @@ def apply(graph: fx.Graph, m, strategy: str = "auto", q_offset: fx.Node | None =
         if dt is not None:
             o = graph.call_method("to", (o, dt))
         o = L.from_bthd(graph, o, m.layouts["o"][1], m.H, m.G)
+        o = _with_strides_of(graph, o, out)
     out.replace_all_uses_with(o)
     o.meta[OPAQUE] = True  # a later pattern reads this output as data, like any tensor it cannot see into
     _fake_values([n for n in graph.nodes if n not in before], [m.q, m.k, m.v])
     return o
+
+
+def _with_strides_of(graph: fx.Graph, o: fx.Node, out: fx.Node) -> fx.Node:
+    """``o`` laid out in memory as the replaced output ``out`` is (its dims' order by stride):
+    code after it may ``view`` it, write into it through a view or read it ``as_strided``, which
+    all depend on the strides, and the op's own layout (``[B, T, H, D]``, viewed back to the
+    output's) differs from eager's where the code's product left another. A copy only there."""
+    ev = example_value(out)
+    if not isinstance(ev, torch.Tensor) or ev.dim() < 2:
+        return o
+    sizes, strides = [concrete(x) for x in ev.shape], [concrete(x) for x in ev.stride()]
+    order = sorted(range(ev.dim()), key=lambda d: (-strides[d], -sizes[d]))  # outermost first
+    span = 1
+    for d in reversed(order):  # dense and without overlap: each stride the span of the dims inside
+        if sizes[d] != 1 and strides[d] != span:
+            return o
+        span *= sizes[d]
+    if order == sorted(order):
+        return graph.call_method("contiguous", (o,))
+    back = sorted(range(ev.dim()), key=order.__getitem__)
+    o = graph.call_method("contiguous", (graph.call_method("permute", (o, *order)),))
+    return graph.call_method("permute", (o, *back))
 
 
 def _narrower(a, b) -> bool:

@@ -707,7 +707,7 @@ class Analysis:
             # when a match is checked again at a long T)
             n = shape[-1]
             picks = torch.randint(0, nb - n + 1, shape, generator=g).sort(-1).values + torch.arange(n)
-            return picks.gather(-1, torch.rand(shape, generator=g).argsort(-1))
+            return self._aim_at_numbers(picks.gather(-1, torch.rand(shape, generator=g).argsort(-1)), tpos)
         dup = torch.rand(shape, generator=g) < 0.2
         table = torch.where(dup, table.roll(1, -1), table)
         if kind in ("padding", "out_of_range"):
@@ -724,6 +724,7 @@ class Analysis:
             # clamps instead of dropping differs only where the entry is visible, e.g. at t = T-1)
             slot = torch.randint(0, shape[-1], (*shape[:-1], 1), generator=g)
             table = table.scatter(-1, slot, forced.gather(-1, slot))
+            table = self._aim_at_numbers(table, tpos, slot)
         elif kind == "positions":
             # the last block in every row (its keys past T are what a row past the keys would see
             # first), and where the code drops entries past the last block, one of those too
@@ -737,6 +738,37 @@ class Analysis:
             slots = torch.rand(shape, generator=g).argsort(-1)[..., :2]
             own = (tpos // self.block_size).gather(-1, slots)
             table = table.scatter(-1, slots, own)
+        else:
+            table = self._aim_at_numbers(table, tpos)
+        return table
+
+    def _key_targets(self) -> list:
+        """Key positions the code names: the integer numbers in ``[0, T)`` of the subgraph's nodes
+        (at most 32, in the order met), where code singling out one query or key would show."""
+        if getattr(self, "_targets", None) is None:
+            found = []
+            for node in _walk(self.output, lambda n: list(_inputs(n))):
+                for a in flat_args(list(node.args) + list(node.kwargs.values())):
+                    if type(a) is int and 0 <= a < self.T and a not in found:
+                        found.append(a)
+            self._targets = found[:32]
+        return self._targets
+
+    def _aim_at_numbers(self, table, tpos, avoid=None):
+        """The table with the rows at a number of the code (and the next one) selecting the block
+        that holds it, in one slot (not ``avoid``, a slot the table's kind needs), where they do
+        not already: so that a sampled row at that number sees that key. Only in the one more
+        table of each kind that :meth:`_check` draws for it (``_aiming``): the random tables keep
+        those rows' random blocks, which are evidence too."""
+        n = table.shape[-1]
+        if not getattr(self, "_aiming", False) or not self._key_targets() or (avoid is not None and n < 2):
+            return table
+        at = tpos[..., :1]
+        slot = torch.zeros_like(at) if avoid is None else (avoid + 1) % n
+        for c in self._key_targets():
+            want = torch.full_like(at, c // self.block_size)
+            rows = ((at == c) | (at == min(c + 1, self.T - 1))) & ~(table == want).any(-1, keepdim=True)
+            table = torch.where(rows, table.scatter(-1, slot, want), table)
         return table
 
     def _positions_table(self, g, outside: bool):
@@ -783,6 +815,13 @@ class Analysis:
                 p[t_dim] = self.Tq - 1
             elif r % 3 == 2:
                 p[t_dim] = self.rng.randrange(min(self.Tq, 2 * self.block_size))
+            if getattr(self, "_aiming", False) and self.positions is None:
+                # every row at a number of the code (or the next one): code can single out a query
+                # or a key only through a number, and a random row rarely meets it
+                targets = self._key_targets()
+                t = targets[(r // 2) % len(targets)] + r % 2 - self.q_offset
+                if 0 <= t < self.Tq:
+                    p[t_dim] = t
             b, hq = divmod(self._next_head % heads, self.H * self.G)
             self._next_head += 1
             points.append(L.with_head(ol, tuple(p), b, hq, self.G, self.Dv, self.H))
@@ -817,7 +856,7 @@ class Analysis:
                 if (q["b"], q["t"] - self.q_shift, q["hq"], q["d"]) != (o["b"], o["t"], o["hq"], dd) or (
                     k["b"], k["h"], k["d"]) != (o["b"], o["hq"] // self.G, dd):
                     raise NearMiss("the score product does not pair a query with keys of its own head and batch")
-            scales.add(round(coef * qc * kc, 12))
+            scales.add(float(f"{coef * qc * kc:.12g}"))  # (to 12 significant digits: a tiny scale is one too)
             v = L.decode(vl, probe.value(dot, j).coords, 1, self.Dv)
             if (v["b"], v["h"], v["t"], v["d"]) != (o["b"], o["hq"] // self.G, k["t"], o["d"]):
                 raise NearMiss("values are not read at the same positions as the keys")
@@ -869,6 +908,12 @@ class Analysis:
             survivors = self._check_table(kind, survivors, rows)
             if survivors == "raises" or not survivors:
                 return survivors
+        if self._key_targets():  # one more, its rows at the code's numbers selecting their blocks
+            self._aiming = True
+            try:
+                survivors = self._check_table(kind, survivors, max(rows, 2 * len(self._key_targets())))
+            finally:
+                self._aiming = False
         return survivors
 
     def _seen(self, probe):

@@ -59,6 +59,8 @@ def find(graph: fx.Graph) -> list:
             continue
         if not (type(k) is int and type(dim) is int and type(largest) is bool and type(sorted_) is bool):
             continue
+        if not sorted_:  # the kernel returns them sorted, eager in an order of its own: left to torch.topk
+            continue
         if not -ev.dim() <= dim < ev.dim() or not all(u.target is operator.getitem for u in node.users):
             continue
         found.append(TopkMatch(node, x, k, dim % ev.dim(), largest, tuple(ev.shape)))
