@@ -57,13 +57,19 @@ def _positions(B, Tq, Tk, gen, shape):
 def test_positions_of_consecutive_rows_are_q_offset():
     """``q_positions = arange(off, off + T_q)`` is ``q_offset = off``, bit for bit, forward and
     backward, for the reference and both kernel strategies."""
-    gen = torch.Generator().manual_seed(3)
-    B, Tk, Tq, H, G, D, bs, n = 2, 45, 7, 2, 2, 16, 8, 3
-    q, k, v = make_inputs(B, Tq, H, G, D, D, torch.float32, "bthd", gen)
+    q, k, v, idx, do, _ = _rows_over_keys(3, B=2, Tk=45, Tq=7, n=3, top=6)
+    _bitwise_equal_calls(q, k, v, idx, 8, do, dict(q_offset=20), dict(q_positions=torch.arange(20, 20 + 7)))
+
+
+def _rows_over_keys(seed, B, Tk, Tq, n, top, H=2, G=2, D=16):
+    """float32 q ``[B, Tq, H * G, D]`` over k, v ``[B, Tk, H, D]``, a selection with padding and
+    entries up to ``top - 1``, an upstream gradient, and the generator for what else a test draws."""
+    gen = torch.Generator().manual_seed(seed)
+    q, _, _ = make_inputs(B, Tq, H, G, D, D, torch.float32, "bthd", gen)
     _, k, v = make_inputs(B, Tk, H, G, D, D, torch.float32, "bthd", gen)
-    idx = torch.randint(-1, 6, (B, Tq, H, n), generator=gen)
+    idx = torch.randint(-1, top, (B, Tq, H, n), generator=gen)
     do = torch.randn(B, Tq, H * G, D, generator=gen)
-    _bitwise_equal_calls(q, k, v, idx, bs, do, dict(q_offset=20), dict(q_positions=torch.arange(20, 20 + Tq)))
+    return q, k, v, idx, do, gen
 
 
 def _bitwise_equal_calls(q, k, v, idx, bs, do, *kws):
@@ -159,12 +165,8 @@ def test_positions_are_read_as_given(how):
     range, one row for every batch item) and clamp what they read: equal bit for bit, forward and
     backward, to the same positions given as a contiguous int64 ``[B, T_q]`` tensor. int32 and
     int64 are passed on without a copy."""
-    gen = torch.Generator().manual_seed(11)
-    B, Tk, Tq, H, G, D, bs, n = 2, 40, 6, 2, 2, 16, 8, 3
-    q, _, _ = make_inputs(B, Tq, H, G, D, D, torch.float32, "bthd", gen)
-    _, k, v = make_inputs(B, Tk, H, G, D, D, torch.float32, "bthd", gen)
-    idx = torch.randint(-1, 5, (B, Tq, H, n), generator=gen)
-    do = torch.randn(B, Tq, H * G, D, generator=gen)
+    B, Tk, Tq, bs = 2, 40, 6, 8
+    q, k, v, idx, do, gen = _rows_over_keys(11, B=B, Tk=Tk, Tq=Tq, n=3, top=5)
     pos = _positions(B, Tq, Tk, gen, "BT")
     given_pos = _as_given(pos, how)
     plain = given_pos.long().clamp(-1, Tk).expand(B, Tq).contiguous()

@@ -108,11 +108,27 @@ def _unify(m) -> None:
                 guard_bool(size == ref[key])
 
 
+def _k_size_symbol(m, role):
+    """k's size of the dim ``role`` ("t", "b") as a symbol (None where it is a number or the
+    layout has no such dim)."""
+    ev = example_value(m.k)
+    layout = m.layouts["k"][1]
+    size = ev.shape[layout.index(role)] if isinstance(ev, torch.Tensor) and role in layout else None
+    return size if isinstance(size, torch.SymInt) else None
+
+
 def _t_symbol(m):
     """The keys' length as a symbol (q's rows share it unless q holds fewer rows)."""
-    ev = example_value(m.k)
-    size = ev.shape[m.layouts["k"][1].index("t")] if isinstance(ev, torch.Tensor) else None
-    return size if isinstance(size, torch.SymInt) else None
+    return _k_size_symbol(m, "t")
+
+
+def _analysis_at(gm: fx.GraphModule, anchor, m, memo, symbol, value):
+    """The match analysed again with ``symbol`` at ``value``, or None where it does not hold."""
+    try:
+        with substituted({symbol: value}):
+            return softmax_attention.analyze(gm, anchor, m.output, memo)
+    except Exception:
+        return None
 
 
 # A match is checked again at a length past the constants its checks read; past this bound the
@@ -172,10 +188,8 @@ def _same_at_another_length(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
     for alt in (first, first + m.block_size + 1):
         if alt > LONGEST_RECHECK:
             return False
-        try:
-            with substituted({expr: alt}):
-                m2 = softmax_attention.analyze(gm, anchor, m.output, memo)
-        except Exception:
+        m2 = _analysis_at(gm, anchor, m, memo, expr, alt)
+        if m2 is None:
             return False
         rows_follow = m2.Tq == alt if m.Tq == m.T else m2.Tq == m.Tq  # q's rows: the keys' symbol or their own
         if not (m2.T == alt and rows_follow and all(getattr(m, a) == getattr(m2, a) for a in _READING + ("q_first",))):
@@ -185,10 +199,7 @@ def _same_at_another_length(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
 
 def _b_symbol(m):
     """The batch size as a symbol (None where it is a number or the layout has no batch dim)."""
-    ev = example_value(m.k)
-    layout = m.layouts["k"][1]
-    size = ev.shape[layout.index("b")] if isinstance(ev, torch.Tensor) and "b" in layout else None
-    return size if isinstance(size, torch.SymInt) else None
+    return _k_size_symbol(m, "b")
 
 
 def _same_at_another_batch(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
@@ -204,12 +215,8 @@ def _same_at_another_batch(gm: fx.GraphModule, anchor, m, memo=None) -> bool:
             t_size is not None and expr in t_size.node.shape_env.replace(t_size.node.expr).free_symbols):
         return False
     alt = 2 * m.B + 1
-    try:
-        with substituted({expr: alt}):
-            m2 = softmax_attention.analyze(gm, anchor, m.output, memo)
-    except Exception:
-        return False
-    return m2.B == alt and all(getattr(m, a) == getattr(m2, a) for a in _READING + ("T", "Tq", "q_first"))
+    m2 = _analysis_at(gm, anchor, m, memo, expr, alt)
+    return m2 is not None and m2.B == alt and all(getattr(m, a) == getattr(m2, a) for a in _READING + ("T", "Tq", "q_first"))
 
 
 def _offset_input(gm: fx.GraphModule, anchor, m, memo=None):

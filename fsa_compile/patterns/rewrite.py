@@ -23,12 +23,12 @@ def apply(graph: fx.Graph, m, strategy: str = "auto", q_offset: fx.Node | None =
     """
     out = m.output
     before = set(graph.nodes)
-    dtype = input_dtype(m)
+    own = _leaf_dtypes(m)
+    dtype = _common_dtype(own)
     with graph.inserting_before(out):
         q, k, v = (
-            _cast(graph, L.to_bthd(graph, leaf, m.layouts[name][1], m.D, m.H, m.G), leaf, dtype,
-                  _narrowest_on_path(leaf, [m.softmax, m.output]))
-            for name, leaf in (("q", m.q), ("k", m.k), ("v", m.v))
+            _cast(graph, L.to_bthd(graph, leaf, m.layouts[name][1], m.D, m.H, m.G), leaf, dtype, leaf_dt)
+            for (name, leaf), leaf_dt in zip((("q", m.q), ("k", m.k), ("v", m.v)), own)
         )
         sel = L.to_bthd(graph, m.selection, m.layouts["selection"][1])
         offset = ()  # (the op's default: q's rows are the last ones)
@@ -209,15 +209,23 @@ def _narrowest_on_path(leaf: fx.Node, sinks: list) -> torch.dtype | None:
     return _leaf_path(leaf, sinks)[0]
 
 
-def input_dtype(m) -> torch.dtype | None:
-    """One dtype for q, k, v that loses nothing the matched code keeps (usually bf16/fp16)."""
-    dts = [_narrowest_on_path(leaf, [m.softmax, m.output]) for leaf in (m.q, m.k, m.v)]
+def _leaf_dtypes(m) -> list:
+    """The narrowest dtype each of q, k, v passes through on its way to the products."""
+    return [_narrowest_on_path(leaf, [m.softmax, m.output]) for leaf in (m.q, m.k, m.v)]
+
+
+def _common_dtype(dts) -> torch.dtype | None:
     if any(d is None for d in dts):
         return None
     out = dts[0]
     for d in dts[1:]:
         out = torch.promote_types(out, d)
     return out
+
+
+def input_dtype(m) -> torch.dtype | None:
+    """One dtype for q, k, v that loses nothing the matched code keeps (usually bf16/fp16)."""
+    return _common_dtype(_leaf_dtypes(m))
 
 
 def _fake_values(nodes, inputs) -> None:

@@ -498,6 +498,8 @@ class Analysis:
         self.stale = unfollowed_reads(gm.graph)
         self.visited: set = set()
         self._next_head = 0  # the (batch, query head) the next sampled row takes
+        self._targets = None  # the key positions the code names (_key_targets), found once
+        self._aiming = False  # the table being checked is the one aimed at them
         # positions_at: a node computed from the rows' positions input, read as the positions
         found = integer_leaves(output, anchor, frozenset() if positions_at is None else {positions_at})
         leaves = [n for n in found if len(shape_of(n)) in (3, 4)]
@@ -745,7 +747,7 @@ class Analysis:
     def _key_targets(self) -> list:
         """Key positions the code names: the integer numbers in ``[0, T)`` of the subgraph's nodes
         (at most 32, in the order met), where code singling out one query or key would show."""
-        if getattr(self, "_targets", None) is None:
+        if self._targets is None:
             found = []
             for node in _walk(self.output, lambda n: list(_inputs(n))):
                 for a in flat_args(list(node.args) + list(node.kwargs.values())):
@@ -761,7 +763,7 @@ class Analysis:
         table of each kind that :meth:`_check` draws for it (``_aiming``): the random tables keep
         those rows' random blocks, which are evidence too."""
         n = table.shape[-1]
-        if not getattr(self, "_aiming", False) or not self._key_targets() or (avoid is not None and n < 2):
+        if not self._aiming or not self._key_targets() or (avoid is not None and n < 2):
             return table
         at = tpos[..., :1]
         slot = torch.zeros_like(at) if avoid is None else (avoid + 1) % n
@@ -815,7 +817,7 @@ class Analysis:
                 p[t_dim] = self.Tq - 1
             elif r % 3 == 2:
                 p[t_dim] = self.rng.randrange(min(self.Tq, 2 * self.block_size))
-            if getattr(self, "_aiming", False) and self.positions is None:
+            if self._aiming and self.positions is None:
                 # every row at a number of the code (or the next one): code can single out a query
                 # or a key only through a number, and a random row rarely meets it
                 targets = self._key_targets()
@@ -1268,9 +1270,8 @@ def _computed_positions(gm: fx.GraphModule, anchor: Anchor, output: fx.Node):
     if len(found) != 1:
         return None
     inside = set(_walk(output, lambda n: list(_inputs(n))))
-    users = [u for u in found[0].users if u in inside and canon(u) is not None
-             and (dtype_of(u) or torch.bool) not in (torch.bool,) and not (dtype_of(u) or torch.float).is_floating_point
-             and shape_of(u) == shape_of(found[0])]
+    users = [u for u in found[0].users if u in inside and canon(u) is not None and dtype_of(u) is not None
+             and dtype_of(u) != torch.bool and not dtype_of(u).is_floating_point and shape_of(u) == shape_of(found[0])]
     return users[0] if len(users) == 1 else None
 
 
